@@ -1,0 +1,7 @@
+"""Batched, device-side augmentation with Kornia: presets that turn a batch into views, and corruptions."""
+
+from augment.corrupt import CORRUPTIONS, Corruption, corrupt
+from augment.presets import PRESETS, ViewAugmenter
+from augment.preview import save_view_grid
+
+__all__ = ["CORRUPTIONS", "PRESETS", "Corruption", "ViewAugmenter", "corrupt", "save_view_grid"]

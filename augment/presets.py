@@ -1,0 +1,94 @@
+"""View presets: Kornia pipelines applied to a whole batch on its own device, random parameters per sample.
+
+* ``simclr``: random resized crop (scale 0.08-1), horizontal flip, colour jitter of strength ``s`` with p=0.8
+  (brightness/contrast/saturation ``0.8 s``, hue ``0.2 s``), grayscale p=0.2, Gaussian blur p=0.5 (kernel ~10% of
+  the side, sigma 0.1-2) only for images of 64 px and more. ``s = 1`` as in SimCLR's ImageNet setting; images of
+  32 px and less get the paper's CIFAR variant, ``s = 0.5`` and no blur.
+* ``byol``: two asymmetric views (BYOL, Grill et al. 2020): crop 0.08-1, flip, jitter (0.4, 0.4, 0.2, 0.1) p=0.8,
+  grayscale p=0.2, then blur with p=1.0 / 0.1 (images of 64 px and more) and solarize with p=0.0 / 0.2.
+* ``light``: for small grayscale images such as 28x28 Fashion-MNIST: crop 0.5-1, flip, brightness/contrast 0.4
+  with p=0.8.
+
+Colour operations that need three channels (saturation, hue, grayscale) are left out for 1-channel images.
+"""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+
+PRESETS = ("simclr", "byol", "light")
+BLUR_MIN_SIZE = 64
+SMALL_IMAGE = 32
+
+
+def _color(channels: int, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> list[nn.Module]:
+    if channels == 3:
+        return [K.ColorJitter(brightness, contrast, saturation, hue, p=p), K.RandomGrayscale(p=0.2)]
+    return [K.ColorJitter(brightness, contrast, 0.0, 0.0, p=p)]
+
+
+def _blur(size: int, p: float) -> list[nn.Module]:
+    if size < BLUR_MIN_SIZE or p == 0:
+        return []
+    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+    return [K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=p)]
+
+
+def _view_pipelines(preset: str, size: int, channels: int) -> list[nn.Module]:
+    crop = K.RandomResizedCrop((size, size), scale=(0.08, 1.0))
+    if preset == "simclr":
+        s = 0.5 if size <= SMALL_IMAGE else 1.0
+        ops = [crop, K.RandomHorizontalFlip(), *_color(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8)]
+        return [K.AugmentationSequential(*ops, *_blur(size, 0.5))]
+    if preset == "byol":
+        views = []
+        for blur_p, solarize_p in ((1.0, 0.0), (0.1, 0.2)):
+            ops = [crop, K.RandomHorizontalFlip(), *_color(channels, 0.4, 0.4, 0.2, 0.1, p=0.8), *_blur(size, blur_p)]
+            if solarize_p:
+                ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
+            views.append(K.AugmentationSequential(*ops))
+        return views
+    if preset == "light":
+        ops = [K.RandomResizedCrop((size, size), scale=(0.5, 1.0)), K.RandomHorizontalFlip()]
+        return [K.AugmentationSequential(*ops, K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]
+    raise ConfigError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
+
+
+def to_unit_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` in [0, 255] -> float32 in [0, 1]; float input is returned as float32 unchanged."""
+    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+
+
+class ViewAugmenter(nn.Module):
+    """``views = augmenter(batch)``: ``batch`` uint8 or float ``(B, C, H, W)`` on any device -> ``num_views``
+    float tensors ``(B, C, size, size)`` in [0, 1] on the same device.
+
+    With ``seed``, call ``i`` draws from ``seed + i`` in a forked RNG (reproducible, global RNG untouched);
+    under DDP give each rank its own seed.
+    """
+
+    def __init__(self, preset: str, image_size: int, channels: int, num_views: int = 2, seed: int | None = None) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ConfigError(f"augmentation needs 1 or 3 channels, got {channels}")
+        pipelines = _view_pipelines(preset, image_size, channels)
+        self.preset, self.num_views, self.seed, self.calls = preset, num_views, seed, 0
+        self.pipelines = nn.ModuleList(pipelines[i % len(pipelines)] for i in range(num_views))
+
+    def _views(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        images = to_unit_float(batch)
+        return [pipeline(images).clamp_(0.0, 1.0) for pipeline in self.pipelines]
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        if self.seed is None:
+            return self._views(batch)
+        devices = [batch.device] if batch.device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=batch.device.type):
+            torch.manual_seed(self.seed + self.calls)
+            self.calls += 1
+            return self._views(batch)

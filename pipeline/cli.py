@@ -1,0 +1,97 @@
+"""The ``sslpipe`` command: parses arguments and dispatches; errors print as one line (exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import SslpipeError
+
+
+def _shard(args: argparse.Namespace) -> None:
+    from pipeline.data import open_source, write_shards
+
+    source = open_source(
+        args.source, args.root, download=not args.no_download, image_size=args.image_size, channels=args.channels,
+        num_train=args.num_train, num_test=args.num_test, num_classes=args.num_classes,
+        test_fraction=args.test_fraction, seed=args.seed,
+    )
+    manifest = write_shards(
+        source, args.out, samples_per_shard=args.samples_per_shard, encoding=args.encoding,
+        images_per_member=args.images_per_member, seed=args.seed, overwrite=args.overwrite,
+    )
+    for name, split in manifest.splits.items():
+        print(f"{name}: {split.num_samples} samples in {len(split.shards)} shards")
+    print(f"wrote {args.out}/manifest.json (image shape {list(manifest.image_shape)}, sha256 {manifest.digest()[:12]})")
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from pipeline.data.manifest import read_manifest, verify_shards
+
+    manifest = read_manifest(args.location)
+    verify_shards(args.location, manifest)
+    shards = sum(len(split.shards) for split in manifest.splits.values())
+    print(f"{args.location}: {shards} shards match manifest.json")
+
+
+def _preview(args: argparse.Namespace) -> None:
+    from augment import ViewAugmenter, save_view_grid
+    from pipeline.data import ShardLoader
+
+    loader = ShardLoader(args.location, args.split, args.count, rank=0, world_size=1, num_workers=0, seed=args.seed)
+    images = next(iter(loader))[0]
+    channels, height, _ = loader.manifest.image_shape
+    views = ViewAugmenter(args.preset, height, channels, num_views=args.views, seed=args.seed)(images)
+    print(f"wrote {save_view_grid(images, views, args.out)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sslpipe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    shard = commands.add_parser("shard", help="write a data set as WebDataset tar shards + manifest.json")
+    shard.add_argument("source", help="fashion-mnist, mnist, cifar10, folder:PATH or synthetic")
+    shard.add_argument("--out", required=True, help="output folder (or object-store URL prefix)")
+    shard.add_argument("--root", type=Path, help="where the source's files are (searched first)")
+    shard.add_argument("--samples-per-shard", type=int, default=4096)
+    shard.add_argument("--encoding", choices=("png", "npy"), default="png")
+    shard.add_argument("--images-per-member", type=int, help="images per tar member (default: 256 up to 64x64x3, else 1)")
+    shard.add_argument("--seed", type=int, default=0, help="seed of the sample order (and of synthetic data)")
+    shard.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    shard.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing data set")
+    shard.add_argument("--image-size", type=int, help="folder: resize + center-crop to N px; synthetic: side")
+    shard.add_argument("--channels", type=int, choices=(1, 3), help="folder (default 3) and synthetic (default 1)")
+    shard.add_argument("--num-train", type=int, default=2048, help="synthetic: train samples")
+    shard.add_argument("--num-test", type=int, default=512, help="synthetic: test samples")
+    shard.add_argument("--num-classes", type=int, default=10, help="synthetic: classes")
+    shard.add_argument("--test-fraction", type=float, default=0.1, help="folder without train/test: held-out share")
+    shard.set_defaults(run=_shard)
+
+    verify = commands.add_parser("verify", help="check every shard's sha256 and size against manifest.json")
+    verify.add_argument("location", help="shard folder or URL prefix")
+    verify.set_defaults(run=_verify)
+
+    preview = commands.add_parser("preview", help="save a PNG grid of images and their augmented views")
+    preview.add_argument("location", help="shard folder or URL prefix")
+    preview.add_argument("--preset", default="simclr", help="simclr, byol or light")
+    preview.add_argument("--out", type=Path, default=Path("preview.png"))
+    preview.add_argument("--split", default="train")
+    preview.add_argument("--count", type=int, default=8, help="images (columns)")
+    preview.add_argument("--views", type=int, default=2, help="views per image (rows)")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(run=_preview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except SslpipeError as exn:
+        print(f"sslpipe: error: {exn}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,8 @@
+"""Data path: sources -> WebDataset tar shards + manifest -> per-rank uint8 batch streams."""
+
+from pipeline.data.manifest import Manifest, read_manifest
+from pipeline.data.shard import write_shards
+from pipeline.data.sources import open_source
+from pipeline.data.stream import ShardLoader
+
+__all__ = ["Manifest", "ShardLoader", "open_source", "read_manifest", "write_shards"]

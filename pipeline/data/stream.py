@@ -1,0 +1,245 @@
+"""Streaming loader: one training rank's uint8 batches from WebDataset shards.
+
+Shards are split by rank (Ray Train's world rank when running under Ray Train, else ``torch.distributed``, else
+``RANK``/``WORLD_SIZE``), then by DataLoader worker; see :mod:`pipeline.data.plan` for the epoch semantics.
+Workers decode chunks into numpy arrays, shuffle them in a vectorised buffer and send whole batches; the main
+process merges the workers' last partial batches and stops after exactly ``len(loader)`` batches.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from pipeline.data import storage
+from pipeline.data.codec import decode_group
+from pipeline.data.manifest import Manifest, check_local_shards, read_manifest
+from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
+from pipeline.errors import ConfigError, ShardError, SslpipeError
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+SHUFFLE_BUFFER_BYTES = 64 << 20
+
+
+def world_position() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: Ray Train's context, then torch.distributed, then env vars."""
+    if "ray.train" in sys.modules:
+        import ray.train
+
+        try:
+            context = ray.train.get_context()
+            return context.get_world_rank(), context.get_world_size()
+        except RuntimeError:  # not inside a Ray Train worker
+            pass
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def read_shard(url: str, expected: int, image_shape: tuple[int, int, int]) -> Iterator[tuple[np.ndarray, ...]]:
+    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of one shard; raises :class:`ShardError`
+    naming the shard when it cannot be read or holds another number of samples than the manifest says."""
+    seen = 0
+    try:
+        for sample in tarfile_samples([{"url": url}]):
+            group = decode_group(sample, image_shape)
+            seen += len(group[0])
+            yield group
+    except SslpipeError:
+        raise
+    except Exception as exn:  # noqa: BLE001 - tarfile, gopen and decoders raise many types; all mean a bad shard
+        reason = exn.args[0] if exn.args else type(exn).__name__
+        raise ShardError(
+            f"{url}: cannot read shard ({reason}); it is corrupt or truncated, re-create it with `sslpipe shard`"
+        ) from None
+    if seen != expected:
+        raise ShardError(
+            f"{url}: holds {seen} samples but the manifest says {expected}; the shard is truncated or was replaced, "
+            "re-create it with `sslpipe shard`"
+        )
+
+
+def shuffled_batches(
+    groups: Iterator[tuple[np.ndarray, ...]], batch_size: int, buffer_size: int, rng: np.random.Generator | None
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Re-cut groups of samples into batches of ``batch_size`` (the last one partial).
+
+    With ``rng``, samples pass through a shuffle buffer: once ``2 * buffer_size`` samples are pending they are
+    permuted together and all but ``buffer_size`` leave as batches, so a sample is mixed with at least
+    ``buffer_size`` others. Vectorised: no per-sample Python work.
+    """
+    pending: list[tuple[np.ndarray, ...]] = []
+    count = 0
+    threshold = max(2 * buffer_size, batch_size) if rng is not None else batch_size
+    keep = buffer_size if rng is not None else 0
+
+    def flush(final: bool) -> Iterator[tuple[np.ndarray, ...]]:
+        nonlocal pending, count
+        arrays = [np.concatenate(column) for column in zip(*pending)]
+        if rng is not None:
+            order = rng.permutation(count)
+            arrays = [a[order] for a in arrays]
+        ready = count if final else (count - keep) // batch_size * batch_size
+        for start in range(0, ready, batch_size):
+            yield tuple(a[start : start + batch_size] for a in arrays)
+        pending = [tuple(a[ready:] for a in arrays)] if ready < count else []
+        count -= ready
+
+    for group in groups:
+        pending.append(group)
+        count += len(group[0])
+        if count >= threshold:
+            yield from flush(final=False)
+    if count:
+        yield from flush(final=True)
+
+
+@dataclass
+class _WorkerFailure:
+    """Sent by a DataLoader worker instead of raising, so the user sees one line, not a worker traceback."""
+
+    message: str
+
+
+class ShardStream(IterableDataset):
+    """Batches ``(images uint8 (b, C, H, W), labels int64 (b,), indices int64 (b,))`` of one rank for one epoch;
+    ``b == batch_size`` except for the last batch of each DataLoader worker. Images use channels-last strides."""
+
+    def __init__(
+        self, urls: Sequence[str], counts: Sequence[int], image_shape: tuple[int, int, int], *, batch_size: int,
+        rank: int, world_size: int, mode: str, epoch: int, seed: int, shuffle: bool, shuffle_buffer: int,
+    ) -> None:
+        super().__init__()
+        self.urls, self.counts, self.image_shape = list(urls), list(counts), image_shape
+        self.batch_size, self.rank, self.world_size, self.mode = batch_size, rank, world_size, mode
+        self.epoch, self.seed, self.shuffle, self.shuffle_buffer = epoch, seed, shuffle, shuffle_buffer
+
+    def _shards(self, worker: int, num_workers: int) -> Iterator[int]:
+        if self.mode == "resampled":
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
+            while True:
+                yield int(rng.integers(len(self.urls)))
+        ranks = assign_shards(self.counts, self.world_size, self.epoch, self.seed, self.shuffle)
+        yield from worker_shards(ranks[self.rank], num_workers, worker)
+
+    def __iter__(self) -> Iterator[Batch | _WorkerFailure]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker]) if self.shuffle else None
+        groups = (
+            group for shard in self._shards(worker, num_workers)
+            for group in read_shard(self.urls[shard], self.counts[shard], self.image_shape)
+        )
+        try:
+            for images, labels, indices in shuffled_batches(groups, self.batch_size, self.shuffle_buffer, rng):
+                yield torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), torch.from_numpy(indices)
+        except SslpipeError as exn:
+            yield _WorkerFailure(str(exn))
+
+
+class ShardLoader:
+    """One rank's epoch of batches ``(images uint8 (B, C, H, W), labels (B,), indices (B,))`` from a shard folder.
+
+    ``location`` is a shard folder or URL prefix holding ``manifest.json``; ``url_template`` (e.g.
+    ``"pipe:aws s3 cp s3://bucket/shards/{name} -"``) overrides how shard names become URLs. Every rank yields
+    ``len(loader)`` batches of exactly ``batch_size`` (with ``drop_last``). Call :meth:`set_epoch` before each
+    epoch to reshuffle.
+    """
+
+    def __init__(
+        self,
+        location: str | Path,
+        split: str = "train",
+        batch_size: int = 256,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 2,
+        mode: str = "exact",
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer: int | None = None,
+        drop_last: bool = True,
+        pin_memory: bool = False,
+        prefetch_factor: int = 4,
+        url_template: str | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        self.manifest = manifest or read_manifest(location)
+        info = self.manifest.split(split)
+        if url_template is None:
+            check_local_shards(location, self.manifest, split)
+        self.urls = [url_template.format(name=s.name) if url_template else storage.join(location, s.name) for s in info.shards]
+        self.counts = info.counts
+        detected = world_position()
+        self.rank = detected[0] if rank is None else rank
+        self.world_size = detected[1] if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
+        channels, height, width = self.manifest.image_shape
+        self.image_shape = (height, width, channels)
+        self.batch_size, self.mode, self.shuffle, self.seed, self.drop_last = batch_size, mode, shuffle, seed, drop_last
+        self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, SHUFFLE_BUFFER_BYTES // (channels * height * width)))
+        self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
+        self.location, self.split, self.epoch = str(location), split, 0
+        if len(self) == 0:
+            raise ConfigError(
+                f"split {split!r} of {location} has {info.num_samples} samples: too few for {self.world_size} rank(s)"
+                f" x batch_size {batch_size}; lower batch_size or use more data"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return batches_per_rank(
+            self.counts, self.world_size, self.batch_size, self.mode, self.epoch, self.seed, self.shuffle,
+            self.drop_last, self.rank,
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        stream = ShardStream(
+            self.urls, self.counts, self.image_shape, batch_size=self.batch_size, rank=self.rank,
+            world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
+            shuffle_buffer=self.shuffle_buffer,
+        )
+        loader = DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+        )
+        return self._equal_batches(iter(loader), len(self))
+
+    def _equal_batches(self, batches: Iterator[Batch | _WorkerFailure], limit: int) -> Iterator[Batch]:
+        """Pass full batches through, merge the workers' partial ones, stop after ``limit`` batches."""
+        carry: list[Batch] = []
+        emitted = 0
+        for item in batches:
+            if isinstance(item, _WorkerFailure):
+                raise ShardError(item.message)
+            if len(item[0]) < self.batch_size:
+                carry.append(item)
+                if sum(len(c[0]) for c in carry) < self.batch_size:
+                    continue
+                merged = [torch.cat(column) for column in zip(*carry)]
+                item = tuple(t[: self.batch_size] for t in merged)
+                carry = [tuple(t[self.batch_size :] for t in merged)] if len(merged[0]) > self.batch_size else []
+            emitted += 1
+            yield item
+            if emitted == limit:
+                return
+        if carry and not self.drop_last:
+            emitted += 1
+            yield tuple(torch.cat(column) for column in zip(*carry))
+        if emitted < limit:
+            raise ShardError(
+                f"{self.location}: rank {self.rank} read {emitted} batches of {self.split!r} but the manifest "
+                f"promises {limit}; shards changed since `sslpipe shard`, re-create them"
+            )

@@ -1,0 +1,53 @@
+"""Shared fixtures: shard folders written once per session, and one local Ray instance for the Ray tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data import open_source, write_shards
+from pipeline.data.sources import _IDX_SETS
+
+FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3000 train samples in shards of 700 (the last one 200: uneven on purpose), 500 test samples."""
+    out = tmp_path_factory.mktemp("synthetic")
+    write_shards(open_source("synthetic", num_train=3000, num_test=500), out, samples_per_shard=700, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def even_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1024 train samples in 4 shards of 256: divisible by 2 ranks x 2 workers x batch 64."""
+    out = tmp_path_factory.mktemp("even")
+    source = open_source("synthetic", num_train=1024, num_test=128, seed=1)
+    write_shards(source, out, samples_per_shard=256, images_per_member=32, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"Fashion-MNIST not installed in {FASHION_DIR}: `apt-get install dataset-fashion-mnist`")
+    out = tmp_path_factory.mktemp("fashion")
+    write_shards(open_source("fashion-mnist", download=False), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session (started here, shut down here: exactly its own processes)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def synthetic_labels(num_train: int, num_test: int, seed: int = 0) -> dict[str, np.ndarray]:
+    source = open_source("synthetic", num_train=num_train, num_test=num_test, seed=seed)
+    return {name: split.load(np.arange(split.num_samples))[1] for name, split in source.splits.items()}

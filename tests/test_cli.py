@@ -1,0 +1,39 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+SSLPIPE = Path(sys.executable).with_name("sslpipe")  # the console script installed beside this interpreter
+
+
+def _sslpipe(*args):
+    return subprocess.run([str(SSLPIPE), *map(str, args)], capture_output=True, text=True)
+
+
+def test_shard_verify_preview(tmp_path):
+    out = tmp_path / "shards"
+    result = _sslpipe("shard", "synthetic", "--out", out, "--num-train", 600, "--num-test", 100, "--samples-per-shard", 256)
+    assert result.returncode == 0, result.stderr
+    assert "train: 600 samples in 3 shards" in result.stdout
+    assert "samples" in result.stderr or "img" in result.stderr  # tqdm progress bar
+    verify = _sslpipe("verify", out)
+    assert verify.returncode == 0 and "4 shards match manifest.json" in verify.stdout
+    preview = _sslpipe("preview", out, "--preset", "light", "--out", tmp_path / "grid.png", "--count", 4)
+    assert preview.returncode == 0, preview.stderr
+    assert Image.open(tmp_path / "grid.png").size == (4 * 96 + 5 * 2, 3 * 96 + 4 * 2)
+
+
+def test_errors_are_one_line_with_status_2(tmp_path):
+    result = _sslpipe("shard", "imagenet", "--out", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sslpipe: error: unknown source 'imagenet': choose one of fashion-mnist, mnist, cifar10, folder:PATH, synthetic"
+    ]
+    result = _sslpipe("verify", tmp_path / "missing")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "shard" in result.stdout and "verify" in result.stdout
