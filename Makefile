@@ -3,7 +3,10 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast bench clean
+.PHONY: venv test test-fast demo bench clean
+
+SHARDS ?= data/fashion-mnist
+JOB    ?= jobs/simclr_fashion_mnist.yaml
 
 venv: $(VENV)/.installed
 
@@ -18,6 +21,11 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
+
+# Shards Fashion-MNIST once, then pretrains with 2 Ray Train workers, probes, tracks in ./mlflow.db and exports.
+demo: venv
+	test -f $(SHARDS)/manifest.json || $(BIN)/sslpipe shard fashion-mnist --out $(SHARDS)
+	$(BIN)/sslpipe pretrain $(JOB) data.shards=$(SHARDS)
 
 bench: venv
 	$(BIN)/python -m benchmarks.loader

@@ -48,6 +48,19 @@ def _preview(args: argparse.Namespace) -> None:
     print(f"wrote {save_view_grid(images, views, args.out)}")
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from pipeline.config import load_config
+    from pipeline.pretrain import pretrain
+
+    summary = pretrain(load_config(args.config, args.overrides))
+    for name, value in summary.metrics.items():
+        print(f"{name:<40} {value:.4f}")
+    print(f"MLflow run      {summary.run_id} ({summary.run_name}) in {summary.tracking_uri}")
+    print(f"encoder model   {summary.model_uri}")
+    print(f"encoder files   {summary.export_dir}")
+    print(f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslpipe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sslpipe {__version__}")
@@ -84,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--views", type=int, default=2, help="views per image (rows)")
     preview.add_argument("--seed", type=int, default=0)
     preview.set_defaults(run=_preview)
+    pretrain = commands.add_parser("pretrain", help="pretrain, evaluate, track and export an encoder (Ray Train)")
+    pretrain.add_argument("config", help="job YAML, e.g. jobs/simclr_fashion_mnist.yaml")
+    pretrain.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=1")
+    pretrain.set_defaults(run=_pretrain)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""Job configuration: typed sections, loaded from YAML with ``dotted.key=value`` overrides, validated by name.
+
+Unknown sections or keys, and values of the wrong type, raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/fashion-mnist"  # shard folder or URL prefix holding manifest.json
+    url_template: str | None = None  # e.g. "pipe:aws s3 cp s3://bucket/shards/{name} -"
+    batch_size: int = 256  # per rank
+    num_workers: int = 2  # DataLoader workers per rank
+    mode: str = "exact"  # or "resampled", see pipeline.data.plan
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "simclr"
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "small_cnn"  # small_cnn, resnet18, resnet50
+    width: int = 32  # small_cnn: channels of the first block
+    cifar_stem: bool = True  # resnets: 3x3 stem without max-pool, for 28-64 px images
+    head_hidden: int = 512
+    head_dim: int = 128
+
+
+@dataclass
+class MethodConfig:
+    name: str = "simclr"
+    temperature: float = 0.5
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw, adam, lars
+    lr: float = 2e-3  # at batch_size * world size = 256; scaled linearly with the global batch
+    weight_decay: float = 1e-4  # not applied to BatchNorm weights and biases
+    momentum: float = 0.9  # lars
+    warmup_epochs: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    num_workers: int = 2  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    sync_batchnorm: bool = False
+    amp: bool = True  # bf16 autocast, on GPU only
+    seed: int = 0
+    name: str | None = None  # Ray Train run name; rerunning with the same name and storage resumes
+    storage_path: str = "ray_results"
+    max_failures: int = 1  # worker failures survived by restarting from the last checkpoint
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1024
+    probe_max_iter: int = 1000
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    baselines: bool = True  # also probe raw pixels and a randomly initialised encoder
+
+
+@dataclass
+class TrackConfig:
+    experiment: str = "sslpipe"
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    registered_model: str = "sslpipe-encoder"
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str = "exports"
+
+
+@dataclass
+class JobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for every field."""
+        return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> JobConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        built = {}
+        for name, values in raw.items():
+            if name not in sections:
+                raise ConfigError(f"{origin}: unknown section {name!r}; sections are {', '.join(sections)}")
+            section_cls = typing.get_type_hints(cls)[name]
+            built[name] = _build_section(section_cls, values or {}, f"{origin}: {name}")
+        return cls(**built)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against (or, for strings from the command line, converted to) type ``hint``."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if kind is int and value != int(value):
+                continue
+            return kind(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if kind in (int, float) and isinstance(value, str):  # PyYAML reads 1e-3 as a string
+            try:
+                return _coerce(float(value), hint, where)
+            except (ValueError, ConfigError):
+                continue
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}")
+
+
+def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(section_cls)
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; keys are {', '.join(hints)}")
+    return section_cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read a YAML job file (or start from defaults) and apply ``section.key=value`` overrides (YAML values)."""
+    raw: dict[str, Any] = {}
+    origin = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: job config not found") from None
+        except yaml.YAMLError as exn:
+            raise ConfigError(f"{path}: not valid YAML ({exn})".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or key.count(".") != 1:
+            raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.epochs=1")
+        section, name = key.split(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raw[section] = {}
+        raw[section][name] = yaml.safe_load(text) if text else None
+    return JobConfig.from_dict(raw, origin)
+
+
+def dump_config(config: JobConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,46 @@
+"""torch.distributed helpers that degrade to no-ops in a single process."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward all-reduces the stacked gradients and returns this rank's slice, so every
+    rank's loss terms reach the embeddings they came from."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        gathered = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, x.contiguous())
+        return tuple(gathered)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack(grads)
+        dist.all_reduce(stacked)
+        return stacked[dist.get_rank()]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` on each of ``W`` ranks -> ``(W * B, D)`` in rank order, differentiable."""
+    if world()[1] == 1:
+        return x
+    return torch.cat(_GatherWithGrad.apply(x))
+
+
+def mean_across_ranks(value: float, device: torch.device) -> float:
+    """Average of a Python number over all ranks (for reporting)."""
+    if world()[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / world()[1]

@@ -1,0 +1,29 @@
+"""Frozen-encoder features of a whole split, read in order from the shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from augment.presets import to_unit_float
+from pipeline.data import ShardLoader
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module | None, location: str, split: str, batch_size: int = 1024,
+    device: torch.device | str = "cpu", url_template: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split``; ``encoder=None`` gives raw
+    pixels in [0, 1], flattened ``(N, C*H*W)``."""
+    loader = ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
+                         drop_last=False, url_template=url_template)
+    if encoder is not None:
+        encoder.eval().to(device)
+    features, labels = [], []
+    for images, batch_labels, _ in loader:
+        x = to_unit_float(images.to(device))
+        features.append((encoder(x) if encoder is not None else x.flatten(1)).float().cpu().numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(features), np.concatenate(labels)

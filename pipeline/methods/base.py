@@ -1,0 +1,22 @@
+"""What the shared training loop needs from a method."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pipeline.models import EncoderSpec
+
+
+class Method(nn.Module):
+    """``loss = method(*views)`` (subclasses define ``forward``); ``method.encoder`` is what gets evaluated and exported.
+
+    ``num_views`` views per image come from the ``augment.preset`` augmenter. ``after_step`` runs after every
+    optimizer step (e.g. an EMA update) with the global step and the total number of steps.
+    """
+
+    num_views: int = 2
+    encoder: nn.Module
+    spec: EncoderSpec
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Hook for methods with state outside the optimizer; nothing by default."""

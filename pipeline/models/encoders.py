@@ -1,0 +1,87 @@
+"""Encoders: images float ``(B, C, H, W)`` in [0, 1] -> representation ``(B, D)``.
+
+Every encoder starts by normalising with the data set's channel mean/std (stored as buffers), so an exported
+encoder takes plain [0, 1] images and needs no preprocessing code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from pipeline.errors import ConfigError
+
+ENCODERS = ("small_cnn", "resnet18", "resnet50")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything needed to rebuild an encoder without its training code."""
+
+    arch: str
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    width: int = 32
+    cifar_stem: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EncoderSpec:
+        return cls(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _block(inputs: int, outputs: int) -> list[nn.Module]:
+    return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
+
+
+def small_cnn(channels: int, width: int) -> tuple[nn.Module, int]:
+    """Three stages of conv-BN-ReLU (``width``, ``2 width``, ``4 width`` channels) with 2x2 max-pool between
+    them, then global average pooling: ``(B, C, H, W) -> (B, 4 width)``. Sized for 28-32 px on CPUs."""
+    layers = [
+        *_block(channels, width), nn.MaxPool2d(2),
+        *_block(width, 2 * width), nn.MaxPool2d(2),
+        *_block(2 * width, 4 * width), *_block(4 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ]
+    return nn.Sequential(*layers), 4 * width
+
+
+def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
+    """torchvision ResNet without its classifier; the CIFAR stem is a 3x3 stride-1 conv and no max-pool."""
+    model = getattr(torchvision.models, arch)(weights=None)
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif channels != 3:
+        model.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model, dim
+
+
+def build_encoder(spec: EncoderSpec) -> tuple[nn.Module, int]:
+    """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)``."""
+    if spec.arch == "small_cnn":
+        body, dim = small_cnn(spec.channels, spec.width)
+    elif spec.arch in ("resnet18", "resnet50"):
+        body, dim = resnet(spec.arch, spec.channels, spec.cifar_stem)
+    else:
+        raise ConfigError(f"model.encoder: unknown encoder {spec.arch!r}; choose one of {', '.join(ENCODERS)}")
+    return nn.Sequential(Normalize(spec.mean, spec.std), body), dim

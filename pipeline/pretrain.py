@@ -1,0 +1,83 @@
+"""``sslpipe pretrain``: shards -> Ray Train pretraining -> linear probe and kNN -> MLflow -> exported encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from augment import ViewAugmenter, save_view_grid
+from pipeline import cluster
+from pipeline.config import JobConfig
+from pipeline.data import ShardLoader, read_manifest, storage
+from pipeline.evaluate.suite import evaluate_encoder
+from pipeline.export import example_input, export_encoder
+from pipeline.track import Tracker, tracking_uri
+from pipeline.train import encoder_spec, fit, load_trained_method
+
+
+@dataclass
+class PretrainSummary:
+    run_id: str
+    run_name: str
+    tracking_uri: str
+    model_uri: str
+    export_dir: Path
+    metrics: dict[str, float]
+
+
+def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
+    """Absolute local paths (Ray workers run in another cwd) and the run name filled in."""
+
+    def absolute(location: str) -> str:
+        return str(storage.local_path(location).absolute()) if storage.is_local(location) else location
+
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, shards=absolute(config.data.shards)),
+        train=dataclasses.replace(config.train, name=run_name, storage_path=absolute(config.train.storage_path)),
+        export=dataclasses.replace(config.export, out_dir=str(Path(config.export.out_dir).absolute())),
+    )
+
+
+def preview(config: JobConfig, path: Path) -> Path:
+    """Grid of 8 training images above their augmented views."""
+    loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
+                         url_template=config.data.url_template)
+    images = next(iter(loader))[0]
+    channels, size, _ = loader.manifest.image_shape
+    views = ViewAugmenter(config.augment.preset, size, channels, seed=config.train.seed)(images)
+    return save_view_grid(images, views, path)
+
+
+def pretrain(config: JobConfig) -> PretrainSummary:
+    run_name = config.train.name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = resolve_paths(config, run_name)
+    manifest = read_manifest(config.data.shards)
+    spec = encoder_spec(config, manifest)
+    tracker = Tracker(tracking_uri(config.track))
+    run_id = tracker.start(config, run_name, manifest.digest())
+    try:
+        work = Path(tempfile.mkdtemp(prefix="sslpipe-run-"))
+        tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
+        cluster.connect()
+        fitted = fit(config, run_name, run_id, tracker.uri)
+        encoder = load_trained_method(config, manifest, fitted.checkpoint_dir).encoder
+        metrics, plots = evaluate_encoder(encoder, spec, config, manifest, work)
+        tracker.log_metrics(run_id, metrics, step=config.train.epochs)
+        for plot in plots:
+            tracker.log_artifact(run_id, plot)
+        export_dir = Path(config.export.out_dir) / run_name
+        metadata = {"method": config.method.name, "config": config.to_dict(), "manifest_sha256": manifest.digest(),
+                    "mlflow_run_id": run_id, "metrics": metrics}
+        paths = export_encoder(encoder, spec, export_dir, metadata)
+        tracker.log_artifact(run_id, paths["pt2"], "export")
+        model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), [paths["weights"], paths["meta"]],
+                                        config.track.registered_model)
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+    tracker.finish(run_id)
+    return PretrainSummary(run_id, run_name, tracker.uri, model_uri, export_dir, metrics)

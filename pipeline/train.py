@@ -1,0 +1,200 @@
+"""The Ray Train worker loop, shared by every method, and the driver that configures ``TorchTrainer``.
+
+Each epoch every rank reads its share of the shards, augments on its own device, steps the optimizer, then all
+ranks call ``ray.train.report`` once (rank 0 with the checkpoint). A rerun with the same ``train.name`` and
+``train.storage_path`` resumes from the last checkpoint, as does Ray after a worker failure.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from augment import ViewAugmenter
+from pipeline.config import JobConfig
+from pipeline.data import ShardLoader
+from pipeline.data.manifest import Manifest
+from pipeline.distributed import mean_across_ranks
+from pipeline.errors import ConfigError, SslpipeError
+from pipeline.methods import Method, build_method
+from pipeline.models import EncoderSpec
+from pipeline.optim import build_optimizer
+from pipeline.schedules import warmup_cosine
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class NonFiniteLoss(SslpipeError):
+    """The loss became NaN or infinite."""
+
+
+def encoder_spec(config: JobConfig, manifest: Manifest) -> EncoderSpec:
+    channels, height, width = manifest.image_shape
+    if height != width:
+        raise ConfigError(f"{config.data.shards}: images are {height}x{width}; encoders expect square images")
+    return EncoderSpec(
+        arch=config.model.encoder, channels=channels, image_size=height, mean=manifest.channel_mean,
+        std=manifest.channel_std, width=config.model.width, cifar_stem=config.model.cifar_stem,
+    )
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(directory: str | Path) -> dict:
+    path = Path(directory) / CHECKPOINT_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SslpipeError(f"{path}: checkpoint file missing; delete the run's folder to start afresh") from None
+    except Exception as exn:  # noqa: BLE001 - pickle, zip and torch errors all mean an unreadable file
+        raise SslpipeError(f"{path}: unreadable checkpoint ({exn}); delete it to start afresh") from None
+
+
+def load_trained_method(config: JobConfig, manifest: Manifest, checkpoint_dir: str | Path) -> Method:
+    method = build_method(config, encoder_spec(config, manifest))
+    method.load_state_dict(load_checkpoint(checkpoint_dir)["model"])
+    return method
+
+
+def steps_in(loader: ShardLoader, epochs: int) -> list[int]:
+    """Batches per epoch for ``epochs`` epochs (it can vary by one shard's worth between epochs)."""
+    counts = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        counts.append(len(loader))
+    return counts
+
+
+def train_worker(payload: dict) -> None:
+    """``train_loop_per_worker``: ``payload`` holds the job config dict, the MLflow run id and tracking URI."""
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.track import Tracker
+
+    config = JobConfig.from_dict(payload["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(config.train.cpus_per_worker)
+    torch.manual_seed(config.train.seed + rank)
+
+    loader = ShardLoader(
+        config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
+        mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
+        pin_memory=device.type == "cuda",
+    )
+    spec = encoder_spec(config, loader.manifest)
+    method = build_method(config, spec).to(memory_format=torch.channels_last)
+    if config.train.sync_batchnorm and world_size > 1:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    model = ray.train.torch.prepare_model(method)  # moves to device, wraps in DDP when world_size > 1
+    augmenter = ViewAugmenter(config.augment.preset, spec.image_size, spec.channels, method.num_views,
+                              seed=config.train.seed * 1000 + rank)
+    optimizer = build_optimizer(method, config.optim, config.data.batch_size * world_size)
+    per_epoch = steps_in(loader, config.train.epochs)
+    total_steps = sum(per_epoch)
+    warmup = min(total_steps, max(1, math.ceil(config.optim.warmup_epochs * per_epoch[0])))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup))
+    autocast = device.type == "cuda" and config.train.amp
+
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"], state["step"]
+    tracker = Tracker.for_worker(payload["tracking_uri"]) if rank == 0 and payload.get("run_id") else None
+
+    for epoch in range(start_epoch, config.train.epochs):
+        loader.set_epoch(epoch)
+        model.train()
+        started, loss_sum, images_seen = time.perf_counter(), 0.0, 0
+        for images, _, _ in loader:
+            images = images.to(device, non_blocking=True)
+            views = [v.contiguous(memory_format=torch.channels_last) for v in augmenter(images)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = model(*views)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss is {loss.item()} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
+                    f"(now {config.optim.lr}) or check the data in {config.data.shards}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            method.after_step(step, total_steps)
+            loss_sum += loss.item()
+            images_seen += len(images)
+        elapsed = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            "start_epoch": start_epoch,
+            "loss": mean_across_ranks(loss_sum / max(1, per_epoch[epoch]), device),
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_s": images_seen * world_size / elapsed,
+        }
+        state = {
+            "model": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1, "step": step, "config": config.to_dict(), "spec": spec.to_dict(),
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            report_checkpoint = None
+            if rank == 0:
+                save_checkpoint(Path(directory) / CHECKPOINT_FILE, state)
+                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
+                if tracker:
+                    tracker.log_metrics(payload["run_id"], metrics, step=epoch)
+            ray.train.report(metrics, checkpoint=report_checkpoint)
+
+
+@dataclass
+class FitResult:
+    checkpoint_dir: str
+    metrics: dict
+    run_name: str
+
+
+def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_uri: str | None = None) -> FitResult:
+    """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = str(Path(config.train.storage_path).absolute())
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri},
+        scaling_config=ScalingConfig(
+            num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
+            resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_name, storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as directory:
+        local = Path(tempfile.mkdtemp(prefix="sslpipe-ckpt-"))
+        (local / CHECKPOINT_FILE).write_bytes((Path(directory) / CHECKPOINT_FILE).read_bytes())
+    return FitResult(str(local), dict(result.metrics or {}), run_name)

@@ -1,0 +1,65 @@
+"""Two gloo processes with gathered negatives equal one process on the concatenated batch: loss and gradients."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.losses import nt_xent
+
+BATCH, DIM = 4, 6
+
+
+def _data():
+    generator = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(2 * BATCH, DIM, generator=generator), torch.randn(2 * BATCH, DIM, generator=generator)
+    model = torch.nn.Linear(DIM, 5, bias=False)
+    torch.nn.init.normal_(model.weight, generator=generator)
+    return x1, x2, model
+
+
+def _step(model, x1, x2):
+    """One SGD step; returns (loss, weight after the step)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = nt_xent(model(x1), model(x2), 0.3)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), model.module.weight.detach() if hasattr(model, "module") else model.weight.detach()
+
+
+def _worker(rank, port, results):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    x1, x2, model = _data()
+    local = slice(rank * BATCH, (rank + 1) * BATCH)
+    loss, weight = _step(DistributedDataParallel(model), x1[local], x2[local])
+    results.put((rank, loss.item(), weight.numpy().copy()))  # numpy: pickled by value, not shared memory
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_equal_one_process_on_the_global_batch():
+    x1, x2, model = _data()
+    global_loss, global_weight = _step(model, x1, x2)
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_worker, args=(rank, port, results)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    outputs = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    mean_loss = sum(loss for _, loss, _ in outputs) / 2
+    assert mean_loss == pytest.approx(global_loss.item(), rel=1e-5)
+    for _, _, weight in outputs:
+        torch.testing.assert_close(torch.from_numpy(weight), global_weight, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,45 @@
+import pytest
+
+from pipeline.config import JobConfig, load_config
+from pipeline.errors import ConfigError
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  epochs: 3\noptim:\n  lr: 1e-3\n")
+    config = load_config(path, ["train.epochs=1", "data.shards=s3://bucket/x", "train.name=null", "method.temperature=0.2"])
+    assert config.train.epochs == 1
+    assert config.optim.lr == 0.001  # PyYAML reads 1e-3 as a string; it is converted
+    assert config.data.shards == "s3://bucket/x"
+    assert config.train.name is None
+    assert config.method.temperature == 0.2
+    assert JobConfig.from_dict(config.to_dict()) == config
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"job.yaml: train: unknown key 'epoch'; keys are epochs, num_workers"):
+        load_config(path)
+
+
+def test_unknown_section_and_bad_type():
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        load_config(None, ["trian.epochs=1"])
+    with pytest.raises(ConfigError, match=r"train.epochs: expected int, got 'many'"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"train.epochs: expected int, got 1.5"):
+        load_config(None, ["train.epochs=1.5"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(None, ["epochs=1"])
+    with pytest.raises(ConfigError, match="nope.yaml: job config not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_jobs_load():
+    for name in ("simclr_fashion_mnist", "simclr_cifar10_gpu"):
+        config = load_config(f"jobs/{name}.yaml")
+        assert config.method.name == "simclr"

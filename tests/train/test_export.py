@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+
+import torch
+
+from pipeline.export import export_encoder, load_encoder
+from pipeline.models import EncoderSpec, build_encoder
+
+SPEC = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8)
+
+
+def _trained_like_encoder():
+    torch.manual_seed(0)
+    encoder, _ = build_encoder(SPEC)
+    encoder.train()
+    encoder(torch.rand(16, 1, 28, 28))  # move BatchNorm running stats away from their defaults
+    return encoder.eval()
+
+
+def test_export_files_and_load_encoder_round_trip(tmp_path):
+    encoder = _trained_like_encoder()
+    paths = export_encoder(encoder, SPEC, tmp_path, {"method": "simclr", "manifest_sha256": "abc"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "encoder.pt2", "encoder.safetensors"]
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["embedding_dim"] == 32 and meta["spec"]["arch"] == "small_cnn" and meta["method"] == "simclr"
+    assert meta["input"]["shape"] == ["B", 1, 28, 28]
+    loaded = load_encoder(tmp_path)
+    assert loaded.training  # ready for fine-tuning
+    x = torch.rand(7, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), encoder(x))
+
+
+def test_pt2_loads_and_embeds_without_our_code(tmp_path):
+    encoder = _trained_like_encoder()
+    export_encoder(encoder, SPEC, tmp_path, {})
+    x = torch.rand(5, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(encoder(x), tmp_path / "expected.pt")
+    script = f"""
+import sys, torch
+module = torch.export.load({str(tmp_path / 'encoder.pt2')!r}).module()
+x = torch.load({str(tmp_path / 'x.pt')!r})
+out = module(x)
+assert out.shape == (5, 32), out.shape
+assert module(x[:1]).shape == (1, 32)  # the batch dimension is dynamic
+torch.testing.assert_close(out, torch.load({str(tmp_path / 'expected.pt')!r}))
+assert any(p.requires_grad for p in module.parameters())
+assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sys.modules), "imported sslpipe"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from pipeline.config import JobConfig
+from pipeline.errors import ConfigError
+from pipeline.methods import build_method
+from pipeline.models import EncoderSpec, build_encoder
+
+
+@pytest.mark.parametrize(("arch", "channels", "size", "dim"), [("small_cnn", 1, 28, 128), ("resnet18", 3, 32, 512)])
+def test_encoder_shapes(arch, channels, size, dim):
+    spec = EncoderSpec(arch, channels, size, (0.5,) * channels, (0.25,) * channels)
+    encoder, out_dim = build_encoder(spec)
+    assert out_dim == dim
+    assert encoder(torch.rand(3, channels, size, size)).shape == (3, dim)
+
+
+def test_normalisation_is_inside_the_encoder():
+    spec = EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,))
+    encoder, _ = build_encoder(spec)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(encoder[0](x), (x - 0.5) / 0.25)
+
+
+def test_simclr_loss_is_finite_and_trains():
+    config = JobConfig()
+    method = build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=8))
+    views = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    loss = method(*views)
+    loss.backward()
+    assert torch.isfinite(loss) and method.encoder[1][0].weight.grad is not None
+
+
+def test_unknown_encoder_and_method():
+    with pytest.raises(ConfigError, match="model.encoder: unknown encoder 'vit'"):
+        build_encoder(EncoderSpec("vit", 3, 32, (0.5,) * 3, (0.5,) * 3))
+    config = JobConfig()
+    config.method.name = "moco"
+    with pytest.raises(ConfigError, match="method.name: unknown method 'moco'; choose one of simclr"):
+        build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,)))
