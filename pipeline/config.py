@@ -34,7 +34,8 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     encoder: str = "small_cnn"  # small_cnn, resnet18, resnet50
-    width: int = 32  # small_cnn: channels of the first block
+    width: int = 24  # small_cnn: channels of the first block
+    embed_dim: int = 256  # small_cnn: size of the representation
     cifar_stem: bool = True  # resnets: 3x3 stem without max-pool, for 28-64 px images
     head_hidden: int = 512
     head_dim: int = 128
@@ -42,8 +43,9 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "simclr"
-    temperature: float = 0.5
+    name: str = "simclr"  # simclr, byol
+    temperature: float = 0.5  # simclr
+    ema_base: float = 0.99  # byol: target momentum at step 0, rising to 1 on a cosine
 
 
 @dataclass
@@ -72,7 +74,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 1024
-    probe_max_iter: int = 1000
+    probe_max_iter: int = 500  # lbfgs iterations; the raw-pixel baseline (784-d) dominates evaluation time
     knn_k: int = 200
     knn_temperature: float = 0.1
     baselines: bool = True  # also probe raw pixels and a randomly initialised encoder

@@ -14,6 +14,8 @@ from pipeline.config import JobConfig
 from pipeline.data import ShardLoader, read_manifest, storage
 from pipeline.evaluate.suite import evaluate_encoder
 from pipeline.export import example_input, export_encoder
+from pipeline.methods import build_method
+from pipeline.optim import build_optimizer
 from pipeline.track import Tracker, tracking_uri
 from pipeline.train import encoder_spec, fit, load_trained_method
 
@@ -45,7 +47,7 @@ def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
 def preview(config: JobConfig, path: Path) -> Path:
     """Grid of 8 training images above their augmented views."""
     loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
-                         url_template=config.data.url_template)
+                         mode=config.data.mode, url_template=config.data.url_template)
     images = next(iter(loader))[0]
     channels, size, _ = loader.manifest.image_shape
     views = ViewAugmenter(config.augment.preset, size, channels, seed=config.train.seed)(images)
@@ -57,14 +59,14 @@ def pretrain(config: JobConfig) -> PretrainSummary:
     config = resolve_paths(config, run_name)
     manifest = read_manifest(config.data.shards)
     spec = encoder_spec(config, manifest)
+    build_optimizer(build_method(config, spec), config.optim, config.data.batch_size)  # fail here, not on workers
     tracker = Tracker(tracking_uri(config.track))
     run_id = tracker.start(config, run_name, manifest.digest())
     try:
         work = Path(tempfile.mkdtemp(prefix="sslpipe-run-"))
         tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
         cluster.connect()
-        fitted = fit(config, run_name, run_id, tracker.uri)
-        encoder = load_trained_method(config, manifest, fitted.checkpoint_dir).encoder
+        encoder = load_trained_method(config, manifest, fit(config, run_name, run_id, tracker.uri)).encoder
         metrics, plots = evaluate_encoder(encoder, spec, config, manifest, work)
         tracker.log_metrics(run_id, metrics, step=config.train.epochs)
         for plot in plots:

@@ -12,3 +12,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, final_fraction
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_momentum(step: int, total_steps: int, base: float) -> float:
+    """BYOL's target momentum ``tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2``: ``base`` at step 0, 1 at the end."""
+    progress = min(1.0, step / max(1, total_steps))
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2

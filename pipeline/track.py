@@ -33,10 +33,6 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(uri)
 
-    @classmethod
-    def for_worker(cls, uri: str) -> Tracker:
-        return cls(uri)
-
     def start(self, config: JobConfig, run_name: str, manifest_digest: str) -> str:
         """The run id for ``run_name``: an unfinished run of that name is resumed, else a new run is created
         with the resolved config (every key as a param), the manifest hash and the config as YAML."""

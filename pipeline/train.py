@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +39,8 @@ def encoder_spec(config: JobConfig, manifest: Manifest) -> EncoderSpec:
         raise ConfigError(f"{config.data.shards}: images are {height}x{width}; encoders expect square images")
     return EncoderSpec(
         arch=config.model.encoder, channels=channels, image_size=height, mean=manifest.channel_mean,
-        std=manifest.channel_std, width=config.model.width, cifar_stem=config.model.cifar_stem,
+        std=manifest.channel_std, width=config.model.width, embed_dim=config.model.embed_dim,
+        cifar_stem=config.model.cifar_stem,
     )
 
 
@@ -61,9 +61,10 @@ def load_checkpoint(directory: str | Path) -> dict:
         raise SslpipeError(f"{path}: unreadable checkpoint ({exn}); delete it to start afresh") from None
 
 
-def load_trained_method(config: JobConfig, manifest: Manifest, checkpoint_dir: str | Path) -> Method:
+def load_trained_method(config: JobConfig, manifest: Manifest, state: dict) -> Method:
+    """The method of ``config`` with the weights of checkpoint ``state``."""
     method = build_method(config, encoder_spec(config, manifest))
-    method.load_state_dict(load_checkpoint(checkpoint_dir)["model"])
+    method.load_state_dict(state["model"])
     return method
 
 
@@ -88,7 +89,7 @@ def train_worker(payload: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(config.train.cpus_per_worker)
-    torch.manual_seed(config.train.seed + rank)
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rank (BYOL's target included)
 
     loader = ShardLoader(
         config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
@@ -97,6 +98,7 @@ def train_worker(payload: dict) -> None:
     )
     spec = encoder_spec(config, loader.manifest)
     method = build_method(config, spec).to(memory_format=torch.channels_last)
+    torch.manual_seed(config.train.seed + 1 + rank)
     if config.train.sync_batchnorm and world_size > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     model = ray.train.torch.prepare_model(method)  # moves to device, wraps in DDP when world_size > 1
@@ -118,7 +120,7 @@ def train_worker(payload: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
-    tracker = Tracker.for_worker(payload["tracking_uri"]) if rank == 0 and payload.get("run_id") else None
+    tracker = Tracker(payload["tracking_uri"]) if rank == 0 and payload.get("run_id") else None
 
     for epoch in range(start_epoch, config.train.epochs):
         loader.set_epoch(epoch)
@@ -165,15 +167,18 @@ def train_worker(payload: dict) -> None:
             ray.train.report(metrics, checkpoint=report_checkpoint)
 
 
-@dataclass
-class FitResult:
-    checkpoint_dir: str
-    metrics: dict
-    run_name: str
+def _user_error(error: Exception) -> SslpipeError | None:
+    """The first worker's own error (bad shard, NaN loss, ...) as one line, instead of Ray's wrapper."""
+    for rank, failure in sorted(getattr(error, "worker_failures", {}).items()):
+        cause = getattr(failure, "cause", None) or failure  # RayTaskError keeps the original as .cause
+        if isinstance(cause, SslpipeError):
+            return type(cause)(f"Ray Train worker {rank}: {cause.args[0]}")
+    return None
 
 
-def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_uri: str | None = None) -> FitResult:
-    """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers."""
+def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers; returns the final
+    checkpoint's state (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``config``, ``spec``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -193,8 +198,6 @@ def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_ur
     )
     result = trainer.fit()
     if result.error is not None:
-        raise result.error
+        raise _user_error(result.error) or result.error
     with result.checkpoint.as_directory() as directory:
-        local = Path(tempfile.mkdtemp(prefix="sslpipe-ckpt-"))
-        (local / CHECKPOINT_FILE).write_bytes((Path(directory) / CHECKPOINT_FILE).read_bytes())
-    return FitResult(str(local), dict(result.metrics or {}), run_name)
+        return load_checkpoint(directory)

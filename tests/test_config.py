@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import JobConfig, load_config
@@ -39,7 +41,10 @@ def test_malformed_override_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_shipped_jobs_load():
-    for name in ("simclr_fashion_mnist", "simclr_cifar10_gpu"):
-        config = load_config(f"jobs/{name}.yaml")
-        assert config.method.name == "simclr"
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_jobs_load(path):
+    config = load_config(path)
+    assert path.stem.startswith(config.method.name)

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import load_config
 from pipeline.export import load_encoder
 from pipeline.pretrain import pretrain
+from pipeline.train import NonFiniteLoss
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def config(synthetic_shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # exports/, ray_results/ and mlflow.db land here
     return load_config(None, [
-        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=1", "model.width=8",
+        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=1", "model.width=8", "model.embed_dim=32",
         "model.head_hidden=64", "model.head_dim=32", "train.epochs=1", "train.name=e2e", "eval.baselines=false",
         "eval.probe_max_iter=200",
     ])
@@ -53,3 +54,23 @@ def test_pretrain_tracks_exports_and_resumes(ray_local, config, tmp_path):
     history = MlflowClient(resumed.tracking_uri).get_metric_history(resumed.run_id, "start_epoch")
     assert [(m.step, m.value) for m in history] == [(1, 1.0)]
     assert np.isfinite(MlflowClient(resumed.tracking_uri).get_run(resumed.run_id).data.metrics["probe_accuracy"])
+
+
+@pytest.mark.slow
+def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
+    config.optim.lr = 1e30
+    config.train.max_failures = 0
+    config.train.name = "diverges"
+    with pytest.raises(NonFiniteLoss, match=r"^Ray Train worker \d: loss is (nan|inf|-inf) at epoch 0, step \d+ \(rank \d\); lower optim.lr"):
+        pretrain(config)
+    runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_byol_runs_end_to_end(ray_local, config):
+    config.method.name, config.augment.preset, config.train.name = "byol", "byol", "byol"
+    summary = pretrain(config)
+    metrics = MlflowClient(summary.tracking_uri).get_run(summary.run_id).data.metrics
+    assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["probe_accuracy"] <= 1.0
+    assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, 32)

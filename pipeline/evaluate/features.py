@@ -20,10 +20,10 @@ def extract_features(
     loader = ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
                          drop_last=False, url_template=url_template)
     if encoder is not None:
-        encoder.eval().to(device)
+        encoder.eval().to(device, memory_format=torch.channels_last)
     features, labels = [], []
     for images, batch_labels, _ in loader:
-        x = to_unit_float(images.to(device))
+        x = to_unit_float(images.to(device)).contiguous(memory_format=torch.channels_last)
         features.append((encoder(x) if encoder is not None else x.flatten(1)).float().cpu().numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(features), np.concatenate(labels)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError
 from pipeline.methods.base import Method
+from pipeline.methods.byol import BYOL
 from pipeline.methods.simclr import SimCLR
 from pipeline.models import EncoderSpec
 
-METHODS: dict[str, type[Method]] = {"simclr": SimCLR}
+METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "byol": BYOL}
 
 
 def build_method(config: JobConfig, spec: EncoderSpec) -> Method:

@@ -26,7 +26,8 @@ class EncoderSpec:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    width: int = 32
+    width: int = 24
+    embed_dim: int = 256
     cifar_stem: bool = True
 
     def to_dict(self) -> dict:
@@ -51,16 +52,17 @@ def _block(inputs: int, outputs: int) -> list[nn.Module]:
     return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
 
 
-def small_cnn(channels: int, width: int) -> tuple[nn.Module, int]:
-    """Three stages of conv-BN-ReLU (``width``, ``2 width``, ``4 width`` channels) with 2x2 max-pool between
-    them, then global average pooling: ``(B, C, H, W) -> (B, 4 width)``. Sized for 28-32 px on CPUs."""
+def small_cnn(channels: int, width: int, embed_dim: int) -> tuple[nn.Module, int]:
+    """Conv-BN-ReLU blocks of ``width``, ``2 width`` (each followed by a 2x2 max-pool), ``4 width`` and
+    ``embed_dim`` channels, then global average pooling: ``(B, C, H, W) -> (B, embed_dim)``. Sized for 28-32 px
+    on CPUs (width 24, 256-d: about 700 images/s of SimCLR training on 2 cores)."""
     layers = [
         *_block(channels, width), nn.MaxPool2d(2),
         *_block(width, 2 * width), nn.MaxPool2d(2),
-        *_block(2 * width, 4 * width), *_block(4 * width, 4 * width),
+        *_block(2 * width, 4 * width), *_block(4 * width, embed_dim),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     ]
-    return nn.Sequential(*layers), 4 * width
+    return nn.Sequential(*layers), embed_dim
 
 
 def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
@@ -79,7 +81,7 @@ def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
 def build_encoder(spec: EncoderSpec) -> tuple[nn.Module, int]:
     """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)``."""
     if spec.arch == "small_cnn":
-        body, dim = small_cnn(spec.channels, spec.width)
+        body, dim = small_cnn(spec.channels, spec.width, spec.embed_dim)
     elif spec.arch in ("resnet18", "resnet50"):
         body, dim = resnet(spec.arch, spec.channels, spec.cifar_stem)
     else:

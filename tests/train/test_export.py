@@ -7,7 +7,7 @@ import torch
 from pipeline.export import export_encoder, load_encoder
 from pipeline.models import EncoderSpec, build_encoder
 
-SPEC = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8)
+SPEC = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32)
 
 
 def _trained_like_encoder():

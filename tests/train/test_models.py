@@ -7,7 +7,7 @@ from pipeline.methods import build_method
 from pipeline.models import EncoderSpec, build_encoder
 
 
-@pytest.mark.parametrize(("arch", "channels", "size", "dim"), [("small_cnn", 1, 28, 128), ("resnet18", 3, 32, 512)])
+@pytest.mark.parametrize(("arch", "channels", "size", "dim"), [("small_cnn", 1, 28, 256), ("resnet18", 3, 32, 512)])
 def test_encoder_shapes(arch, channels, size, dim):
     spec = EncoderSpec(arch, channels, size, (0.5,) * channels, (0.25,) * channels)
     encoder, out_dim = build_encoder(spec)
@@ -24,7 +24,7 @@ def test_normalisation_is_inside_the_encoder():
 
 def test_simclr_loss_is_finite_and_trains():
     config = JobConfig()
-    method = build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=8))
+    method = build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=8, embed_dim=16))
     views = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
     loss = method(*views)
     loss.backward()

@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.config import JobConfig
+from pipeline.losses import byol_loss
+from pipeline.methods import build_method
+from pipeline.models import EncoderSpec
+from pipeline.optim import build_optimizer
+from pipeline.schedules import ema_momentum
+
+
+def test_loss_hand_computed():
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    z = torch.tensor([[3.0, 0.0], [0.0, -1.0], [1.0, 0.0]])
+    # cosines 1, -1, 1/sqrt(2): losses 0, 4, 2 - sqrt(2)
+    assert byol_loss(p, z).item() == pytest.approx((0 + 4 + 2 - math.sqrt(2)) / 3)
+    assert byol_loss(z, z).item() == pytest.approx(0.0, abs=1e-7)  # identical views: zero loss
+
+
+def test_momentum_schedule():
+    assert ema_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert ema_momentum(50, 100, 0.99) == pytest.approx(0.995)
+    assert ema_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert ema_momentum(25, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2)
+
+
+def _byol():
+    config = JobConfig()
+    config.method.name = "byol"
+    config.model.head_hidden, config.model.head_dim = 32, 16
+    return config, build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=4, embed_dim=8))
+
+
+def test_target_is_outside_the_optimizer_and_follows_the_ema():
+    torch.manual_seed(0)
+    config, method = _byol()
+    optimizer = build_optimizer(method, config.optim, 256)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in method.target.parameters()}
+    assert all(not p.requires_grad for p in method.target.parameters())
+
+    target_before = [p.clone() for p in method.target.parameters()]
+    loss = method(torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28))
+    loss.backward()
+    assert all(p.grad is None for p in method.target.parameters())
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(target_before, method.target.parameters()))  # optimizer: no touch
+
+    method.after_step(3, 10)
+    tau = ema_momentum(3, 10, config.method.ema_base)
+    online = [*method.encoder.parameters(), *method.projector.parameters()]
+    for before, after, source in zip(target_before, method.target.parameters(), online):
+        torch.testing.assert_close(after, tau * before + (1 - tau) * source)
