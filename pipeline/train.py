@@ -17,7 +17,7 @@ from torch import nn
 
 from augment import ViewAugmenter
 from pipeline.config import JobConfig
-from pipeline.data import ShardLoader
+from pipeline.data import ShardLoader, storage
 from pipeline.data.manifest import Manifest
 from pipeline.distributed import mean_across_ranks
 from pipeline.errors import ConfigError, SslpipeError
@@ -170,9 +170,8 @@ def train_worker(payload: dict) -> None:
 def _user_error(error: Exception) -> SslpipeError | None:
     """The first worker's own error (bad shard, NaN loss, ...) as one line, instead of Ray's wrapper."""
     for rank, failure in sorted(getattr(error, "worker_failures", {}).items()):
-        cause = getattr(failure, "cause", None) or failure  # RayTaskError keeps the original as .cause
-        if isinstance(cause, SslpipeError):
-            return type(cause)(f"Ray Train worker {rank}: {cause.args[0]}")
+        if isinstance(failure, SslpipeError):
+            return type(failure)(f"Ray Train worker {rank}: {failure.args[0]}")
     return None
 
 
@@ -182,7 +181,9 @@ def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_ur
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = str(Path(config.train.storage_path).absolute())
+    storage_path = config.train.storage_path  # a folder (made absolute: workers run elsewhere) or a URL
+    if storage.is_local(storage_path):
+        storage_path = str(storage.local_path(storage_path).absolute())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri},
@@ -191,13 +192,17 @@ def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_ur
             resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=storage,
+            name=run_name, storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise _user_error(result.error) or result.error
+    try:
+        result = trainer.fit()
+    except Exception as error:  # Ray Train V2 raises TrainingFailedError; a worker's own error is the news
+        user_error = _user_error(error)
+        if user_error is None:
+            raise
+        raise user_error from error
     with result.checkpoint.as_directory() as directory:
         return load_checkpoint(directory)
