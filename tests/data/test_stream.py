@@ -104,3 +104,12 @@ def test_len_matches_plan(synthetic_shards):
     for epoch in range(3):
         loader.set_epoch(epoch)
         assert len(loader) == batches_per_rank(loader.counts, 2, 100, "exact", epoch, 0)
+
+
+@pytest.mark.parametrize("template", ["pipe:cat {root}/{{name}}", "file://{root}/{{name}}"])
+def test_url_templates_stream_through_webdataset_openers(even_shards, template):
+    loader = ShardLoader(even_shards, "train", 64, rank=0, world_size=1, num_workers=0, shuffle=False,
+                         drop_last=False, url_template=template.format(root=even_shards))
+    assert loader.urls[0].startswith(template.split("{")[0])
+    indices = np.concatenate([batch[2].numpy() for batch in loader])
+    np.testing.assert_array_equal(np.sort(indices), np.arange(1024))
