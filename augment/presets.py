@@ -15,6 +15,7 @@ Colour operations that need three channels (saturation, hue, grayscale) are left
 from __future__ import annotations
 
 import kornia.augmentation as K
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,8 +68,8 @@ class ViewAugmenter(nn.Module):
     """``views = augmenter(batch)``: ``batch`` uint8 or float ``(B, C, H, W)`` on any device -> ``num_views``
     float tensors ``(B, C, size, size)`` in [0, 1] on the same device.
 
-    With ``seed``, call ``i`` draws from ``seed + i`` in a forked RNG (reproducible, global RNG untouched);
-    under DDP give each rank its own seed.
+    With ``seed``, call ``i`` draws from a forked RNG seeded by ``(seed, i)`` (reproducible, global RNG
+    untouched; set ``calls`` to continue a stream); under DDP give each rank its own seed.
     """
 
     def __init__(self, preset: str, image_size: int, channels: int, num_views: int = 2, seed: int | None = None) -> None:
@@ -89,6 +90,6 @@ class ViewAugmenter(nn.Module):
             return self._views(batch)
         devices = [batch.device] if batch.device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices, device_type=batch.device.type):
-            torch.manual_seed(self.seed + self.calls)
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, self.calls]).generate_state(1)[0]))
             self.calls += 1
             return self._views(batch)

@@ -120,6 +120,7 @@ def train_worker(payload: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
+        augmenter.calls = step  # continue the augmentation stream instead of replaying it
     tracker = Tracker(payload["tracking_uri"]) if rank == 0 and payload.get("run_id") else None
 
     for epoch in range(start_epoch, config.train.epochs):
