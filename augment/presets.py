@@ -8,6 +8,7 @@
   grayscale p=0.2, then blur with p=1.0 / 0.1 (images of 64 px and more) and solarize with p=0.0 / 0.2.
 * ``light``: for small grayscale images such as 28x28 Fashion-MNIST: crop 0.5-1, flip, brightness/contrast 0.4
   with p=0.8.
+* ``none``: the images as they are (autoencoders reconstruct their input; denoising corrupts it in the method).
 
 Colour operations that need three channels (saturation, hue, grayscale) are left out for 1-channel images.
 """
@@ -21,7 +22,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 
-PRESETS = ("simclr", "byol", "light")
+PRESETS = ("simclr", "byol", "light", "none")
 BLUR_MIN_SIZE = 64
 SMALL_IMAGE = 32
 
@@ -53,6 +54,8 @@ def _view_pipelines(preset: str, size: int, channels: int) -> list[nn.Module]:
                 ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
             views.append(K.AugmentationSequential(*ops))
         return views
+    if preset == "none":
+        return [nn.Identity()]
     if preset == "light":
         ops = [K.RandomResizedCrop((size, size), scale=(0.5, 1.0)), K.RandomHorizontalFlip()]
         return [K.AugmentationSequential(*ops, K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]
@@ -82,7 +85,7 @@ class ViewAugmenter(nn.Module):
 
     def _views(self, batch: torch.Tensor) -> list[torch.Tensor]:
         images = to_unit_float(batch)
-        return [pipeline(images).clamp_(0.0, 1.0) for pipeline in self.pipelines]
+        return [pipeline(images).clamp(0.0, 1.0) for pipeline in self.pipelines]
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:

@@ -28,12 +28,12 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "simclr"
+    preset: str = "simclr"  # simclr, byol, light, none (autoencoders)
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "small_cnn"  # small_cnn, resnet18, resnet50
+    encoder: str = "small_cnn"  # small_cnn, resnet18, resnet50, linear (autoencoder only)
     width: int = 24  # small_cnn: channels of the first block
     embed_dim: int = 256  # small_cnn: size of the representation
     cifar_stem: bool = True  # resnets: 3x3 stem without max-pool, for 28-64 px images
@@ -43,9 +43,15 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "simclr"  # simclr, byol
+    name: str = "simclr"  # simclr, byol, autoencoder
     temperature: float = 0.5  # simclr
     ema_base: float = 0.99  # byol: target momentum at step 0, rising to 1 on a cosine
+    bottleneck: int = 32  # autoencoder: code size k
+    sparsity: str = "none"  # autoencoder: none, l1 or kl (codes through a sigmoid, target rate sparsity_target)
+    sparsity_weight: float = 1.0e-3
+    sparsity_target: float = 0.05
+    corruption: str | None = None  # autoencoder: gaussian, mask or salt_pepper makes it a denoising autoencoder
+    corruption_amount: float = 0.3
 
 
 @dataclass

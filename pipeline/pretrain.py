@@ -58,15 +58,15 @@ def pretrain(config: JobConfig) -> PretrainSummary:
     run_name = config.train.name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = resolve_paths(config, run_name)
     manifest = read_manifest(config.data.shards)
-    spec = encoder_spec(config, manifest)
-    build_optimizer(build_method(config, spec), config.optim, config.data.batch_size)  # fail here, not on workers
+    build_optimizer(build_method(config, encoder_spec(config, manifest)), config.optim, 1)  # fail here, not on workers
     tracker = Tracker(tracking_uri(config.track))
     run_id = tracker.start(config, run_name, manifest.digest())
     try:
         work = Path(tempfile.mkdtemp(prefix="sslpipe-run-"))
         tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
         cluster.connect()
-        encoder = load_trained_method(config, manifest, fit(config, run_name, run_id, tracker.uri)).encoder
+        method = load_trained_method(config, manifest, fit(config, run_name, run_id, tracker.uri))
+        encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
         metrics, plots = evaluate_encoder(encoder, spec, config, manifest, work)
         tracker.log_metrics(run_id, metrics, step=config.train.epochs)
         for plot in plots:

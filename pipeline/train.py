@@ -156,7 +156,7 @@ def train_worker(payload: dict) -> None:
         }
         state = {
             "model": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1, "step": step, "config": config.to_dict(), "spec": spec.to_dict(),
+            "epoch": epoch + 1, "step": step, "config": config.to_dict(), "spec": method.spec.to_dict(),
         }
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None

@@ -68,9 +68,21 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 
 
 @pytest.mark.slow
-def test_byol_runs_end_to_end(ray_local, config):
-    config.method.name, config.augment.preset, config.train.name = "byol", "byol", "byol"
+@pytest.mark.parametrize(
+    ("overrides", "dim"),
+    [
+        ({"method.name": "byol", "augment.preset": "byol"}, 32),
+        ({"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 12, "method.sparsity": "kl",
+          "method.corruption": "gaussian"}, 12),
+    ],
+    ids=["byol", "denoising-sparse-autoencoder"],
+)
+def test_other_methods_run_end_to_end(ray_local, config, overrides, dim):
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    config.train.name = config.method.name
     summary = pretrain(config)
     metrics = MlflowClient(summary.tracking_uri).get_run(summary.run_id).data.metrics
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["probe_accuracy"] <= 1.0
-    assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, 32)
+    assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, dim)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError
+from pipeline.methods.autoencoder import AutoEncoder
 from pipeline.methods.base import Method
 from pipeline.methods.byol import BYOL
 from pipeline.methods.simclr import SimCLR
 from pipeline.models import EncoderSpec
 
-METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "byol": BYOL}
+METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "byol": BYOL, "autoencoder": AutoEncoder}
 
 
 def build_method(config: JobConfig, spec: EncoderSpec) -> Method:

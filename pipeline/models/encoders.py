@@ -14,7 +14,8 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 
-ENCODERS = ("small_cnn", "resnet18", "resnet50")
+ENCODERS = ("small_cnn", "resnet18", "resnet50", "linear")
+CODE_ACTIVATIONS = ("none", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class EncoderSpec:
     width: int = 24
     embed_dim: int = 256
     cifar_stem: bool = True
+    bottleneck: int = 0  # > 0: a linear layer to this many units ends the encoder (autoencoders)
+    code_activation: str = "none"  # or "sigmoid": codes in (0, 1), as KL sparsity needs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,11 +82,25 @@ def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
 
 
 def build_encoder(spec: EncoderSpec) -> tuple[nn.Module, int]:
-    """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)``."""
+    """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)`` (``D = bottleneck`` if set).
+    ``linear`` is a single linear map of the flattened pixels (needs a bottleneck)."""
     if spec.arch == "small_cnn":
         body, dim = small_cnn(spec.channels, spec.width, spec.embed_dim)
     elif spec.arch in ("resnet18", "resnet50"):
         body, dim = resnet(spec.arch, spec.channels, spec.cifar_stem)
+    elif spec.arch == "linear" and spec.bottleneck > 0:
+        body, dim = nn.Flatten(), spec.channels * spec.image_size**2
     else:
-        raise ConfigError(f"model.encoder: unknown encoder {spec.arch!r}; choose one of {', '.join(ENCODERS)}")
-    return nn.Sequential(Normalize(spec.mean, spec.std), body), dim
+        raise ConfigError(
+            f"model.encoder: unknown encoder {spec.arch!r}; choose one of {', '.join(ENCODERS)} (linear needs an "
+            "autoencoder's method.bottleneck)"
+        )
+    if spec.code_activation not in CODE_ACTIVATIONS:
+        raise ConfigError(f"code activation {spec.code_activation!r}: choose one of {', '.join(CODE_ACTIVATIONS)}")
+    layers = [Normalize(spec.mean, spec.std), body]
+    if spec.bottleneck:
+        layers.append(nn.Linear(dim, spec.bottleneck))
+        dim = spec.bottleneck
+    if spec.code_activation == "sigmoid":
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers), dim

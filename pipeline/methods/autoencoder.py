@@ -1,0 +1,59 @@
+"""Autoencoders with a bottleneck of ``k`` units: undercomplete (conv), linear (``model.encoder: linear``, MSE:
+spans the PCA subspace), sparse (L1 on the codes, or KL of each unit's mean sigmoid activation to a target rate,
+which allows ``k > d``) and denoising (the input corrupted with ``method.corruption``, the target clean).
+
+Loss: per-pixel MSE between the reconstruction and the clean image in [0, 1], plus
+``sparsity_weight * penalty``. The exported encoder ends at the code ``(B, k)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from augment import Corruption
+from pipeline.config import JobConfig
+from pipeline.errors import ConfigError
+from pipeline.losses import kl_sparsity, l1_sparsity
+from pipeline.methods.base import Method
+from pipeline.models import EncoderSpec, build_encoder
+from pipeline.models.decoders import build_decoder
+
+SPARSITY = ("none", "l1", "kl")
+
+
+class AutoEncoder(Method):
+    num_views = 1
+
+    def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
+        super().__init__()
+        options = config.method
+        if options.sparsity not in SPARSITY:
+            raise ConfigError(f"method.sparsity: {options.sparsity!r}; choose one of {', '.join(SPARSITY)}")
+        self.spec = dataclasses.replace(
+            spec, bottleneck=options.bottleneck, code_activation="sigmoid" if options.sparsity == "kl" else "none"
+        )
+        self.encoder, _ = build_encoder(self.spec)
+        self.decoder = build_decoder(self.spec)
+        self.corruption = Corruption(options.corruption, options.corruption_amount) if options.corruption else None
+        self.sparsity, self.sparsity_weight, self.sparsity_target = (
+            options.sparsity, options.sparsity_weight, options.sparsity_target,
+        )
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(reconstruction (B, C, H, W), code (B, k))`` of ``x``."""
+        code = self.encoder(x)
+        return self.decoder(code), code
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` in [0, 1] -> scalar loss (corruption only while training)."""
+        inputs = self.corruption(x) if self.corruption is not None and self.training else x
+        reconstruction, code = self.reconstruct(inputs)
+        loss = F.mse_loss(reconstruction, x)
+        if self.sparsity == "l1":
+            loss = loss + self.sparsity_weight * l1_sparsity(code)
+        elif self.sparsity == "kl":
+            loss = loss + self.sparsity_weight * kl_sparsity(code, self.sparsity_target)
+        return loss

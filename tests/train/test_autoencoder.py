@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+
+from pipeline.config import JobConfig
+from pipeline.errors import ConfigError
+from pipeline.methods import build_method
+from pipeline.models import EncoderSpec
+
+
+def _autoencoder(arch="small_cnn", size=28, **method):
+    config = JobConfig()
+    config.method.name = "autoencoder"
+    for key, value in method.items():
+        setattr(config.method, key, value)
+    return build_method(config, EncoderSpec(arch, 1, size, (0.0,), (1.0,), width=4, embed_dim=16))
+
+
+def test_conv_autoencoder_shapes_and_exported_code():
+    method = _autoencoder(bottleneck=7)
+    x = torch.rand(5, 1, 28, 28)
+    reconstruction, code = method.reconstruct(x)
+    assert reconstruction.shape == x.shape and code.shape == (5, 7)
+    assert method.encoder(x).shape == (5, 7) and method.spec.bottleneck == 7
+    assert 0 <= reconstruction.min() and reconstruction.max() <= 1
+
+
+def test_sparse_losses_add_their_penalties():
+    x = torch.rand(6, 1, 28, 28)
+    for sparsity, penalty in (("l1", lambda z: z.abs().sum(1).mean()), ("kl", None)):
+        method = _autoencoder(bottleneck=40, sparsity=sparsity, sparsity_weight=0.5).eval()
+        reconstruction, code = method.reconstruct(x)
+        if sparsity == "kl":
+            assert 0 < code.min() and code.max() < 1  # sigmoid codes; k = 40 > what a bottleneck would allow
+            rho_hat = code.mean(0)
+            penalty_value = (0.05 * torch.log(0.05 / rho_hat) + 0.95 * torch.log(0.95 / (1 - rho_hat))).sum()
+        else:
+            penalty_value = penalty(code)
+        torch.testing.assert_close(method(x), F.mse_loss(reconstruction, x) + 0.5 * penalty_value)
+
+
+def test_denoising_corrupts_the_input_and_keeps_the_clean_target():
+    method = _autoencoder(bottleneck=5, corruption="mask", corruption_amount=1.0)  # every pixel dropped
+    x = torch.rand(4, 1, 28, 28)
+    method.decoder.eval()  # fixed BatchNorm statistics so the two computations match
+    loss = method(x)
+    reconstruction, _ = method.reconstruct(torch.zeros_like(x))
+    torch.testing.assert_close(loss, F.mse_loss(reconstruction, x))
+    method.eval()
+    torch.testing.assert_close(method(x), F.mse_loss(method.reconstruct(x)[0], x))  # no corruption at eval
+
+
+def test_linear_autoencoder_recovers_the_pca_subspace():
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 3, generator=generator))[0]  # a 3-d subspace of 4x4 images
+    data = (torch.randn(1024, 3, generator=generator) * torch.tensor([3.0, 2.0, 1.0])) @ basis.T
+    data = 0.5 + 0.1 * (data + 0.05 * torch.randn(1024, 16, generator=generator))  # spectrum 3, 2, 1, then noise
+    images = data.reshape(-1, 1, 4, 4)
+    torch.manual_seed(0)
+    method = _autoencoder("linear", size=4, bottleneck=3)
+    optimizer = torch.optim.Adam(method.parameters(), lr=3e-2)
+    for _ in range(2000):
+        optimizer.zero_grad()
+        method(images).backward()
+        optimizer.step()
+    decoder_span = torch.linalg.qr(method.decoder[0].weight.detach())[0].numpy()  # (16, 3)
+    pca_span = PCA(3).fit(data.numpy()).components_.T  # (16, 3)
+    cosines = np.linalg.svd(decoder_span.T @ pca_span, compute_uv=False)
+    assert cosines.min() > 0.99  # principal angles below about 8 degrees
+
+
+def test_bad_sparsity_and_linear_without_bottleneck():
+    with pytest.raises(ConfigError, match="method.sparsity: 'l2'; choose one of none, l1, kl"):
+        _autoencoder(sparsity="l2")
+    config = JobConfig()
+    config.model.encoder = "linear"
+    with pytest.raises(ConfigError, match="linear needs an autoencoder's method.bottleneck"):
+        build_method(config, EncoderSpec("linear", 1, 28, (0.0,), (1.0,)))
