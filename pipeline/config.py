@@ -43,15 +43,20 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "simclr"  # simclr, byol, autoencoder
+    name: str = "simclr"  # simclr, byol, autoencoder, vae
     temperature: float = 0.5  # simclr
     ema_base: float = 0.99  # byol: target momentum at step 0, rising to 1 on a cosine
-    bottleneck: int = 32  # autoencoder: code size k
+    bottleneck: int = 32  # autoencoder and vae: code (latent) size k
     sparsity: str = "none"  # autoencoder: none, l1 or kl (codes through a sigmoid, target rate sparsity_target)
     sparsity_weight: float = 1.0e-3
     sparsity_target: float = 0.05
     corruption: str | None = None  # autoencoder: gaussian, mask or salt_pepper makes it a denoising autoencoder
     corruption_amount: float = 0.3
+    beta: float = 1.0  # vae: KL weight (beta-VAE when > 1)
+    kl_anneal_steps: int = 0  # vae: steps over which the KL weight ramps from 0 to beta
+    free_bits: float = 0.0  # vae: nats per latent dimension that cost nothing
+    likelihood: str = "bernoulli"  # vae: bernoulli (pixels in [0, 1]) or gaussian (std decoder_std)
+    decoder_std: float = 0.1
 
 
 @dataclass

@@ -12,7 +12,7 @@ from augment import ViewAugmenter, save_view_grid
 from pipeline import cluster
 from pipeline.config import JobConfig
 from pipeline.data import ShardLoader, read_manifest, storage
-from pipeline.evaluate.suite import evaluate_encoder
+from pipeline.evaluate.suite import evaluate_method
 from pipeline.export import example_input, export_encoder
 from pipeline.methods import build_method
 from pipeline.optim import build_optimizer
@@ -67,7 +67,7 @@ def pretrain(config: JobConfig) -> PretrainSummary:
         cluster.connect()
         method = load_trained_method(config, manifest, fit(config, run_name, run_id, tracker.uri))
         encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
-        metrics, plots = evaluate_encoder(encoder, spec, config, manifest, work)
+        metrics, plots = evaluate_method(method, config, manifest, work)
         tracker.log_metrics(run_id, metrics, step=config.train.epochs)
         for plot in plots:
             tracker.log_artifact(run_id, plot)

@@ -18,3 +18,11 @@ def ema_momentum(step: int, total_steps: int, base: float) -> float:
     """BYOL's target momentum ``tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2``: ``base`` at step 0, 1 at the end."""
     progress = min(1.0, step / max(1, total_steps))
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def kl_weight(step: int, anneal_steps: int, beta: float) -> float:
+    """KL annealing against posterior collapse: the KL weight ramps linearly from 0 to ``beta`` over
+    ``anneal_steps`` steps (``beta`` at once when ``anneal_steps`` is 0)."""
+    if anneal_steps <= 0:
+        return beta
+    return beta * min(1.0, step / anneal_steps)

@@ -69,20 +69,26 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("overrides", "dim"),
+    ("overrides", "dim", "extra_metrics"),
     [
-        ({"method.name": "byol", "augment.preset": "byol"}, 32),
+        ({"method.name": "byol", "augment.preset": "byol"}, 32, set()),
         ({"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 12, "method.sparsity": "kl",
-          "method.corruption": "gaussian"}, 12),
+          "method.corruption": "gaussian"}, 12, {"recon_mse", "pca_recon_mse", "recon_mse_over_pca"}),
+        ({"method.name": "vae", "augment.preset": "none", "method.bottleneck": 6, "method.kl_anneal_steps": 10}, 6,
+         {"recon_mse", "pca_recon_mse", "elbo", "kl", "active_units"}),
     ],
-    ids=["byol", "denoising-sparse-autoencoder"],
+    ids=["byol", "denoising-sparse-autoencoder", "vae"],
 )
-def test_other_methods_run_end_to_end(ray_local, config, overrides, dim):
+def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics):
     for key, value in overrides.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
     config.train.name = config.method.name
     summary = pretrain(config)
-    metrics = MlflowClient(summary.tracking_uri).get_run(summary.run_id).data.metrics
+    client = MlflowClient(summary.tracking_uri)
+    metrics = client.get_run(summary.run_id).data.metrics
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["probe_accuracy"] <= 1.0
+    assert extra_metrics <= metrics.keys()
+    if extra_metrics:
+        assert "reconstructions.png" in {a.path for a in client.list_artifacts(summary.run_id)}
     assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, dim)

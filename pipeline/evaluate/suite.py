@@ -1,4 +1,5 @@
-"""The evaluation a pretraining run ends with: probe and kNN of the encoder, and the baselines beside them."""
+"""The evaluation a pretraining run ends with: probe and kNN of the encoder, the baselines beside them, and
+reconstruction against PCA for methods that reconstruct."""
 
 from __future__ import annotations
 
@@ -7,20 +8,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from augment import save_view_grid
 from pipeline.config import JobConfig
 from pipeline.data.manifest import Manifest
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.plots import confusion_png
 from pipeline.evaluate.probe import linear_probe
-from pipeline.models import EncoderSpec, build_encoder
+from pipeline.evaluate.reconstruction import pca_reconstruction_mse, reconstruction_metrics
+from pipeline.methods import Method
+from pipeline.models import build_encoder
 
 
-def evaluate_encoder(
-    encoder: nn.Module, spec: EncoderSpec, config: JobConfig, manifest: Manifest, out_dir: Path
+def evaluate_method(
+    method: Method, config: JobConfig, manifest: Manifest, out_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
     """``(metrics, PNG paths)``: ``probe_accuracy``, ``knn_accuracy`` and, with ``eval.baselines``,
-    ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``."""
+    ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``; for methods that
+    reconstruct, ``recon_mse`` beside ``pca_recon_mse`` (PCA with the same k, fitted on train) and their ratio,
+    the VAE's ``elbo``, ``kl`` and ``active_units``, and a grid of reconstructions."""
+    encoder, spec = method.encoder, method.spec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     options = dict(batch_size=config.eval.batch_size, device=device, url_template=config.data.url_template)
 
@@ -38,10 +45,22 @@ def evaluate_encoder(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [confusion_png(probe.confusion, list(manifest.class_names), out_dir / "probe_confusion.png",
                            f"linear probe, test accuracy {probe.accuracy:.4f}")]
+    (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None)
     if config.eval.baselines:
+        metrics["baseline_pixels_probe_accuracy"] = linear_probe(
+            pixels_train, pixels_train_y, pixels_test, pixels_test_y, config.eval.probe_max_iter
+        ).accuracy
         torch.manual_seed(config.train.seed)
-        baselines = {"baseline_pixels_probe_accuracy": None, "baseline_random_encoder_probe_accuracy": build_encoder(spec)[0]}
-        for name, model in baselines.items():
-            (train_x, train_y), (test_x, test_y) = features(model)
-            metrics[name] = linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter).accuracy
+        (train_x, train_y), (test_x, test_y) = features(build_encoder(spec)[0])
+        metrics["baseline_random_encoder_probe_accuracy"] = linear_probe(
+            train_x, train_y, test_x, test_y, config.eval.probe_max_iter
+        ).accuracy
+    if hasattr(method, "reconstruct"):
+        recon, originals, reconstructions = reconstruction_metrics(
+            method, config.data.shards, config.eval.batch_size, device, config.data.url_template
+        )
+        recon["pca_recon_mse"] = pca_reconstruction_mse(pixels_train, pixels_test, spec.bottleneck)
+        recon["recon_mse_over_pca"] = recon["recon_mse"] / recon["pca_recon_mse"]
+        metrics |= recon
+        plots.append(save_view_grid(originals, [reconstructions], out_dir / "reconstructions.png"))
     return metrics, plots

@@ -8,9 +8,10 @@ from pipeline.methods.autoencoder import AutoEncoder
 from pipeline.methods.base import Method
 from pipeline.methods.byol import BYOL
 from pipeline.methods.simclr import SimCLR
+from pipeline.methods.vae import VAE
 from pipeline.models import EncoderSpec
 
-METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "byol": BYOL, "autoencoder": AutoEncoder}
+METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "byol": BYOL, "autoencoder": AutoEncoder, "vae": VAE}
 
 
 def build_method(config: JobConfig, spec: EncoderSpec) -> Method:

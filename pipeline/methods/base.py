@@ -11,7 +11,8 @@ class Method(nn.Module):
     """``loss = method(*views)`` (subclasses define ``forward``); ``method.encoder`` is what gets evaluated and exported.
 
     ``num_views`` views per image come from the ``augment.preset`` augmenter. ``after_step`` runs after every
-    optimizer step (e.g. an EMA update) with the global step and the total number of steps.
+    optimizer step (e.g. an EMA update) with the global step and the total number of steps. Methods that
+    reconstruct their input also define ``reconstruct(x) -> (reconstruction, code)``, which evaluation uses.
     """
 
     num_views: int = 2

@@ -1,0 +1,68 @@
+"""VAE and beta-VAE: the encoder gives a Gaussian posterior's mean and log-variance, a reparameterised sample
+``z = mu + sigma * eps`` is decoded, and the loss is ``-ELBO`` (reconstruction summed over pixels plus ``beta``
+times the KL summed over latent dimensions, averaged over the batch). The KL weight ramps from 0 to ``beta`` over
+``method.kl_anneal_steps`` steps against posterior collapse; its step counter is a buffer, so it is checkpointed.
+The exported encoder gives the posterior mean ``(B, k)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from pipeline.config import JobConfig
+from pipeline.errors import ConfigError
+from pipeline.losses import bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
+from pipeline.methods.base import Method
+from pipeline.models import EncoderSpec, build_encoder
+from pipeline.models.decoders import build_decoder
+from pipeline.schedules import kl_weight
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+class VAE(Method):
+    num_views = 1
+
+    def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
+        super().__init__()
+        options = config.method
+        if options.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"method.likelihood: {options.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        self.spec = dataclasses.replace(spec, bottleneck=options.bottleneck, code_activation="none")
+        self.encoder, _ = build_encoder(self.spec)  # ... -> features -> Linear: the posterior mean
+        self.logvar = nn.Linear(self.encoder[-1].in_features, options.bottleneck)
+        self.decoder = build_decoder(self.spec)
+        self.beta, self.anneal_steps, self.free_bits = options.beta, options.kl_anneal_steps, options.free_bits
+        self.likelihood, self.decoder_std = options.likelihood, options.decoder_std
+        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)``, each ``(B, k)``."""
+        features = self.encoder[:-1](x)
+        return self.encoder[-1](features), self.logvar(features)
+
+    def terms(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(nll (B,), kl (B, k), mu (B, k))``; ``sample=False`` decodes the mean."""
+        mu, logvar = self.posterior(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        decoded = self.decoder(z)
+        nll = bernoulli_nll(decoded, x) if self.likelihood == "bernoulli" else gaussian_nll(decoded, x, self.decoder_std)
+        return nll, gaussian_kl(mu, logvar), mu
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(reconstruction from the posterior mean (B, C, H, W), mu (B, k))``."""
+        mu, _ = self.posterior(x)
+        return self.decoder(mu), mu
+
+    def current_beta(self) -> float:
+        return kl_weight(int(self.anneal_step), self.anneal_steps, self.beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nll, kl, _ = self.terms(x)
+        return negative_elbo(nll, kl, self.current_beta(), self.free_bits)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.anneal_step.add_(1)
