@@ -8,7 +8,7 @@ from augment import PRESETS, ViewAugmenter, save_view_grid
 from pipeline.errors import ConfigError
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32), (3, 64)])
 def test_views_shape_range_and_device(preset, channels, size):
     batch = torch.randint(0, 256, (16, channels, size + 4, size + 4), dtype=torch.uint8)
@@ -17,6 +17,12 @@ def test_views_shape_range_and_device(preset, channels, size):
     for view in views:
         assert view.shape == (16, channels, size, size) and view.dtype == torch.float32
         assert view.device == batch.device and 0.0 <= view.min() and view.max() <= 1.0
+
+
+def test_none_preset_passes_images_through():
+    batch = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    (view,) = ViewAugmenter("none", 28, 1, num_views=1)(batch)
+    torch.testing.assert_close(view, batch.float() / 255)
 
 
 def test_parameters_are_drawn_per_sample():
