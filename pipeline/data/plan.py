@@ -6,8 +6,9 @@ Modes, with ``N`` samples in ``S`` shards, ``W`` ranks, batch size ``B``:
 * ``exact`` (default): each epoch the shards are permuted with ``(seed, epoch)`` and dealt greedily to the
   least-loaded rank, so every sample belongs to exactly one rank. A rank with ``n_r`` samples can fill
   ``floor(n_r / B)`` batches; every rank yields ``min_r floor(n_r / B)`` batches so DDP never waits on a rank
-  that ran dry. Each sample is seen at most once per epoch, and at least ``N - W * (B - 1) - (max_r n_r -
-  min_r n_r) * W`` samples are seen (those dropped change from epoch to epoch). Needs ``S >= W``.
+  that ran dry. Each sample is seen at most once per epoch and exactly ``W * batches * B`` are seen; the rest
+  (under ``B`` per rank plus the imbalance between ranks, which greedy dealing keeps under one shard) change
+  from epoch to epoch. Needs ``S >= W``.
 * ``resampled``: every DataLoader worker draws shards with replacement, seeded by ``(seed, epoch, rank,
   worker)``; every rank yields ``floor(N / (W * B))`` batches. No coverage guarantee within an epoch; each
   yielded sample is a valid sample, and in expectation every sample is seen once per epoch. Works with ``S < W``.
