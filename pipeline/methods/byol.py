@@ -44,5 +44,5 @@ class BYOL(Method):
     def after_step(self, step: int, total_steps: int) -> None:
         self.tau = ema_momentum(step, total_steps, self.ema_base)
         online = [*self.encoder.parameters(), *self.projector.parameters()]
-        for target, source in zip(self.target.parameters(), online):
+        for target, source in zip(self.target.parameters(), online, strict=True):
             target.lerp_(source, 1 - self.tau)
