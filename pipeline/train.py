@@ -132,9 +132,10 @@ def train_worker(payload: dict) -> None:
             views = [v.contiguous(memory_format=torch.channels_last) for v in augmenter(images)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = model(*views)
-            if not torch.isfinite(loss):
+            value = loss.item()  # the step's one host sync: checked here, summed below
+            if not math.isfinite(value):
                 raise NonFiniteLoss(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
+                    f"loss is {value} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
                     f"(now {config.optim.lr}) or check the data in {config.data.shards}"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -143,7 +144,7 @@ def train_worker(payload: dict) -> None:
             scheduler.step()
             step += 1
             method.after_step(step, total_steps)
-            loss_sum += loss.item()
+            loss_sum += value
             images_seen += len(images)
         elapsed = time.perf_counter() - started
         metrics = {

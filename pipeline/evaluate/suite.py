@@ -45,7 +45,9 @@ def evaluate_method(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [confusion_png(probe.confusion, list(manifest.class_names), out_dir / "probe_confusion.png",
                            f"linear probe, test accuracy {probe.accuracy:.4f}")]
-    (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None)
+    reconstructs = hasattr(method, "reconstruct")
+    if config.eval.baselines or reconstructs:
+        (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None)
     if config.eval.baselines:
         metrics["baseline_pixels_probe_accuracy"] = linear_probe(
             pixels_train, pixels_train_y, pixels_test, pixels_test_y, config.eval.probe_max_iter
@@ -55,7 +57,7 @@ def evaluate_method(
         metrics["baseline_random_encoder_probe_accuracy"] = linear_probe(
             train_x, train_y, test_x, test_y, config.eval.probe_max_iter
         ).accuracy
-    if hasattr(method, "reconstruct"):
+    if reconstructs:
         recon, originals, reconstructions = reconstruction_metrics(
             method, config.data.shards, config.eval.batch_size, device, config.data.url_template
         )

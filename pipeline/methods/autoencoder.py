@@ -18,7 +18,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import ConfigError
 from pipeline.losses import kl_sparsity, l1_sparsity
 from pipeline.methods.base import Method
-from pipeline.models import EncoderSpec, build_encoder
+from pipeline.models import EncoderSpec
 from pipeline.models.decoders import build_decoder
 
 SPARSITY = ("none", "l1", "kl")
@@ -28,14 +28,11 @@ class AutoEncoder(Method):
     num_views = 1
 
     def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
-        super().__init__()
         options = config.method
         if options.sparsity not in SPARSITY:
             raise ConfigError(f"method.sparsity: {options.sparsity!r}; choose one of {', '.join(SPARSITY)}")
-        self.spec = dataclasses.replace(
-            spec, bottleneck=options.bottleneck, code_activation="sigmoid" if options.sparsity == "kl" else "none"
-        )
-        self.encoder, _ = build_encoder(self.spec)
+        activation = "sigmoid" if options.sparsity == "kl" else "none"
+        super().__init__(dataclasses.replace(spec, bottleneck=options.bottleneck, code_activation=activation))
         self.decoder = build_decoder(self.spec)
         self.corruption = Corruption(options.corruption, options.corruption_amount) if options.corruption else None
         self.sparsity, self.sparsity_weight, self.sparsity_target = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.models import EncoderSpec
+from pipeline.models import EncoderSpec, build_encoder
 
 
 class Method(nn.Module):
@@ -16,8 +16,13 @@ class Method(nn.Module):
     """
 
     num_views: int = 2
-    encoder: nn.Module
-    spec: EncoderSpec
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        """Builds ``self.encoder`` from ``spec`` (the method's own, e.g. with a bottleneck); ``self.dim`` is its
+        output size."""
+        super().__init__()
+        self.spec = spec
+        self.encoder, self.dim = build_encoder(spec)
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Hook for methods with state outside the optimizer; nothing by default."""

@@ -17,16 +17,14 @@ from torch import nn
 from pipeline.config import JobConfig
 from pipeline.losses import byol_loss
 from pipeline.methods.base import Method
-from pipeline.models import EncoderSpec, build_encoder, mlp_head
+from pipeline.models import EncoderSpec, mlp_head
 from pipeline.schedules import ema_momentum
 
 
 class BYOL(Method):
     def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.encoder, dim = build_encoder(spec)
-        self.projector = mlp_head(dim, config.model.head_hidden, config.model.head_dim)
+        super().__init__(spec)
+        self.projector = mlp_head(self.dim, config.model.head_hidden, config.model.head_dim)
         self.predictor = mlp_head(config.model.head_dim, config.model.head_hidden, config.model.head_dim)
         self.target = copy.deepcopy(nn.Sequential(self.encoder, self.projector)).requires_grad_(False)
         self.ema_base = config.method.ema_base

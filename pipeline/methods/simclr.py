@@ -7,15 +7,13 @@ import torch
 from pipeline.config import JobConfig
 from pipeline.losses import nt_xent
 from pipeline.methods.base import Method
-from pipeline.models import EncoderSpec, build_encoder, mlp_head
+from pipeline.models import EncoderSpec, mlp_head
 
 
 class SimCLR(Method):
     def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.encoder, dim = build_encoder(spec)
-        self.projector = mlp_head(dim, config.model.head_hidden, config.model.head_dim)
+        super().__init__(spec)
+        self.projector = mlp_head(self.dim, config.model.head_hidden, config.model.head_dim)
         self.temperature = config.method.temperature
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import ConfigError
 from pipeline.losses import bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
 from pipeline.methods.base import Method
-from pipeline.models import EncoderSpec, build_encoder
+from pipeline.models import EncoderSpec
 from pipeline.models.decoders import build_decoder
 from pipeline.schedules import kl_weight
 
@@ -27,12 +27,11 @@ class VAE(Method):
     num_views = 1
 
     def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
-        super().__init__()
         options = config.method
         if options.likelihood not in LIKELIHOODS:
             raise ConfigError(f"method.likelihood: {options.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        self.spec = dataclasses.replace(spec, bottleneck=options.bottleneck, code_activation="none")
-        self.encoder, _ = build_encoder(self.spec)  # ... -> features -> Linear: the posterior mean
+        # the encoder ends ... -> features -> Linear: the posterior mean
+        super().__init__(dataclasses.replace(spec, bottleneck=options.bottleneck, code_activation="none"))
         self.logvar = nn.Linear(self.encoder[-1].in_features, options.bottleneck)
         self.decoder = build_decoder(self.spec)
         self.beta, self.anneal_steps, self.free_bits = options.beta, options.kl_anneal_steps, options.free_bits
