@@ -61,6 +61,21 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}")
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from pipeline.search import run_search
+    from pipeline.search_config import load_search
+
+    summary = run_search(*load_search(args.search, args.overrides))
+    keys = [k for k in (summary.trials[0] if summary.trials else {}) if k not in ("export_dir",)]
+    print("  ".join(f"{k:>14}" for k in keys))
+    for row in summary.trials:
+        print("  ".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14}" for k, v in row.items() if k in keys))
+    if summary.best:
+        print(f"best trial      {summary.best['trial']} (MLflow run {summary.best['mlflow_run_id']})")
+        print(f"encoder model   {summary.model_uri}")
+    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslpipe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sslpipe {__version__}")
@@ -101,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("config", help="job YAML, e.g. jobs/simclr_fashion_mnist.yaml")
     pretrain.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=1")
     pretrain.set_defaults(run=_pretrain)
+    tune = commands.add_parser("tune", help="hyperparameter search with Ray Tune; each trial a pretraining run")
+    tune.add_argument("search", help="search YAML, e.g. jobs/search_simclr_fashion_mnist.yaml")
+    tune.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. search.num_samples=2")
+    tune.set_defaults(run=_tune)
     return parser
 
 

@@ -24,6 +24,11 @@ class DataConfig:
     batch_size: int = 256  # per rank
     num_workers: int = 2  # DataLoader workers per rank
     mode: str = "exact"  # or "resampled", see pipeline.data.plan
+    holdout_class: int | None = None  # a label index left out of pretraining: evaluation scores it as the anomaly
+
+    @property
+    def exclude_classes(self) -> tuple[int, ...]:
+        return () if self.holdout_class is None else (self.holdout_class,)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class TrainConfig:
     name: str | None = None  # Ray Train run name; rerunning with the same name and storage resumes
     storage_path: str = "ray_results"
     max_failures: int = 1  # worker failures survived by restarting from the last checkpoint
+    start_attempts: int = 10  # tries (60 s each) to get the workers' resources before failing; -1: wait forever
 
 
 @dataclass
@@ -89,6 +95,7 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     baselines: bool = True  # also probe raw pixels and a randomly initialised encoder
+    online_knn: int = 0  # > 0: each epoch, online_knn_accuracy of the first n train images voting for the next n/4
 
 
 @dataclass
@@ -171,28 +178,46 @@ def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any
     return section_cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read a YAML job file (or start from defaults) and apply ``section.key=value`` overrides (YAML values)."""
-    raw: dict[str, Any] = {}
-    origin = str(path) if path else "defaults"
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: job config not found") from None
-        except yaml.YAMLError as exn:
-            raise ConfigError(f"{path}: not valid YAML ({exn})".replace("\n", " ")) from None
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping of sections (empty file: ``{}``)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job config not found") from None
+    except yaml.YAMLError as exn:
+        raise ConfigError(f"{path}: not valid YAML ({exn})".replace("\n", " ")) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``raw`` with ``section.key=value`` overrides (values parsed as YAML) set in place."""
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or key.count(".") != 1:
             raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.epochs=1")
         section, name = key.split(".")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
+        if not isinstance(raw.get(section), dict):
             raw[section] = {}
         raw[section][name] = yaml.safe_load(text) if text else None
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read a YAML job file (or start from defaults) and apply ``section.key=value`` overrides (YAML values)."""
+    raw = read_yaml(path) if path is not None else {}
+    return JobConfig.from_dict(apply_overrides(raw, overrides), str(path) if path else "defaults")
+
+
+def with_values(config: JobConfig, values: dict[str, Any], origin: str) -> JobConfig:
+    """A copy of ``config`` with ``{"section.key": value}`` set, each checked like a job file's value."""
+    raw = config.to_dict()
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if section not in raw or name not in raw[section]:
+            raise ConfigError(f"{origin}: unknown key {key!r}; keys look like method.temperature or optim.lr")
+        raw[section][name] = value
     return JobConfig.from_dict(raw, origin)
 
 

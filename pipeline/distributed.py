@@ -37,10 +37,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(_GatherWithGrad.apply(x))
 
 
+def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``tensor`` over all ranks (a new tensor; the input is left alone)."""
+    total = tensor.clone()
+    if world()[1] > 1:
+        dist.all_reduce(total)
+    return total
+
+
 def mean_across_ranks(value: float, device: torch.device) -> float:
     """Average of a Python number over all ranks (for reporting)."""
-    if world()[1] == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.item() / world()[1]
+    return sum_across_ranks(torch.tensor([value], dtype=torch.float64, device=device)).item() / world()[1]

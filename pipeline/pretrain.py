@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from augment import ViewAugmenter, save_view_grid
 from pipeline import cluster
@@ -25,9 +27,10 @@ class PretrainSummary:
     run_id: str
     run_name: str
     tracking_uri: str
-    model_uri: str
+    model_uri: str | None  # None when not registered (search trials: only the best is)
     export_dir: Path
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the final evaluation
+    train_metrics: dict[str, float]  # the last epoch's
 
 
 def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
@@ -47,25 +50,31 @@ def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
 def preview(config: JobConfig, path: Path) -> Path:
     """Grid of 8 training images above their augmented views."""
     loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
-                         mode=config.data.mode, url_template=config.data.url_template)
+                         mode=config.data.mode, url_template=config.data.url_template,
+                         exclude_classes=config.data.exclude_classes)
     images = next(iter(loader))[0]
     channels, size, _ = loader.manifest.image_shape
     views = ViewAugmenter(config.augment.preset, size, channels, seed=config.train.seed)(images)
     return save_view_grid(images, views, path)
 
 
-def pretrain(config: JobConfig) -> PretrainSummary:
+def pretrain(
+    config: JobConfig, *, parent_run_id: str | None = None, train_callbacks: Sequence[Any] = (), register: bool = True
+) -> PretrainSummary:
+    """The whole job for ``config``; a search trial passes its parent MLflow run, Tune's report callback, and
+    ``register=False`` (the search registers its best trial's encoder)."""
     run_name = config.train.name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = resolve_paths(config, run_name)
     manifest = read_manifest(config.data.shards)
     build_optimizer(build_method(config, encoder_spec(config, manifest)), config.optim, 1)  # fail here, not on workers
     tracker = Tracker(tracking_uri(config.track))
-    run_id = tracker.start(config, run_name, manifest.digest())
+    run_id = tracker.start(config, run_name, manifest.digest(), parent_run_id=parent_run_id)
     try:
         work = Path(tempfile.mkdtemp(prefix="sslpipe-run-"))
         tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
         cluster.connect()
-        method = load_trained_method(config, manifest, fit(config, run_name, run_id, tracker.uri))
+        state = fit(config, run_name, run_id, tracker.uri, train_callbacks)
+        method = load_trained_method(config, manifest, state)
         encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
         metrics, plots = evaluate_method(method, config, manifest, work)
         tracker.log_metrics(run_id, metrics, step=config.train.epochs)
@@ -76,10 +85,12 @@ def pretrain(config: JobConfig) -> PretrainSummary:
                     "mlflow_run_id": run_id, "metrics": metrics}
         paths = export_encoder(encoder, spec, export_dir, metadata)
         tracker.log_artifact(run_id, paths["pt2"], "export")
-        model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), [paths["weights"], paths["meta"]],
-                                        config.track.registered_model)
+        model_uri = None
+        if register:
+            model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), [paths["weights"], paths["meta"]],
+                                            config.track.registered_model)
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
     tracker.finish(run_id)
-    return PretrainSummary(run_id, run_name, tracker.uri, model_uri, export_dir, metrics)
+    return PretrainSummary(run_id, run_name, tracker.uri, model_uri, export_dir, metrics, state.get("metrics", {}))

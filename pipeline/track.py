@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import JobConfig, TrackConfig, dump_config
 
 RUN_NAME_TAG = "sslpipe.run_name"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 MAX_PARAM_LENGTH = 6000
 
 
@@ -33,24 +34,43 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(uri)
 
-    def start(self, config: JobConfig, run_name: str, manifest_digest: str) -> str:
-        """The run id for ``run_name``: an unfinished run of that name is resumed, else a new run is created
-        with the resolved config (every key as a param), the manifest hash and the config as YAML."""
+    def start(self, config: JobConfig, run_name: str, manifest_digest: str, *, parent_run_id: str | None = None,
+              reuse_finished: bool = False, tags: dict[str, str] | None = None) -> str:
+        """The run id for ``run_name``: an unfinished run of that name (or any, with ``reuse_finished``) is
+        resumed, else a new run is created (nested under ``parent_run_id`` if given) with the resolved config
+        (every key as a param), the manifest hash and the config as YAML."""
         experiment = self.client.get_experiment_by_name(config.track.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(config.track.experiment)
-        previous = self.client.search_runs(
-            [experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'", max_results=1
-        )
+        unfinished = "" if reuse_finished else " and attributes.status != 'FINISHED'"
+        previous = self.client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'{unfinished}",
+                                           max_results=1)
         if previous:
             run_id = previous[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+        tags = {RUN_NAME_TAG: run_name, **(tags or {})}
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         params = {key: str(value)[:MAX_PARAM_LENGTH] for key, value in config.flat().items()}
         params["data.manifest_sha256"] = manifest_digest
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
         self.log_text(run.info.run_id, dump_config(config), "config.yaml")
         return run.info.run_id
+
+    def find_run(self, experiment: str, run_name: str) -> mlflow.entities.Run | None:
+        """The latest run named ``run_name`` in ``experiment``, if any."""
+        found = self.client.get_experiment_by_name(experiment)
+        runs = self.client.search_runs([found.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1) if found else []
+        return runs[0] if runs else None
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return self.client.get_run(run_id).data.tags
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         self.client.log_batch(run_id, metrics=[

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +21,9 @@ from augment import ViewAugmenter
 from pipeline.config import JobConfig
 from pipeline.data import ShardLoader, storage
 from pipeline.data.manifest import Manifest
-from pipeline.distributed import mean_across_ranks
+from pipeline.distributed import mean_across_ranks, sum_across_ranks
 from pipeline.errors import ConfigError, SslpipeError
+from pipeline.evaluate.online import OnlineKnn
 from pipeline.methods import Method, build_method
 from pipeline.models import EncoderSpec
 from pipeline.optim import build_optimizer
@@ -94,7 +97,7 @@ def train_worker(payload: dict) -> None:
     loader = ShardLoader(
         config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
         mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes,
     )
     spec = encoder_spec(config, loader.manifest)
     method = build_method(config, spec).to(memory_format=torch.channels_last)
@@ -122,6 +125,10 @@ def train_worker(payload: dict) -> None:
         start_epoch, step = state["epoch"], state["step"]
         augmenter.calls = step  # continue the augmentation stream instead of replaying it
     tracker = Tracker(payload["tracking_uri"]) if rank == 0 and payload.get("run_id") else None
+    online_knn = None
+    if rank == 0 and config.eval.online_knn > 0:
+        online_knn = OnlineKnn(config.data.shards, config.eval.online_knn, config.eval.knn_k,
+                               config.eval.knn_temperature, config.data.url_template)
 
     for epoch in range(start_epoch, config.train.epochs):
         loader.set_epoch(epoch)
@@ -154,10 +161,14 @@ def train_worker(payload: dict) -> None:
             "loss": mean_across_ranks(loss_sum / max(1, per_epoch[epoch]), device),
             "lr": scheduler.get_last_lr()[0],
             "images_per_s": images_seen * world_size / elapsed,
+            **method.epoch_metrics(sum_across_ranks),
         }
+        if online_knn is not None:
+            metrics["online_knn_accuracy"] = online_knn(method.encoder, device)
         state = {
             "model": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch + 1, "step": step, "config": config.to_dict(), "spec": method.spec.to_dict(),
+            "metrics": metrics,
         }
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
@@ -177,9 +188,13 @@ def _user_error(error: Exception) -> SslpipeError | None:
     return None
 
 
-def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_uri: str | None = None) -> dict:
+def fit(
+    config: JobConfig, run_name: str, run_id: str | None = None, tracking_uri: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict:
     """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers; returns the final
-    checkpoint's state (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``config``, ``spec``)."""
+    checkpoint's state (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``config``, ``spec`` and
+    the last epoch's ``metrics``). ``callbacks`` are Ray Train callbacks (e.g. Tune's report forwarding)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -196,7 +211,10 @@ def fit(config: JobConfig, run_name: str, run_id: str | None = None, tracking_ur
         run_config=RunConfig(
             name=run_name, storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            failure_config=FailureConfig(
+                max_failures=config.train.max_failures, controller_failure_limit=config.train.start_attempts
+            ),
+            callbacks=list(callbacks),
         ),
     )
     try:

@@ -43,7 +43,8 @@ def fashion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ray_local():
     """One local Ray instance for the session (started here, shut down here: exactly its own processes)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # the dashboard serves the state API that Ray Train's placement-group cleaner needs when Tune stops a trial
+    ray.init(num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import JobConfig, load_config
+from pipeline.search_config import load_search
 from pipeline.errors import ConfigError
 
 
@@ -46,5 +47,8 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 @pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_jobs_load(path):
-    config = load_config(path)
-    assert path.stem.startswith(config.method.name)
+    if path.stem.startswith("search_"):
+        config, search = load_search(path)
+        assert search.space and path.stem.removeprefix("search_").startswith(config.method.name)
+    else:
+        assert path.stem.startswith(load_config(path).method.name)

@@ -69,17 +69,21 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("overrides", "dim", "extra_metrics"),
+    ("overrides", "dim", "extra_metrics", "extra_plots"),
     [
-        ({"method.name": "byol", "augment.preset": "byol"}, 32, set()),
+        ({"method.name": "byol", "augment.preset": "byol"}, 32, set(), set()),
         ({"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 12, "method.sparsity": "kl",
-          "method.corruption": "gaussian"}, 12, {"recon_mse", "pca_recon_mse", "recon_mse_over_pca"}),
+          "method.corruption": "gaussian", "data.holdout_class": 3}, 12,
+         {"recon_mse", "pca_recon_mse", "recon_mse_over_pca", "anomaly_auroc", "pca_anomaly_auroc"},
+         {"reconstructions.png", "interpolations.png"}),
         ({"method.name": "vae", "augment.preset": "none", "method.bottleneck": 6, "method.kl_anneal_steps": 10}, 6,
-         {"recon_mse", "pca_recon_mse", "elbo", "kl", "active_units"}),
+         {"recon_mse", "pca_recon_mse", "elbo", "kl", "active_units", "train_kl", "train_active_units",
+          "train_kl_dim_5"},
+         {"reconstructions.png", "interpolations.png", "prior_samples.png"}),
     ],
-    ids=["byol", "denoising-sparse-autoencoder", "vae"],
+    ids=["byol", "denoising-sparse-autoencoder-without-class-3", "vae"],
 )
-def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics):
+def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics, extra_plots):
     for key, value in overrides.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
@@ -89,6 +93,8 @@ def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_m
     metrics = client.get_run(summary.run_id).data.metrics
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["probe_accuracy"] <= 1.0
     assert extra_metrics <= metrics.keys()
-    if extra_metrics:
-        assert "reconstructions.png" in {a.path for a in client.list_artifacts(summary.run_id)}
+    if "anomaly_auroc" in extra_metrics:
+        assert 0.0 <= metrics["anomaly_auroc"] <= 1.0 and 0.0 <= metrics["pca_anomaly_auroc"] <= 1.0
+    artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
+    assert {"latent_scatter.png", *extra_plots} <= artifacts
     assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, dim)

@@ -22,6 +22,7 @@ class ShardInfo:
     num_samples: int
     bytes: int
     sha256: str
+    class_counts: tuple[int, ...] = ()  # samples per class (labels index class_names); () in older manifests
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ class SplitInfo:
     @property
     def counts(self) -> list[int]:
         return [shard.num_samples for shard in self.shards]
+
+    def counts_without(self, classes: tuple[int, ...], origin: str) -> list[int]:
+        """Samples per shard once ``classes`` are left out (from the shards' per-class counts)."""
+        if not classes:
+            return self.counts
+        if any(not shard.class_counts for shard in self.shards):
+            raise ShardError(
+                f"{origin}: the manifest has no per-class counts (an older sslpipe wrote it); re-create the shards "
+                "with `sslpipe shard --overwrite`"
+            )
+        return [shard.num_samples - sum(shard.class_counts[c] for c in classes) for shard in self.shards]
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,13 @@ class Manifest:
             raise ShardError(f"{origin}: not valid JSON ({exn}); re-run `sslpipe shard`") from exn
         try:
             splits = {
-                name: SplitInfo(split["num_samples"], tuple(ShardInfo(**shard) for shard in split["shards"]))
+                name: SplitInfo(
+                    split["num_samples"],
+                    tuple(
+                        ShardInfo(**{**shard, "class_counts": tuple(shard.get("class_counts", ()))})
+                        for shard in split["shards"]
+                    ),
+                )
                 for name, split in raw.pop("splits").items()
             }
             manifest = cls(splits=splits, **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

@@ -67,8 +67,9 @@ class _HashingWriter:
 
 def _write_shard(
     out: str | Path, name: str, split: str, data: SourceSplit, order: np.ndarray, encoding: str, per_member: int,
-    stats: ChannelStats | None, progress: tqdm,
+    num_classes: int, stats: ChannelStats | None, progress: tqdm,
 ) -> ShardInfo:
+    class_counts = np.zeros(num_classes, dtype=np.int64)
     with storage.atomic_writer(out, name) as handle:
         hashing = _HashingWriter(handle)
         with wds.TarWriter(hashing, encoder=False, mtime=TAR_MTIME) as writer:
@@ -77,9 +78,10 @@ def _write_shard(
                 images, labels = data.load(indices)
                 if stats is not None:
                     stats.update(images)
+                class_counts += np.bincount(labels[labels >= 0], minlength=num_classes)[:num_classes]
                 writer.write(encode_group(split, images, labels, indices, encoding, first))
                 progress.update(len(indices))
-    return ShardInfo(name, len(order), hashing.size, hashing.digest.hexdigest())
+    return ShardInfo(name, len(order), hashing.size, hashing.digest.hexdigest(), tuple(class_counts.tolist()))
 
 
 def _clear_previous(out: str | Path, overwrite: bool) -> None:
@@ -124,7 +126,7 @@ def write_shards(
             shards = [
                 _write_shard(
                     out, f"{split}-{i:06d}.tar", split, data, order[start : start + samples_per_shard], encoding,
-                    per_member, stats if split == "train" else None, bar,
+                    per_member, len(source.class_names), stats if split == "train" else None, bar,
                 )
                 for i, start in enumerate(range(0, data.num_samples, samples_per_shard))
             ]

@@ -21,7 +21,7 @@ from webdataset.tariterators import tarfile_samples
 
 from pipeline.data import storage
 from pipeline.data.codec import decode_group
-from pipeline.data.manifest import Manifest, check_local_shards, read_manifest
+from pipeline.data.manifest import MANIFEST, Manifest, check_local_shards, read_manifest
 from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
 from pipeline.errors import ConfigError, ShardError, SslpipeError
 
@@ -37,7 +37,7 @@ def world_position() -> tuple[int, int]:
         try:
             context = ray.train.get_context()
             return context.get_world_rank(), context.get_world_size()
-        except RuntimeError:  # not inside a Ray Train worker
+        except (RuntimeError, DeprecationWarning):  # not inside a Ray Train worker (the latter: in a Tune trial)
             pass
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -116,9 +116,11 @@ class ShardStream(IterableDataset):
     def __init__(
         self, urls: Sequence[str], counts: Sequence[int], image_shape: tuple[int, int, int], *, batch_size: int,
         rank: int, world_size: int, mode: str, epoch: int, seed: int, shuffle: bool, shuffle_buffer: int,
+        kept_counts: Sequence[int], exclude_classes: Sequence[int],
     ) -> None:
         super().__init__()
         self.urls, self.counts, self.image_shape = list(urls), list(counts), image_shape
+        self.kept_counts, self.exclude_classes = list(kept_counts), np.asarray(exclude_classes, dtype=np.int64)
         self.batch_size, self.rank, self.world_size, self.mode = batch_size, rank, world_size, mode
         self.epoch, self.seed, self.shuffle, self.shuffle_buffer = epoch, seed, shuffle, shuffle_buffer
 
@@ -127,7 +129,7 @@ class ShardStream(IterableDataset):
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
             while True:
                 yield int(rng.integers(len(self.urls)))
-        ranks = assign_shards(self.counts, self.world_size, self.epoch, self.seed, self.shuffle)
+        ranks = assign_shards(self.kept_counts, self.world_size, self.epoch, self.seed, self.shuffle)
         yield from worker_shards(ranks[self.rank], num_workers, worker)
 
     def __iter__(self) -> Iterator[Batch | _WorkerFailure]:
@@ -138,6 +140,8 @@ class ShardStream(IterableDataset):
             group for shard in self._shards(worker, num_workers)
             for group in read_shard(self.urls[shard], self.counts[shard], self.image_shape)
         )
+        if len(self.exclude_classes):
+            groups = (tuple(a[~np.isin(group[1], self.exclude_classes)] for a in group) for group in groups)
         try:
             for images, labels, indices in shuffled_batches(groups, self.batch_size, self.shuffle_buffer, rng):
                 yield torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), torch.from_numpy(indices)
@@ -151,7 +155,8 @@ class ShardLoader:
     ``location`` is a shard folder or URL prefix holding ``manifest.json``; ``url_template`` (e.g.
     ``"pipe:aws s3 cp s3://bucket/shards/{name} -"``) overrides how shard names become URLs. Every rank yields
     ``len(loader)`` batches of exactly ``batch_size`` (with ``drop_last``). Call :meth:`set_epoch` before each
-    epoch to reshuffle.
+    epoch to reshuffle. Samples of ``exclude_classes`` (label indices) are left out, e.g. to train an anomaly
+    detector on normal data only; the epoch plan counts what is left.
     """
 
     def __init__(
@@ -172,13 +177,22 @@ class ShardLoader:
         prefetch_factor: int = 4,
         url_template: str | None = None,
         manifest: Manifest | None = None,
+        exclude_classes: Sequence[int] = (),
     ) -> None:
         self.manifest = manifest or read_manifest(location)
         info = self.manifest.split(split)
+        classes = self.manifest.class_names
+        for label in exclude_classes:
+            if not 0 <= label < len(classes):
+                raise ConfigError(
+                    f"class {label} to leave out is not a class of {location}: 0..{len(classes) - 1} are "
+                    + ", ".join(classes)
+                )
         if url_template is None:
             check_local_shards(location, self.manifest, split)
         self.urls = [url_template.format(name=s.name) if url_template else storage.join(location, s.name) for s in info.shards]
-        self.counts = info.counts
+        self.counts, self.exclude_classes = info.counts, tuple(exclude_classes)
+        self.kept_counts = info.counts_without(self.exclude_classes, storage.join(location, MANIFEST))
         detected = world_position()
         self.rank = detected[0] if rank is None else rank
         self.world_size = detected[1] if world_size is None else world_size
@@ -192,7 +206,7 @@ class ShardLoader:
         self.location, self.split, self.epoch = str(location), split, 0
         if len(self) == 0:
             raise ConfigError(
-                f"split {split!r} of {location} has {info.num_samples} samples: too few for {self.world_size} rank(s)"
+                f"split {split!r} of {location} has {sum(self.kept_counts)} samples: too few for {self.world_size} rank(s)"
                 f" x batch_size {batch_size}; lower batch_size or use more data"
             )
 
@@ -201,7 +215,7 @@ class ShardLoader:
 
     def __len__(self) -> int:
         return batches_per_rank(
-            self.counts, self.world_size, self.batch_size, self.mode, self.epoch, self.seed, self.shuffle,
+            self.kept_counts, self.world_size, self.batch_size, self.mode, self.epoch, self.seed, self.shuffle,
             self.drop_last, self.rank,
         )
 
@@ -209,7 +223,7 @@ class ShardLoader:
         stream = ShardStream(
             self.urls, self.counts, self.image_shape, batch_size=self.batch_size, rank=self.rank,
             world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
-            shuffle_buffer=self.shuffle_buffer,
+            shuffle_buffer=self.shuffle_buffer, kept_counts=self.kept_counts, exclude_classes=self.exclude_classes,
         )
         loader = DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,

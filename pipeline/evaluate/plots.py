@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from pipeline.search_config import SearchConfig, is_log_scale  # noqa: E402
 
 
 def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
@@ -28,3 +31,60 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, tit
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    """Codes ``(N, k)`` as points coloured by label ``(N,)``: the codes themselves when ``k == 2``, else their
+    first two principal components."""
+    if codes.shape[1] == 2:
+        points, axis_names = codes, ("z1", "z2")
+    else:
+        points, axis_names = PCA(2, random_state=0).fit_transform(codes), ("PC 1", "PC 2")
+    figure, axes = plt.subplots(figsize=(7, 6))
+    colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for label, name in enumerate(class_names):
+        chosen = labels == label
+        axes.scatter(points[chosen, 0], points[chosen, 1], s=2, alpha=0.5, color=colours(label % colours.N), label=name)
+    axes.set_xlabel(axis_names[0])
+    axes.set_ylabel(axis_names[1])
+    axes.set_title(title)
+    axes.legend(markerscale=6, fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def search_png(rows: list[dict], search: SearchConfig, path: Path) -> Path:
+    """One column per searched parameter: the final ``search.metric`` of finished trials (top) and the last
+    ``search.early_stop_metric`` of every trial, stopped ones marked x (bottom), against the parameter's value."""
+    keys = list(search.space) or ["trial"]
+    figure, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), 6.5), squeeze=False)
+    for column, key in enumerate(keys):
+        for row, metric in enumerate((search.metric, search.early_stop_metric)):
+            ax = axes[row, column]
+            for status, marker in (("finished", "o"), ("stopped early", "x"), ("error", "s")):
+                chosen = [r for r in rows if r["status"] == status and not _isnan(r[metric])]
+                if chosen and (row == 1 or status == "finished"):
+                    ax.scatter([_plottable(r[key]) for r in chosen], [r[metric] for r in chosen], marker=marker,
+                               label=status)
+            if key in search.space and is_log_scale(search.space[key]):
+                ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        if axes[1, column].get_legend_handles_labels()[0]:
+            axes[1, column].legend(fontsize=7)
+    figure.suptitle(f"{len(rows)} trials, {sum(r['status'] == 'stopped early' for r in rows)} stopped early")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _isnan(value: object) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _plottable(value: object) -> object:
+    return value if isinstance(value, (int, float)) else str(value)

@@ -1,52 +1,73 @@
-"""Reconstruction quality of autoencoders and VAEs on the test split, beside PCA with the same ``k``."""
+"""Reconstruction quality of autoencoders and VAEs on the test split, beside PCA with the same ``k``, and the
+anomaly scores it gives."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
 
 from augment.presets import to_unit_float
 from pipeline.data import ShardLoader
+from pipeline.losses import active_units
 
-ACTIVE_UNIT_VARIANCE = 0.01  # a latent unit is active when Cov_x(E_q[z]) > 0.01 (Burda et al., 2016)
 
-
-def pca_reconstruction_mse(train: np.ndarray, test: np.ndarray, k: int) -> float:
-    """Per-pixel MSE of ``test (M, D)`` rebuilt from the top ``k`` principal components of ``train (N, D)``."""
+def pca_reconstruction_errors(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
+    """Per-image MSE ``(M,)`` of ``test (M, D)`` rebuilt from the top ``k`` principal components of ``train (N, D)``."""
     pca = PCA(k, random_state=0).fit(train)
-    return float(np.mean((pca.inverse_transform(pca.transform(test)) - test) ** 2))
+    return np.mean((pca.inverse_transform(pca.transform(test)) - test) ** 2, axis=1)
+
+
+def anomaly_auroc(scores: np.ndarray, labels: np.ndarray, anomaly_class: int) -> float:
+    """Area under the ROC curve of ``scores (N,)`` (higher = more anomalous) separating ``anomaly_class`` from
+    the other labels ``(N,)``: 0.5 is chance, 1.0 perfect."""
+    return float(roc_auc_score(labels == anomaly_class, scores))
+
+
+@dataclass
+class Reconstructions:
+    """A method's reconstructions of the test split: ``metrics`` (``recon_mse`` per pixel; for a VAE also
+    ``elbo`` in nats per image with one posterior sample, ``kl`` and ``active_units``), ``errors (N,)`` per-image
+    MSE with their ``labels (N,)``, and the first 8 ``originals`` and ``reconstructions`` ``(8, C, H, W)``."""
+
+    metrics: dict[str, float]
+    errors: np.ndarray
+    labels: np.ndarray
+    originals: torch.Tensor
+    reconstructions: torch.Tensor
 
 
 @torch.no_grad()
-def reconstruction_metrics(
+def reconstruct_split(
     method: torch.nn.Module, location: str, batch_size: int, device: torch.device, url_template: str | None = None
-) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """``(metrics, first images, their reconstructions)`` over the test split: ``recon_mse`` (per pixel); for a
-    VAE also ``elbo`` (nats per image, one posterior sample), ``kl`` and ``active_units``."""
+) -> Reconstructions:
+    """Run ``method.reconstruct`` (and a VAE's ``terms``) over the test split, in order, seeded."""
     loader = ShardLoader(location, "test", batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
                          drop_last=False, url_template=url_template)
     method.eval().to(device)
-    squared, pixels, elbo, kl, means, first = 0.0, 0, 0.0, 0.0, [], None
+    errors, labels, elbo, kl, mean_sum, square_sum, first = [], [], 0.0, 0.0, 0.0, 0.0, None
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    for images, _, _ in loader:
+    for images, batch_labels, _ in loader:
         x = to_unit_float(images.to(device))
         reconstruction, _ = method.reconstruct(x)
-        squared += (reconstruction - x).pow(2).sum().item()
-        pixels += x.numel()
+        errors.append((reconstruction - x).pow(2).flatten(1).mean(1).cpu().numpy())
+        labels.append(batch_labels.numpy())
         if first is None:
             first = (x[:8].cpu(), reconstruction[:8].cpu())
         if hasattr(method, "terms"):  # a VAE
             nll, kl_terms, mu = method.terms(x)
             elbo -= (nll + kl_terms.sum(1)).sum().item()
             kl += kl_terms.sum().item()
-            means.append(mu.cpu())
+            mean_sum, square_sum = mean_sum + mu.sum(0), square_sum + mu.pow(2).sum(0)
     torch.random.set_rng_state(generator_state)
-    count = loader.manifest.split("test").num_samples
-    metrics = {"recon_mse": squared / pixels}
-    if means:
-        variance = torch.cat(means).var(0)
+    errors_all = np.concatenate(errors)
+    metrics = {"recon_mse": float(errors_all.mean())}
+    if hasattr(method, "terms"):
+        count = len(errors_all)
         metrics |= {"elbo": elbo / count, "kl": kl / count,
-                    "active_units": float((variance > ACTIVE_UNIT_VARIANCE).sum())}
-    return metrics, *first
+                    "active_units": float(active_units(mean_sum, square_sum, count))}
+    return Reconstructions(metrics, errors_all, np.concatenate(labels), *first)

@@ -1,21 +1,23 @@
 """The evaluation a pretraining run ends with: probe and kNN of the encoder, the baselines beside them, and
-reconstruction against PCA for methods that reconstruct."""
+reconstruction (and anomaly detection) against PCA for methods that reconstruct."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from augment import save_view_grid
+from augment import save_image_grid
 from pipeline.config import JobConfig
 from pipeline.data.manifest import Manifest
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.knn import knn_accuracy
-from pipeline.evaluate.plots import confusion_png
+from pipeline.evaluate.generation import interpolations, prior_samples
+from pipeline.evaluate.plots import confusion_png, latent_scatter_png
 from pipeline.evaluate.probe import linear_probe
-from pipeline.evaluate.reconstruction import pca_reconstruction_mse, reconstruction_metrics
+from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_errors, reconstruct_split
 from pipeline.methods import Method
 from pipeline.models import build_encoder
 
@@ -24,12 +26,15 @@ def evaluate_method(
     method: Method, config: JobConfig, manifest: Manifest, out_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
     """``(metrics, PNG paths)``: ``probe_accuracy``, ``knn_accuracy`` and, with ``eval.baselines``,
-    ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``; for methods that
-    reconstruct, ``recon_mse`` beside ``pca_recon_mse`` (PCA with the same k, fitted on train) and their ratio,
-    the VAE's ``elbo``, ``kl`` and ``active_units``, and a grid of reconstructions."""
+    ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``; a confusion matrix and a
+    2-D scatter of the test codes. For methods that reconstruct: ``recon_mse`` beside ``pca_recon_mse`` (PCA with
+    the same k, fitted on the pretraining images) and their ratio, a reconstruction grid and interpolation strips;
+    with ``data.holdout_class``, ``anomaly_auroc`` of the reconstruction error for that class against the rest,
+    beside ``pca_anomaly_auroc``. For the VAE also ``elbo``, ``kl``, ``active_units`` and samples of the prior."""
     encoder, spec = method.encoder, method.spec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     options = dict(batch_size=config.eval.batch_size, device=device, url_template=config.data.url_template)
+    classes = list(manifest.class_names)
 
     def features(model: nn.Module | None):
         train = extract_features(model, config.data.shards, "train", **options)
@@ -43,8 +48,12 @@ def evaluate_method(
         "knn_accuracy": knn_accuracy(train_x, train_y, test_x, test_y, config.eval.knn_k, config.eval.knn_temperature),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = [confusion_png(probe.confusion, list(manifest.class_names), out_dir / "probe_confusion.png",
-                           f"linear probe, test accuracy {probe.accuracy:.4f}")]
+    plots = [
+        confusion_png(probe.confusion, classes, out_dir / "probe_confusion.png",
+                      f"linear probe, test accuracy {probe.accuracy:.4f}"),
+        latent_scatter_png(test_x, test_y, classes, out_dir / "latent_scatter.png",
+                           f"{config.method.name}: test codes ({test_x.shape[1]}-d)"),
+    ]
     reconstructs = hasattr(method, "reconstruct")
     if config.eval.baselines or reconstructs:
         (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None)
@@ -58,11 +67,19 @@ def evaluate_method(
             train_x, train_y, test_x, test_y, config.eval.probe_max_iter
         ).accuracy
     if reconstructs:
-        recon, originals, reconstructions = reconstruction_metrics(
-            method, config.data.shards, config.eval.batch_size, device, config.data.url_template
-        )
-        recon["pca_recon_mse"] = pca_reconstruction_mse(pixels_train, pixels_test, spec.bottleneck)
-        recon["recon_mse_over_pca"] = recon["recon_mse"] / recon["pca_recon_mse"]
-        metrics |= recon
-        plots.append(save_view_grid(originals, [reconstructions], out_dir / "reconstructions.png"))
+        result = reconstruct_split(method, config.data.shards, config.eval.batch_size, device, config.data.url_template)
+        seen = ~np.isin(pixels_train_y, config.data.exclude_classes)  # PCA fits what the method trained on
+        pca_errors = pca_reconstruction_errors(pixels_train[seen], pixels_test, spec.bottleneck)
+        metrics |= result.metrics | {"pca_recon_mse": float(pca_errors.mean())}
+        metrics["recon_mse_over_pca"] = metrics["recon_mse"] / metrics["pca_recon_mse"]
+        if config.data.holdout_class is not None:
+            metrics["anomaly_auroc"] = anomaly_auroc(result.errors, result.labels, config.data.holdout_class)
+            metrics["pca_anomaly_auroc"] = anomaly_auroc(pca_errors, pixels_test_y, config.data.holdout_class)
+        originals = result.originals
+        plots.append(save_image_grid([originals, result.reconstructions], out_dir / "reconstructions.png"))
+        strips = interpolations(method, originals[0::2], originals[1::2], steps=10)
+        plots.append(save_image_grid(strips, out_dir / "interpolations.png"))
+        if hasattr(method, "terms"):  # a VAE: a generative model
+            samples = prior_samples(method, 64, seed=config.train.seed)
+            plots.append(save_image_grid(list(samples.split(8)), out_dir / "prior_samples.png"))
     return metrics, plots

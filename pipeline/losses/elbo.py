@@ -33,3 +33,13 @@ def negative_elbo(nll: torch.Tensor, kl: torch.Tensor, beta: float = 1.0, free_b
     if free_bits > 0:
         kl_per_dim = kl_per_dim.clamp(min=free_bits)
     return nll.mean() + beta * kl_per_dim.sum()
+
+
+ACTIVE_UNIT_VARIANCE = 0.01
+
+
+def active_units(mean_sum: torch.Tensor, square_sum: torch.Tensor, count: float) -> int:
+    """Latent dimensions in use (Burda et al., 2016): ``Var_x(E_q[z_j]) > 0.01``, from the sums over ``count``
+    images of the posterior means ``mu (k,)`` and their squares ``mu^2 (k,)``."""
+    mean = mean_sum / count
+    return int((square_sum / count - mean.pow(2) > ACTIVE_UNIT_VARIANCE).sum())

@@ -32,7 +32,9 @@ class AutoEncoder(Method):
         if options.sparsity not in SPARSITY:
             raise ConfigError(f"method.sparsity: {options.sparsity!r}; choose one of {', '.join(SPARSITY)}")
         activation = "sigmoid" if options.sparsity == "kl" else "none"
-        super().__init__(dataclasses.replace(spec, bottleneck=options.bottleneck, code_activation=activation))
+        super().__init__(
+            dataclasses.replace(spec, bottleneck=options.bottleneck, flatten=True, code_activation=activation)
+        )
         self.decoder = build_decoder(self.spec)
         self.corruption = Corruption(options.corruption, options.corruption_amount) if options.corruption else None
         self.sparsity, self.sparsity_weight, self.sparsity_target = (

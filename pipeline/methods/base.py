@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from pipeline.models import EncoderSpec, build_encoder
@@ -11,7 +14,8 @@ class Method(nn.Module):
     """``loss = method(*views)`` (subclasses define ``forward``); ``method.encoder`` is what gets evaluated and exported.
 
     ``num_views`` views per image come from the ``augment.preset`` augmenter. ``after_step`` runs after every
-    optimizer step (e.g. an EMA update) with the global step and the total number of steps. Methods that
+    optimizer step (e.g. an EMA update) with the global step and the total number of steps; ``epoch_metrics``
+    after every epoch (e.g. diagnostics gathered while training). Methods that
     reconstruct their input also define ``reconstruct(x) -> (reconstruction, code)``, which evaluation uses.
     """
 
@@ -26,3 +30,8 @@ class Method(nn.Module):
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Hook for methods with state outside the optimizer; nothing by default."""
+
+    def epoch_metrics(self, total: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """Metrics of the epoch that just ended, reported beside the loss; ``total`` sums a tensor over all ranks
+        (every rank calls this). Nothing by default."""
+        return {}

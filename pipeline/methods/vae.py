@@ -3,24 +3,32 @@
 times the KL summed over latent dimensions, averaged over the batch). The KL weight ramps from 0 to ``beta`` over
 ``method.kl_anneal_steps`` steps against posterior collapse; its step counter is a buffer, so it is checkpointed.
 The exported encoder gives the posterior mean ``(B, k)``.
+
+Collapse is watched while training: each epoch reports the KL of every latent dimension (``train_kl_dim_j``,
+nats per image), their sum ``train_kl`` and ``train_active_units`` (see :func:`active_units`) over the epoch's
+images, and warns when fewer than half of the units are active.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from pipeline.config import JobConfig
+from pipeline.distributed import world
 from pipeline.errors import ConfigError
-from pipeline.losses import bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
+from pipeline.losses import active_units, bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
 from pipeline.methods.base import Method
 from pipeline.models import EncoderSpec
 from pipeline.models.decoders import build_decoder
 from pipeline.schedules import kl_weight
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+log = logging.getLogger(__name__)
 
 
 class VAE(Method):
@@ -31,12 +39,14 @@ class VAE(Method):
         if options.likelihood not in LIKELIHOODS:
             raise ConfigError(f"method.likelihood: {options.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         # the encoder ends ... -> features -> Linear: the posterior mean
-        super().__init__(dataclasses.replace(spec, bottleneck=options.bottleneck, code_activation="none"))
+        super().__init__(dataclasses.replace(spec, bottleneck=options.bottleneck, flatten=True, code_activation="none"))
         self.logvar = nn.Linear(self.encoder[-1].in_features, options.bottleneck)
         self.decoder = build_decoder(self.spec)
         self.beta, self.anneal_steps, self.free_bits = options.beta, options.kl_anneal_steps, options.free_bits
         self.likelihood, self.decoder_std = options.likelihood, options.decoder_std
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
+        self._epoch_sums: torch.Tensor | None = None  # per dimension: KL, mu, mu^2 (3, k); not checkpointed
+        self._epoch_count = 0
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(B, k)``."""
@@ -60,8 +70,29 @@ class VAE(Method):
         return kl_weight(int(self.anneal_step), self.anneal_steps, self.beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nll, kl, _ = self.terms(x)
+        nll, kl, mu = self.terms(x)
+        if self.training:
+            sums = torch.stack([kl.sum(0), mu.sum(0), mu.pow(2).sum(0)]).detach().float()
+            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+            self._epoch_count += len(x)
         return negative_elbo(nll, kl, self.current_beta(), self.free_bits)
+
+    def epoch_metrics(self, total: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """``train_kl``, ``train_kl_dim_j`` and ``train_active_units`` of this epoch's images over all ranks."""
+        if self._epoch_sums is None:
+            return {}
+        sums = total(self._epoch_sums)
+        count = total(torch.tensor(float(self._epoch_count), device=sums.device)).item()
+        self._epoch_sums, self._epoch_count = None, 0
+        kl, active = sums[0] / count, active_units(sums[1], sums[2], count)
+        k = len(kl)
+        if active < k / 2 and world()[0] == 0:
+            log.warning(
+                "posterior collapse: %d of %d latent units are active (KL %.2f nats); lengthen "
+                "method.kl_anneal_steps, lower method.beta or set method.free_bits", active, k, kl.sum().item()
+            )
+        return {"train_kl": kl.sum().item(), "train_active_units": float(active),
+                **{f"train_kl_dim_{j}": value for j, value in enumerate(kl.tolist())}}
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.anneal_step.add_(1)

@@ -32,6 +32,7 @@ class EncoderSpec:
     cifar_stem: bool = True
     bottleneck: int = 0  # > 0: a linear layer to this many units ends the encoder (autoencoders)
     code_activation: str = "none"  # or "sigmoid": codes in (0, 1), as KL sparsity needs
+    flatten: bool = False  # small_cnn: flatten the last feature map instead of pooling it (keeps where things are)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,17 +56,19 @@ def _block(inputs: int, outputs: int) -> list[nn.Module]:
     return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
 
 
-def small_cnn(channels: int, width: int, embed_dim: int) -> tuple[nn.Module, int]:
+def small_cnn(channels: int, image_size: int, width: int, embed_dim: int, flatten: bool) -> tuple[nn.Module, int]:
     """Conv-BN-ReLU blocks of ``width``, ``2 width`` (each followed by a 2x2 max-pool), ``4 width`` and
-    ``embed_dim`` channels, then global average pooling: ``(B, C, H, W) -> (B, embed_dim)``. Sized for 28-32 px
-    on CPUs (width 24, 256-d: about 700 images/s of SimCLR training on 2 cores)."""
+    ``embed_dim`` channels, then global average pooling: ``(B, C, H, W) -> (B, embed_dim)``; with ``flatten``
+    the last map itself: ``(B, embed_dim * (H // 4) ** 2)``. Sized for 28-32 px on CPUs (width 24, 256-d: about
+    700 images/s of SimCLR training on 2 cores)."""
     layers = [
         *_block(channels, width), nn.MaxPool2d(2),
         *_block(width, 2 * width), nn.MaxPool2d(2),
         *_block(2 * width, 4 * width), *_block(4 * width, embed_dim),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     ]
-    return nn.Sequential(*layers), embed_dim
+    if flatten:
+        return nn.Sequential(*layers, nn.Flatten()), embed_dim * (image_size // 4) ** 2
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), embed_dim
 
 
 def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
@@ -85,7 +88,7 @@ def build_encoder(spec: EncoderSpec) -> tuple[nn.Module, int]:
     """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)`` (``D = bottleneck`` if set).
     ``linear`` is a single linear map of the flattened pixels (needs a bottleneck)."""
     if spec.arch == "small_cnn":
-        body, dim = small_cnn(spec.channels, spec.width, spec.embed_dim)
+        body, dim = small_cnn(spec.channels, spec.image_size, spec.width, spec.embed_dim, spec.flatten)
     elif spec.arch in ("resnet18", "resnet50"):
         body, dim = resnet(spec.arch, spec.channels, spec.cifar_stem)
     elif spec.arch == "linear" and spec.bottleneck > 0:

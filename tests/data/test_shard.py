@@ -31,6 +31,8 @@ def test_fashion_manifest_describes_the_shards(fashion_shards):
     assert manifest.splits["train"].num_samples == 60000 and manifest.splits["test"].num_samples == 10000
     assert sum(manifest.splits["train"].counts) == 60000
     assert manifest.class_names[0] == "T-shirt/top"
+    class_totals = np.sum([shard.class_counts for shard in manifest.splits["train"].shards], axis=0)
+    assert class_totals.tolist() == [6000] * 10  # Fashion-MNIST is balanced
     pixels = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz") / 255.0
     assert manifest.channel_mean[0] == pytest.approx(pixels.mean(), abs=1e-5)
     assert manifest.channel_std[0] == pytest.approx(pixels.std(), abs=1e-5)

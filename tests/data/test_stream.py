@@ -1,9 +1,13 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.data import ShardLoader
-from pipeline.data.plan import batches_per_rank
+from pipeline.data.plan import assign_shards, batches_per_rank
+from pipeline.errors import ConfigError, ShardError
 from pipeline.data.stream import shuffled_batches, world_position
 from tests.conftest import synthetic_labels
 
@@ -45,6 +49,39 @@ def test_labels_travel_with_their_samples(synthetic_shards):
     _, batches, _ = _epoch(synthetic_shards, 0, 1)
     for _, batch_labels, indices in batches:
         np.testing.assert_array_equal(batch_labels.numpy(), labels[indices.numpy()])
+
+
+def test_a_held_out_class_is_left_out_and_the_plan_counts_what_is_left(synthetic_shards):
+    labels = synthetic_labels(3000, 500)["train"]
+    kept = int((labels != 3).sum())
+    seen = []
+    for rank in range(2):
+        loader, batches, indices = _epoch(synthetic_shards, rank, 2, exclude_classes=(3,))
+        assert sum(loader.kept_counts) == kept < 3000
+        assert len(batches) == len(loader) > 0 and all(len(b[0]) == 64 for b in batches)
+        assert not any((b[1] == 3).any() for b in batches)
+        seen.append(indices)
+    everything = np.concatenate(seen)
+    assert len(np.unique(everything)) == len(everything)
+    loads = [sum(loader.kept_counts[s] for s in shards) for shards in assign_shards(loader.kept_counts, 2, 0, 0)]
+    assert len(everything) == 2 * (min(loads) // 64) * 64
+
+
+def test_a_class_outside_the_data_set_is_refused(synthetic_shards):
+    with pytest.raises(ConfigError, match="class 10 to leave out is not a class of .*: 0..9 are"):
+        ShardLoader(synthetic_shards, "train", 64, rank=0, world_size=1, exclude_classes=(10,))
+
+
+def test_leaving_a_class_out_needs_a_manifest_with_class_counts(tmp_path, even_shards):
+    shutil.copytree(even_shards, tmp_path, dirs_exist_ok=True)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["class_counts"]  # as an older sslpipe wrote it
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert len(ShardLoader(tmp_path, "train", 64, rank=0, world_size=1)) == 16
+    with pytest.raises(ShardError, match="manifest.json: the manifest has no per-class counts"):
+        ShardLoader(tmp_path, "train", 64, rank=0, world_size=1, exclude_classes=(0,))
 
 
 def test_epochs_reshuffle_and_are_reproducible(synthetic_shards):

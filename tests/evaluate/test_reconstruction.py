@@ -4,16 +4,33 @@ import torch
 from torch import nn
 
 from pipeline.config import JobConfig
-from pipeline.evaluate.reconstruction import pca_reconstruction_mse, reconstruction_metrics
+from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_errors, reconstruct_split
 from pipeline.methods import build_method
 from pipeline.models import EncoderSpec
 
 
-def test_pca_mse_is_zero_at_full_rank_and_positive_below():
+def test_pca_errors_are_zero_at_full_rank_and_positive_below():
     rng = np.random.default_rng(0)
     data = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 10))
-    assert pca_reconstruction_mse(data[:150], data[150:], 3) == pytest.approx(0.0, abs=1e-20)
-    assert pca_reconstruction_mse(data[:150], data[150:], 1) > 0.01
+    assert pca_reconstruction_errors(data[:150], data[150:], 3).shape == (50,)
+    assert pca_reconstruction_errors(data[:150], data[150:], 3).max() == pytest.approx(0.0, abs=1e-20)
+    assert pca_reconstruction_errors(data[:150], data[150:], 1).mean() > 0.01
+
+
+def test_pca_flags_what_lies_off_the_subspace_it_was_fitted_on():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(300, 2)) @ rng.normal(size=(2, 8))
+    odd = rng.normal(size=(50, 8))  # off the 2-d subspace
+    test = np.concatenate([normal[200:], odd])
+    labels = np.array([0] * 100 + [1] * 50)
+    errors = pca_reconstruction_errors(normal[:200], test, 2)
+    assert anomaly_auroc(errors, labels, 1) == 1.0
+    assert anomaly_auroc(-errors, labels, 1) == 0.0
+
+
+def test_auroc_by_hand():
+    # anomalies score 0.9 and 0.3, normals 0.5 and 0.1: of the 4 (anomaly, normal) pairs 3 are ordered right
+    assert anomaly_auroc(np.array([0.9, 0.5, 0.3, 0.1]), np.array([7, 0, 7, 2]), 7) == pytest.approx(0.75)
 
 
 class _Identity(nn.Module):
@@ -22,15 +39,16 @@ class _Identity(nn.Module):
 
 
 def test_identity_reconstructs_perfectly(even_shards):
-    metrics, originals, reconstructions = reconstruction_metrics(_Identity(), str(even_shards), 64, torch.device("cpu"))
-    assert metrics == {"recon_mse": 0.0}
-    assert originals.shape == reconstructions.shape == (8, 1, 28, 28)
+    result = reconstruct_split(_Identity(), str(even_shards), 64, torch.device("cpu"))
+    assert result.metrics == {"recon_mse": 0.0}
+    assert result.errors.shape == result.labels.shape == (128,) and not result.errors.any()
+    assert result.originals.shape == result.reconstructions.shape == (8, 1, 28, 28)
 
 
 def test_vae_metrics(even_shards):
     config = JobConfig()
     config.method.name, config.method.bottleneck = "vae", 4
     vae = build_method(config, EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8))
-    metrics, _, _ = reconstruction_metrics(vae, str(even_shards), 64, torch.device("cpu"))
+    metrics = reconstruct_split(vae, str(even_shards), 64, torch.device("cpu")).metrics
     assert set(metrics) == {"recon_mse", "elbo", "kl", "active_units"}
     assert metrics["elbo"] < 0 and metrics["kl"] >= 0 and 0 <= metrics["active_units"] <= 4

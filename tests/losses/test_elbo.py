@@ -5,7 +5,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from pipeline.config import JobConfig
-from pipeline.losses import bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
+from pipeline.losses import active_units, bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
 from pipeline.methods import build_method
 from pipeline.models import EncoderSpec
 from pipeline.schedules import kl_weight
@@ -58,3 +58,44 @@ def test_vae_counter_is_checkpointed_and_the_encoder_gives_the_mean():
     torch.manual_seed(0)
     nll, kl, _ = vae.terms(x)  # the same reparameterised sample
     torch.testing.assert_close(loss, negative_elbo(nll, kl, 0.3))
+
+
+def test_active_units_by_hand():
+    mu = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.1, 2.0], [0.0, 0.9, -2.0]])  # variances 0, 0.0067, 2.67
+    assert active_units(mu.sum(0), mu.pow(2).sum(0), 3) == 1
+
+
+def _vae(bottleneck=3):
+    config = JobConfig()
+    config.method.name, config.method.bottleneck = "vae", bottleneck
+    return build_method(config, EncoderSpec("small_cnn", 1, 28, (0.0,), (1.0,), width=4, embed_dim=16))
+
+
+def test_vae_reports_kl_per_dimension_and_active_units_of_its_training_epoch():
+    vae = _vae()
+    batches = [torch.rand(5, 1, 28, 28), torch.rand(3, 1, 28, 28)]
+    for x in batches:
+        vae(x)
+    vae.eval()
+    x = torch.cat(batches)
+    mu, logvar = vae.posterior(x)  # eval-mode BatchNorm differs from training; compare with the training pass:
+    vae.train()
+    kl = torch.cat([gaussian_kl(*vae.posterior(b)) for b in batches])
+    metrics = vae.epoch_metrics(lambda t: t)
+    assert metrics["train_kl"] == pytest.approx(kl.mean(0).sum().item(), rel=1e-4)
+    assert [metrics[f"train_kl_dim_{j}"] for j in range(3)] == pytest.approx(kl.mean(0).tolist(), rel=1e-4)
+    assert metrics["train_active_units"] in (0.0, 1.0, 2.0, 3.0)
+    assert vae.epoch_metrics(lambda t: t) == {}  # the sums start afresh each epoch
+    vae.eval()
+    vae(x)
+    assert vae.epoch_metrics(lambda t: t) == {}  # evaluation passes are not counted
+
+
+def test_a_collapsed_posterior_is_reported_with_a_warning(caplog):
+    vae = _vae(bottleneck=4)
+    with torch.no_grad():
+        vae.encoder[-1].weight.zero_()  # mu no longer depends on the image: every unit inactive
+    vae(torch.rand(16, 1, 28, 28))
+    metrics = vae.epoch_metrics(lambda t: t)
+    assert metrics["train_active_units"] == 0.0
+    assert "posterior collapse: 0 of 4 latent units are active" in caplog.text

@@ -1,0 +1,189 @@
+"""``sslpipe tune``: a Ray Tune search over job-config fields.
+
+Every trial is a whole pretraining run, the same :func:`pipeline.pretrain.pretrain` as ``sslpipe pretrain``
+(Ray Train workers, evaluation, MLflow run, export), nested under the search's parent MLflow run. Ray Train's
+per-epoch reports reach Tune through ``TuneReportCallback``; ASHA stops weak trials on
+``search.early_stop_metric`` (default: ``online_knn_accuracy``, a kNN on a slice of the training split); finished
+trials are ranked on ``search.metric`` from the final evaluation (default: ``probe_accuracy``). The parent run
+holds the table of trials (CSV and PNG), the best config, and the best trial's encoder as a registered model.
+Rerunning a search with the same ``search.name`` restores it: finished trials are not run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import cluster
+from pipeline.config import JobConfig, with_values
+from pipeline.data import read_manifest
+from pipeline.errors import SslpipeError
+from pipeline.evaluate.plots import search_png
+from pipeline.export import META, WEIGHTS, example_input, load_encoder
+from pipeline.methods import build_method
+from pipeline.models import EncoderSpec
+from pipeline.pretrain import pretrain, resolve_paths
+from pipeline.search_config import SearchConfig, tune_space
+from pipeline.track import Tracker, tracking_uri
+from pipeline.train import encoder_spec
+
+DEFAULT_ONLINE_KNN = 5000  # bank size when the early-stop metric is online_knn_accuracy and eval.online_knn is 0
+SEARCH_TAG = "sslpipe.search"
+
+
+@dataclass
+class SearchSummary:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[dict[str, Any]]  # one row per trial: id, params, status, metrics, MLflow run id
+    best: dict[str, Any] | None  # the best finished trial's row
+    model_uri: str | None  # the best trial's registered encoder
+
+
+def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_name: str) -> None:
+    """Tune's function trainable: pretrain ``base`` with ``params`` set, Ray Train's epochs forwarded to Tune,
+    then report the final evaluation (with the last epoch's metrics, which ASHA requires in every result)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    config = with_values(JobConfig.from_dict(base), params, "search trial")
+    # a stable name: a restored trial resumes its own Ray Train checkpoints and MLflow run
+    config.train.name = f"{search_name}-{tune.get_context().get_trial_id()}"
+    summary = pretrain(config, parent_run_id=parent_run_id, train_callbacks=[TuneReportCallback()], register=False)
+    tune.report({**summary.train_metrics, **summary.metrics, "mlflow_run_id": summary.run_id,
+                 "export_dir": str(summary.export_dir)})
+
+
+class SearchError(SslpipeError):
+    """No trial of a search finished."""
+
+
+def _one_line(error: BaseException) -> str:
+    """A trial's own error (Tune wraps it) as one line."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
+def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str) -> list[dict]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        history = result.metrics_dataframe
+        early = search.early_stop_metric
+        last_early = history[early].dropna().iloc[-1] if history is not None and early in history else math.nan
+        run = tracker.find_run(experiment, f"{name}-{trial_id}")
+        if result.error is not None:
+            status = "error"
+        elif search.metric in metrics:
+            status = "finished"
+        else:
+            status = "stopped early"
+        if run is not None and run.info.status == "RUNNING":  # its process was stopped by ASHA or crashed
+            tracker.finish(run.info.run_id, "KILLED")
+        rows.append({
+            "trial": trial_id, **{key: result.config.get(key) for key in search.space}, "status": status,
+            search.metric: metrics.get(search.metric, math.nan), early: last_early,
+            "epochs": int(history["epoch"].max()) + 1 if history is not None and "epoch" in history else 0,
+            "mlflow_run_id": run.info.run_id if run is not None else "",
+            "export_dir": metrics.get("export_dir", ""),
+        })
+    return rows
+
+
+def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
+    """Run (or resume) the search; returns its table, best trial and registered model."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    name = search.name or f"search-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = resolve_paths(config, name)
+    manifest = read_manifest(config.data.shards)
+    build_method(config, encoder_spec(config, manifest))  # fail here, not in every trial
+    tracker = Tracker(tracking_uri(config.track))
+    online_knn = config.eval.online_knn
+    if search.early_stop_metric == "online_knn_accuracy" and online_knn <= 0:
+        online_knn = DEFAULT_ONLINE_KNN
+    config = dataclasses.replace(
+        config, track=dataclasses.replace(config.track, tracking_uri=tracker.uri),  # trials run in other folders
+        eval=dataclasses.replace(config.eval, online_knn=online_knn),
+    )
+    parent = tracker.start(config, name, manifest.digest(), reuse_finished=True, tags={SEARCH_TAG: "parent"})
+    tracker.log_text(parent, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
+
+    cluster.connect()
+    trial_cpus = config.train.num_workers * config.train.cpus_per_worker
+    concurrent = search.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // trial_cpus))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=config.to_dict(), parent_run_id=parent, search_name=name),
+        {"CPU": 0.01},  # the trial only drives; its Ray Train workers ask for their own CPUs
+    )
+    experiment = str(Path(config.train.storage_path) / name)
+    if tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        scheduler = None  # grace_period >= epochs: no trial is stopped early
+        if search.grace_period < config.train.epochs:
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", metric=search.early_stop_metric, mode=search.early_stop_mode,
+                max_t=config.train.epochs + 1,  # the final evaluation is report epochs + 1; a stop there is moot
+                grace_period=search.grace_period, reduction_factor=search.reduction_factor,
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(search.space),
+            tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=config.train.storage_path),
+        )
+    try:
+        results = tuner.fit()
+        rows = _trial_rows(results, search, tracker, name, config.track.experiment)
+        finished = [r for r in rows if r["status"] == "finished" and not math.isnan(r[search.metric])]
+        errors = [result.error for result in results if result.error is not None]
+        if errors and not finished:
+            raise SearchError(f"all {len(rows)} trials failed; the first: {_one_line(errors[0])}")
+        best = (max if search.mode == "max" else min)(finished, key=lambda r: r[search.metric], default=None)
+        work = Path(tempfile.mkdtemp(prefix="sslpipe-search-"))
+        with open(work / "trials.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+            writer.writeheader()
+            writer.writerows(rows)
+        tracker.log_artifact(parent, work / "trials.csv")
+        tracker.log_artifact(parent, search_png(rows, search, work / "search.png"))
+        model_uri = None
+        if best is not None:
+            tags = tracker.tags(parent)
+            if tags.get("sslpipe.best_run_id") == best["mlflow_run_id"]:  # a restored search: registered before
+                model_uri = tags["sslpipe.best_model"]
+            else:
+                export_dir = Path(best["export_dir"])
+                spec = EncoderSpec.from_dict(json.loads((export_dir / META).read_text())["spec"])
+                files = [export_dir / WEIGHTS, export_dir / META]
+                model_uri = tracker.log_encoder(best["mlflow_run_id"], load_encoder(export_dir), example_input(spec),
+                                                files, config.track.registered_model)
+            tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
+            tracker.log_text(parent, yaml.safe_dump({k: best[k] for k in search.space}), "best_params.yaml")
+            tracker.set_tags(parent, {"sslpipe.best_run_id": best["mlflow_run_id"], "sslpipe.best_trial": best["trial"],
+                                      "sslpipe.best_model": model_uri})
+        tracker.log_metrics(parent, {"trials": len(rows), "trials_stopped_early": sum(
+            r["status"] == "stopped early" for r in rows)})
+    except BaseException:
+        tracker.finish(parent, "FAILED")
+        raise
+    tracker.finish(parent)
+    return SearchSummary(name, parent, tracker.uri, rows, best, model_uri)

@@ -1,0 +1,101 @@
+"""Ray Tune searches on a real local Ray and a real MLflow store: nested runs, early stopping, best trial, resume."""
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.search import run_search
+from pipeline.search_config import SearchConfig, load_search
+
+
+@pytest.fixture
+def config(synthetic_shards, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return load_config(None, [
+        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=0", "model.width=8",
+        "model.embed_dim=32", "model.head_hidden=64", "model.head_dim=32", "train.epochs=2", "train.num_workers=1",
+        "eval.baselines=false", "eval.probe_max_iter=100", "eval.online_knn=400", "eval.knn_k=20",
+    ])
+
+
+def _children(client, parent_run_id):
+    return client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+@pytest.mark.slow
+def test_rigged_search_stops_the_weak_trials_early(ray_local, config, tmp_path):
+    # ASHA's metric is the learning rate itself, so trials 2 and 3 (run one at a time) trail trial 1 for sure
+    search = SearchConfig(space={"optim.lr": {"grid": [1e-2, 1e-3, 1e-4]}}, early_stop_metric="lr",
+                          max_concurrent_trials=1, name="rigged")
+    summary = run_search(config, search)
+    client = MlflowClient(summary.tracking_uri)
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_stopped_early"] == 2
+    children = _children(client, summary.parent_run_id)
+    assert sorted(float(r.data.params["optim.lr"]) for r in children) == [1e-4, 1e-3, 1e-2]  # recorded exactly
+    by_lr = {float(r.data.params["optim.lr"]): r for r in children}
+    assert by_lr[1e-2].info.status == "FINISHED" and "probe_accuracy" in by_lr[1e-2].data.metrics
+    for lr in (1e-3, 1e-4):
+        assert by_lr[lr].info.status == "KILLED" and "probe_accuracy" not in by_lr[lr].data.metrics
+        assert [m.step for m in client.get_metric_history(by_lr[lr].info.run_id, "loss")] == [0]  # one epoch
+    rows = {row["optim.lr"]: row for row in summary.trials}
+    assert [rows[lr]["status"] for lr in (1e-2, 1e-3, 1e-4)] == ["finished", "stopped early", "stopped early"]
+    assert summary.best["optim.lr"] == 1e-2 and summary.model_uri == "models:/sslpipe-encoder/1"
+
+
+@pytest.mark.slow
+def test_search_ranks_trials_registers_the_best_and_resumes_without_rerunning(ray_local, config, tmp_path):
+    # rigged ranking: a probe allowed 1 L-BFGS iteration trails one allowed 100 (on the same kind of encoder)
+    search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10, name="ranked")
+    summary = run_search(config, search)
+    client = MlflowClient(summary.tracking_uri)
+    children = _children(client, summary.parent_run_id)
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    probes = {r.info.run_id: r.data.metrics["probe_accuracy"] for r in children}
+    assert len(set(probes.values())) == 2 and summary.best["mlflow_run_id"] == max(probes, key=probes.get)
+    assert summary.best["probe_accuracy"] == pytest.approx(max(probes.values()))
+    assert summary.best["eval.probe_max_iter"] == 100
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["sslpipe.best_run_id"] == summary.best["mlflow_run_id"]
+    assert parent.data.metrics["best_probe_accuracy"] == pytest.approx(max(probes.values()))
+    assert {"trials.csv", "search.png", "search.yaml", "best_params.yaml"} <= {
+        a.path for a in client.list_artifacts(summary.parent_run_id)}
+    version = client.get_model_version("sslpipe-encoder", summary.model_uri.rsplit("/", 1)[1])
+    assert version.run_id == summary.best["mlflow_run_id"]
+
+    again = run_search(config, search)  # same name: Tune restores the finished search
+    assert again.parent_run_id == summary.parent_run_id
+    rerun = _children(client, summary.parent_run_id)
+    assert {r.info.run_id: r.info.end_time for r in rerun} == {r.info.run_id: r.info.end_time for r in children}
+    assert [row["status"] for row in again.trials] == ["finished", "finished"]
+    assert again.model_uri == summary.model_uri  # not registered twice
+    assert not any(math.isnan(row["probe_accuracy"]) for row in again.trials)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("search:\n  space:\n    method.temprature: {grid: [0.1]}\n",
+     r"search.space.method.temprature: unknown key 'method.temprature'"),
+    ("search:\n  space:\n    optim.lr: {loguniform: [0.0, 1.0]}\n", r"search.space.optim.lr.loguniform: low must be > 0"),
+    ("search:\n  space:\n    train.epochs: {grid: [1, two]}\n", r"search.space.train.epochs.*expected int, got 'two'"),
+    ("search:\n  space:\n    optim.lr: {normal: [0, 1]}\n", r"search.space.optim.lr: expected one of \{grid: \[...\]\}"),
+    ("train:\n  epochs: 1\n", "a search file needs a `search` section"),
+])
+def test_search_files_name_the_bad_key(tmp_path, text, message):
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_search(path)
+
+
+def test_search_file_refines_its_base_job(tmp_path):
+    (tmp_path / "base.yaml").write_text("method:\n  name: vae\n  beta: 2.0\ntrain:\n  epochs: 9\n")
+    (tmp_path / "search.yaml").write_text(
+        "search:\n  base: base.yaml\n  space:\n    method.beta: {choice: [1.0, 4.0]}\ntrain:\n  epochs: 2\n"
+    )
+    config, search = load_search(tmp_path / "search.yaml", ["search.num_samples=3"])
+    assert (config.method.name, config.method.beta, config.train.epochs) == ("vae", 2.0, 2)
+    assert search.num_samples == 3 and search.space == {"method.beta": {"choice": [1.0, 4.0]}}
