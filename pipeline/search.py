@@ -38,6 +38,7 @@ from pipeline.train import encoder_spec
 
 DEFAULT_ONLINE_KNN = 5000  # bank size when the early-stop metric is online_knn_accuracy and eval.online_knn is 0
 SEARCH_TAG = "sslpipe.search"
+TRIAL_MEMORY = 64 << 20  # bytes of Ray's logical memory resource a trial's driver asks for
 
 
 @dataclass
@@ -68,6 +69,10 @@ class SearchError(SslpipeError):
     """No trial of a search finished."""
 
 
+class SearchInterrupted(SslpipeError):
+    """The search was stopped (Ctrl-C, SIGUSR1) before every trial ended; rerunning it resumes."""
+
+
 def _one_line(error: BaseException) -> str:
     """A trial's own error (Tune wraps it) as one line."""
     cause = error
@@ -75,6 +80,17 @@ def _one_line(error: BaseException) -> str:
         cause = cause.__cause__
     lines = [line for line in str(cause).splitlines() if line.strip()]
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
+def _unfinished_trials(experiment: str, search: SearchConfig) -> int:
+    """Trials of the space not yet ended, from the experiment state Tune saved (also the trials it never created)."""
+    from ray.tune import ExperimentAnalysis
+
+    expected = search.num_samples * math.prod(
+        len(values) for spec in search.space.values() for kind, values in spec.items() if kind == "grid"
+    )
+    ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(experiment).trials)
+    return max(0, expected - ended)
 
 
 def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str) -> list[dict]:
@@ -101,7 +117,7 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
             "mlflow_run_id": run.info.run_id if run is not None else "",
             "export_dir": metrics.get("export_dir", ""),
         })
-    return rows
+    return sorted(rows, key=lambda row: row["trial"])  # a stable order: ties go to the earlier trial
 
 
 def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
@@ -130,7 +146,9 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     concurrent = search.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // trial_cpus))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config.to_dict(), parent_run_id=parent, search_name=name),
-        {"CPU": 0.01},  # the trial only drives; its Ray Train workers ask for their own CPUs
+        # the trial only drives; its Ray Train workers ask for their own CPUs. Not even 0.01 CPU: 2 workers of
+        # 1 CPU must still fit a 2-CPU machine. (Tune refuses an empty request, so it asks for a little memory.)
+        {"memory": TRIAL_MEMORY},
     )
     experiment = str(Path(config.train.storage_path) / name)
     if tune.Tuner.can_restore(experiment):
@@ -152,6 +170,11 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
         )
     try:
         results = tuner.fit()
+        unfinished = _unfinished_trials(experiment, search)
+        if unfinished:  # Ctrl-C or SIGUSR1: Tune saved its state and returned
+            raise SearchInterrupted(
+                f"search {name!r} stopped with {unfinished} trials unfinished; run the same command again to resume it"
+            )
         rows = _trial_rows(results, search, tracker, name, config.track.experiment)
         finished = [r for r in rows if r["status"] == "finished" and not math.isnan(r[search.metric])]
         errors = [result.error for result in results if result.error is not None]
@@ -182,6 +205,9 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
                                       "sslpipe.best_model": model_uri})
         tracker.log_metrics(parent, {"trials": len(rows), "trials_stopped_early": sum(
             r["status"] == "stopped early" for r in rows)})
+    except SearchInterrupted:
+        tracker.finish(parent, "KILLED")
+        raise
     except BaseException:
         tracker.finish(parent, "FAILED")
         raise

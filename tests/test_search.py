@@ -1,6 +1,11 @@
 """Ray Tune searches on a real local Ray and a real MLflow store: nested runs, early stopping, best trial, resume."""
 
-import math
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -11,15 +16,19 @@ from pipeline.search import run_search
 from pipeline.search_config import SearchConfig, load_search
 
 
+def _overrides(shards):
+    return [
+        f"data.shards={shards}", "data.batch_size=64", "data.num_workers=0", "model.width=8",
+        "model.embed_dim=32", "model.head_hidden=64", "model.head_dim=32", "train.epochs=2", "train.num_workers=1",
+        "eval.baselines=false", "eval.probe_max_iter=100", "eval.online_knn=400", "eval.knn_k=20",
+    ]
+
+
 @pytest.fixture
 def config(synthetic_shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    return load_config(None, [
-        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=0", "model.width=8",
-        "model.embed_dim=32", "model.head_hidden=64", "model.head_dim=32", "train.epochs=2", "train.num_workers=1",
-        "eval.baselines=false", "eval.probe_max_iter=100", "eval.online_knn=400", "eval.knn_k=20",
-    ])
+    return load_config(None, _overrides(synthetic_shards))
 
 
 def _children(client, parent_run_id):
@@ -47,33 +56,66 @@ def test_rigged_search_stops_the_weak_trials_early(ray_local, config, tmp_path):
     assert summary.best["optim.lr"] == 1e-2 and summary.model_uri == "models:/sslpipe-encoder/1"
 
 
+SEARCH_SCRIPT = """
+import sys
+from pipeline.config import load_config
+from pipeline.search import run_search
+from pipeline.search_config import SearchConfig
+search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10, max_concurrent_trials=1,
+                      name="interrupted")
+run_search(load_config(None, sys.argv[1:]), search)
+"""
+
+
 @pytest.mark.slow
-def test_search_ranks_trials_registers_the_best_and_resumes_without_rerunning(ray_local, config, tmp_path):
-    # rigged ranking: a probe allowed 1 L-BFGS iteration trails one allowed 100 (on the same kind of encoder)
-    search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10, name="ranked")
-    summary = run_search(config, search)
-    client = MlflowClient(summary.tracking_uri)
-    children = _children(client, summary.parent_run_id)
+def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, config, synthetic_shards, tmp_path):
+    # a search in its own process (and its own local Ray), interrupted as Ctrl-C would once trial 2 has started
+    process = subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT, *_overrides(synthetic_shards)], cwd=tmp_path,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "exports").glob("interrupted-*/encoder.json")) or len(
+                list((tmp_path / "ray_results").glob("interrupted-*"))) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "the search ended or hung before trial 2"
+            time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its Ray processes, if any outlived it
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [parent] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 'interrupted'")
+    assert parent.info.status == "KILLED"
+    finished_before = {r.info.run_id: r.info.end_time for r in _children(client, parent.info.run_id)
+                       if r.info.status == "FINISHED"}
+    assert len(finished_before) == 1
+
+    # rigged ranking: a probe allowed 1 L-BFGS iteration (trial 1) trails one allowed 100 (trial 2)
+    search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10,
+                          max_concurrent_trials=1, name="interrupted")
+    summary = run_search(config, search)  # the same command again: Tune restores the search
+    assert summary.parent_run_id == parent.info.run_id
+    children = _children(client, parent.info.run_id)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.info.run_id: r.info.end_time for r in children if r.info.run_id in finished_before} == finished_before
+    assert [row["status"] for row in summary.trials] == ["finished", "finished"]
+
     probes = {r.info.run_id: r.data.metrics["probe_accuracy"] for r in children}
     assert len(set(probes.values())) == 2 and summary.best["mlflow_run_id"] == max(probes, key=probes.get)
-    assert summary.best["probe_accuracy"] == pytest.approx(max(probes.values()))
     assert summary.best["eval.probe_max_iter"] == 100
-    parent = client.get_run(summary.parent_run_id)
-    assert parent.data.tags["sslpipe.best_run_id"] == summary.best["mlflow_run_id"]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sslpipe.best_run_id"] == summary.best["mlflow_run_id"]
     assert parent.data.metrics["best_probe_accuracy"] == pytest.approx(max(probes.values()))
     assert {"trials.csv", "search.png", "search.yaml", "best_params.yaml"} <= {
-        a.path for a in client.list_artifacts(summary.parent_run_id)}
+        a.path for a in client.list_artifacts(parent.info.run_id)}
     version = client.get_model_version("sslpipe-encoder", summary.model_uri.rsplit("/", 1)[1])
     assert version.run_id == summary.best["mlflow_run_id"]
+    children = _children(client, parent.info.run_id)  # end times after the registration
 
-    again = run_search(config, search)  # same name: Tune restores the finished search
-    assert again.parent_run_id == summary.parent_run_id
-    rerun = _children(client, summary.parent_run_id)
-    assert {r.info.run_id: r.info.end_time for r in rerun} == {r.info.run_id: r.info.end_time for r in children}
-    assert [row["status"] for row in again.trials] == ["finished", "finished"]
-    assert again.model_uri == summary.model_uri  # not registered twice
-    assert not any(math.isnan(row["probe_accuracy"]) for row in again.trials)
+    again = run_search(config, search)  # a finished search: nothing runs, nothing is registered twice
+    assert again.model_uri == summary.model_uri
+    assert {r.info.run_id: r.info.end_time for r in _children(client, parent.info.run_id)} == {
+        r.info.run_id: r.info.end_time for r in children}
 
 
 @pytest.mark.parametrize(("text", "message"), [
