@@ -178,6 +178,13 @@ def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any
     return section_cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
 
 
+def one_of(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` of config ``key`` if it is one of ``allowed``, else a :class:`ConfigError` naming the key."""
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r}; choose one of {', '.join(allowed)}")
+    return value
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file holding a mapping of sections (empty file: ``{}``)."""
     try:

@@ -8,34 +8,23 @@ Loss: per-pixel MSE between the reconstruction and the clean image in [0, 1], pl
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
 from augment import Corruption
-from pipeline.config import JobConfig
-from pipeline.errors import ConfigError
+from pipeline.config import JobConfig, one_of
 from pipeline.losses import kl_sparsity, l1_sparsity
-from pipeline.methods.base import Method
+from pipeline.methods.base import ReconstructionMethod
 from pipeline.models import EncoderSpec
-from pipeline.models.decoders import build_decoder
 
 SPARSITY = ("none", "l1", "kl")
 
 
-class AutoEncoder(Method):
-    num_views = 1
-
+class AutoEncoder(ReconstructionMethod):
     def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
         options = config.method
-        if options.sparsity not in SPARSITY:
-            raise ConfigError(f"method.sparsity: {options.sparsity!r}; choose one of {', '.join(SPARSITY)}")
-        activation = "sigmoid" if options.sparsity == "kl" else "none"
-        super().__init__(
-            dataclasses.replace(spec, bottleneck=options.bottleneck, flatten=True, code_activation=activation)
-        )
-        self.decoder = build_decoder(self.spec)
+        sparsity = one_of("method.sparsity", options.sparsity, SPARSITY)
+        super().__init__(spec, options.bottleneck, "sigmoid" if sparsity == "kl" else "none")
         self.corruption = Corruption(options.corruption, options.corruption_amount) if options.corruption else None
         self.sparsity, self.sparsity_weight, self.sparsity_target = (
             options.sparsity, options.sparsity_weight, options.sparsity_target,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from pipeline.models import EncoderSpec, build_encoder
+from pipeline.models.decoders import build_decoder
 
 
 class Method(nn.Module):
@@ -35,3 +37,15 @@ class Method(nn.Module):
         """Metrics of the epoch that just ended, reported beside the loss; ``total`` sums a tensor over all ranks
         (every rank calls this). Nothing by default."""
         return {}
+
+
+class ReconstructionMethod(Method):
+    """A method with a decoder: the encoder ends at a ``bottleneck``-unit code (the small CNN keeps its last
+    feature map's layout instead of pooling it) and ``self.decoder`` mirrors it, code ``(B, k)`` -> images."""
+
+    num_views = 1
+
+    def __init__(self, spec: EncoderSpec, bottleneck: int, code_activation: str = "none") -> None:
+        code_spec = dataclasses.replace(spec, bottleneck=bottleneck, flatten=True, code_activation=code_activation)
+        super().__init__(code_spec)
+        self.decoder = build_decoder(self.spec)

@@ -11,37 +11,29 @@ images, and warns when fewer than half of the units are active.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, one_of
 from pipeline.distributed import world
-from pipeline.errors import ConfigError
 from pipeline.losses import active_units, bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
-from pipeline.methods.base import Method
+from pipeline.methods.base import ReconstructionMethod
 from pipeline.models import EncoderSpec
-from pipeline.models.decoders import build_decoder
 from pipeline.schedules import kl_weight
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 log = logging.getLogger(__name__)
 
 
-class VAE(Method):
-    num_views = 1
-
+class VAE(ReconstructionMethod):
     def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
         options = config.method
-        if options.likelihood not in LIKELIHOODS:
-            raise ConfigError(f"method.likelihood: {options.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        # the encoder ends ... -> features -> Linear: the posterior mean
-        super().__init__(dataclasses.replace(spec, bottleneck=options.bottleneck, flatten=True, code_activation="none"))
+        one_of("method.likelihood", options.likelihood, LIKELIHOODS)
+        super().__init__(spec, options.bottleneck)  # the encoder ends ... -> features -> Linear: the posterior mean
         self.logvar = nn.Linear(self.encoder[-1].in_features, options.bottleneck)
-        self.decoder = build_decoder(self.spec)
         self.beta, self.anneal_steps, self.free_bits = options.beta, options.kl_anneal_steps, options.free_bits
         self.likelihood, self.decoder_std = options.likelihood, options.decoder_std
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
