@@ -29,7 +29,7 @@ class OnlineKnn:
         batches = list(itertools.islice(loader, -(-total // 1024)))
         images = torch.cat([b[0] for b in batches])[:total]
         labels = torch.cat([b[1] for b in batches])[:total].numpy()
-        self.images, self.labels, self.bank_size = images, labels, min(bank_size, len(images) * 4 // 5)
+        self.images, self.labels, self.bank_size = images, labels, min(bank_size, len(images) * QUERY_FRACTION // (QUERY_FRACTION + 1))
         self.k, self.temperature = k, temperature
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -27,10 +28,7 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, tit
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
@@ -49,10 +47,7 @@ def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[
     axes.set_ylabel(axis_names[1])
     axes.set_title(title)
     axes.legend(markerscale=6, fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def search_png(rows: list[dict], search: SearchConfig, path: Path) -> Path:
@@ -76,6 +71,10 @@ def search_png(rows: list[dict], search: SearchConfig, path: Path) -> Path:
         if axes[1, column].get_legend_handles_labels()[0]:
             axes[1, column].legend(fontsize=7)
     figure.suptitle(f"{len(rows)} trials, {sum(r['status'] == 'stopped early' for r in rows)} stopped early")
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -83,7 +82,7 @@ def search_png(rows: list[dict], search: SearchConfig, path: Path) -> Path:
 
 
 def _isnan(value: object) -> bool:
-    return isinstance(value, float) and value != value
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _plottable(value: object) -> object:
