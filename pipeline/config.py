@@ -1,6 +1,7 @@
 """Job configuration: typed sections, loaded from YAML with ``dotted.key=value`` overrides, validated by name.
 
-Unknown sections or keys, and values of the wrong type, raise :class:`ConfigError` naming the key.
+Unknown sections or keys, values of the wrong type and values out of range (``LIMITS``) raise :class:`ConfigError`
+naming the key.
 """
 
 from __future__ import annotations
@@ -140,7 +141,35 @@ class JobConfig:
                 raise ConfigError(f"{origin}: unknown section {name!r}; sections are {', '.join(sections)}")
             section_cls = typing.get_type_hints(cls)[name]
             built[name] = _build_section(section_cls, values or {}, f"{origin}: {name}")
-        return cls(**built)
+        config = cls(**built)
+        _check_limits(config, origin)
+        return config
+
+
+# Numeric keys and the values they may take (``None``, where a key allows it, is always fine).
+LIMITS = {
+    "> 0": (lambda v: v > 0, (
+        "data.batch_size", "model.width", "model.embed_dim", "model.head_hidden", "model.head_dim",
+        "method.temperature", "method.bottleneck", "method.decoder_std", "optim.lr", "train.epochs",
+        "train.num_workers", "train.cpus_per_worker", "eval.batch_size", "eval.probe_max_iter", "eval.knn_k",
+        "eval.knn_temperature",
+    )),
+    ">= 0": (lambda v: v >= 0, (
+        "data.num_workers", "data.holdout_class", "method.sparsity_weight", "method.beta", "method.kl_anneal_steps",
+        "method.free_bits", "optim.weight_decay", "optim.warmup_epochs", "train.max_failures", "eval.online_knn",
+    )),
+    "in [0, 1)": (lambda v: 0 <= v < 1, ("method.ema_base", "optim.momentum")),
+    "in (0, 1)": (lambda v: 0 < v < 1, ("method.sparsity_target",)),
+    "in [0, 1]": (lambda v: 0 <= v <= 1, ("method.corruption_amount",)),
+}
+
+
+def _check_limits(config: JobConfig, origin: str) -> None:
+    values = config.flat()
+    for limit, (holds, keys) in LIMITS.items():
+        for key in keys:
+            if values[key] is not None and not holds(values[key]):
+                raise ConfigError(f"{origin}: {key} must be {limit}, got {values[key]!r}")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -45,6 +45,16 @@ def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def gather_objects(obj: object) -> list:
+    """``obj`` (picklable) from every rank, in rank order; ``[obj]`` in a single process."""
+    world_size = world()[1]
+    if world_size == 1:
+        return [obj]
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def mean_across_ranks(value: float, device: torch.device) -> float:
     """Average of a Python number over all ranks (for reporting)."""
     return sum_across_ranks(torch.tensor([value], dtype=torch.float64, device=device)).item() / world()[1]

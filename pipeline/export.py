@@ -6,7 +6,8 @@
   manifest hash): :func:`load_encoder` rebuilds a regular ``nn.Module`` from them for fine-tuning.
 * the same encoder as a registered MLflow PyTorch model (see :mod:`pipeline.track`).
 
-Every file is written under a temporary name and renamed.
+Every file is written under a temporary name and renamed, then loaded back and checked to embed like the trained
+encoder before anything is registered.
 """
 
 from __future__ import annotations
@@ -51,7 +52,24 @@ def export_encoder(encoder: nn.Module, spec: EncoderSpec, out_dir: str | Path, m
     tmp["meta"].write_text(json.dumps(meta, indent=2, default=str))
     for name, path in paths.items():
         tmp[name].replace(path)
+    verify_export(encoder, out, example)
     return paths
+
+
+def verify_export(encoder: nn.Module, out_dir: str | Path, example: torch.Tensor) -> None:
+    """Load both exported forms from ``out_dir`` and check they embed ``example`` as ``encoder`` (eval mode) does;
+    raises naming the file that does not. Runs before anything is registered."""
+    out = Path(out_dir)
+    with torch.no_grad():
+        expected = encoder.eval()(example)
+        try:
+            loaded = {out / PT2: torch.export.load(out / PT2).module()}
+        except Exception as exn:  # noqa: BLE001 - torch.export raises many kinds for a damaged file
+            raise SslpipeError(f"{out / PT2}: the export does not load ({exn})") from None
+        loaded[out / WEIGHTS] = load_encoder(out).eval()
+        for path, module in loaded.items():
+            if not torch.allclose(module(example), expected, rtol=1e-4, atol=1e-5):
+                raise SslpipeError(f"{path}: the exported encoder does not reproduce the trained one")
 
 
 def load_encoder(path_or_uri: str | Path) -> nn.Module:

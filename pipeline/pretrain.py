@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,12 +16,36 @@ from augment import ViewAugmenter, save_view_grid
 from pipeline import cluster
 from pipeline.config import JobConfig
 from pipeline.data import ShardLoader, read_manifest, storage
+from pipeline.errors import SslpipeError
 from pipeline.evaluate.suite import evaluate_method
 from pipeline.export import example_input, export_encoder
 from pipeline.methods import build_method
 from pipeline.optim import build_optimizer
-from pipeline.track import Tracker, tracking_uri
+from pipeline.track import Tracker, check_reachable, tracking_uri
 from pipeline.train import encoder_spec, fit, load_trained_method
+
+
+class RunStopped(SslpipeError):
+    """The driver was stopped (SIGTERM, Ctrl-C) mid-run; the same command resumes it."""
+
+
+SIGTERM_RECEIVED = threading.Event()
+
+
+def stop_on_sigterm() -> Any:
+    """In the main thread, make SIGTERM (a scheduler's or ``kill``'s stop) do what Ctrl-C does: Ray Train's own
+    SIGINT handler aborts the run gracefully (elsewhere SIGINT raises ``KeyboardInterrupt``); ``pretrain`` then sees
+    ``SIGTERM_RECEIVED`` and records the run as stopped instead of letting it vanish. Returns the handler it
+    replaced (``None`` in other threads, such as a Tune trial's, where signals are not ours to take)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    SIGTERM_RECEIVED.clear()
+
+    def stop(signum: int, frame: object) -> None:
+        SIGTERM_RECEIVED.set()
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 @dataclass
@@ -67,13 +93,17 @@ def pretrain(
     config = resolve_paths(config, run_name)
     manifest = read_manifest(config.data.shards)
     build_optimizer(build_method(config, encoder_spec(config, manifest)), config.optim, 1)  # fail here, not on workers
-    tracker = Tracker(tracking_uri(config.track))
+    tracker = Tracker(check_reachable(tracking_uri(config.track)))
     run_id = tracker.start(config, run_name, manifest.digest(), parent_run_id=parent_run_id)
+    previous_handler = None
     try:
         work = Path(tempfile.mkdtemp(prefix="sslpipe-run-"))
         tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
         cluster.connect()
+        previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
         state = fit(config, run_name, run_id, tracker.uri, train_callbacks)
+        if SIGTERM_RECEIVED.is_set():  # Ray Train aborted the run; its last checkpoint is where a rerun resumes
+            raise RunStopped("stopped by SIGTERM")
         method = load_trained_method(config, manifest, state)
         encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
         metrics, plots = evaluate_method(method, config, manifest, work)
@@ -89,8 +119,16 @@ def pretrain(
         if register:
             model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), [paths["weights"], paths["meta"]],
                                             config.track.registered_model)
-    except BaseException:
-        tracker.finish(run_id, "FAILED")
-        raise
+    except BaseException as error:
+        if not (isinstance(error, (RunStopped, KeyboardInterrupt)) or SIGTERM_RECEIVED.is_set()):
+            tracker.finish(run_id, "FAILED")
+            raise
+        tracker.finish(run_id, "KILLED")
+        how = "stopped by SIGTERM" if SIGTERM_RECEIVED.is_set() else "interrupted"
+        raise RunStopped(f"run {run_name} {how}; rerun the same command with train.name={run_name} to resume "
+                         "from its last checkpoint") from None
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     tracker.finish(run_id)
     return PretrainSummary(run_id, run_name, tracker.uri, model_uri, export_dir, metrics, state.get("metrics", {}))

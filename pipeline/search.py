@@ -33,7 +33,7 @@ from pipeline.methods import build_method
 from pipeline.models import EncoderSpec
 from pipeline.pretrain import pretrain, resolve_paths
 from pipeline.search_config import SearchConfig, tune_space
-from pipeline.track import Tracker, tracking_uri
+from pipeline.track import Tracker, check_reachable, tracking_uri
 from pipeline.train import encoder_spec
 
 DEFAULT_ONLINE_KNN = 5000  # bank size when the early-stop metric is online_knn_accuracy and eval.online_knn is 0
@@ -108,8 +108,11 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
             status = "finished"
         else:
             status = "stopped early"
-        if run is not None and run.info.status == "RUNNING":  # its process was stopped by ASHA or crashed
-            tracker.finish(run.info.run_id, "KILLED")
+        # ASHA stops a trial's process at any point, so its run may be left RUNNING or (stopped inside `pretrain`)
+        # FAILED; a crashed trial's run may be left RUNNING
+        wanted = {"error": "FAILED", "stopped early": "KILLED"}.get(status)
+        if run is not None and wanted and run.info.status != wanted:
+            tracker.finish(run.info.run_id, wanted)
         rows.append({
             "trial": trial_id, **{key: result.config.get(key) for key in search.space}, "status": status,
             search.metric: metrics.get(search.metric, math.nan), early: last_early,
@@ -130,7 +133,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     config = resolve_paths(config, name)
     manifest = read_manifest(config.data.shards)
     build_method(config, encoder_spec(config, manifest))  # fail here, not in every trial
-    tracker = Tracker(tracking_uri(config.track))
+    tracker = Tracker(check_reachable(tracking_uri(config.track)))
     online_knn = config.eval.online_knn
     if search.early_stop_metric == "online_knn_accuracy" and online_knn <= 0:
         online_knn = DEFAULT_ONLINE_KNN

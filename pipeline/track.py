@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -13,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import JobConfig, TrackConfig, dump_config
+from pipeline.errors import SslpipeError
 
 RUN_NAME_TAG = "sslpipe.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
@@ -26,6 +29,22 @@ def tracking_uri(config: TrackConfig) -> str:
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
     elif "://" not in uri:
         uri = str(Path(uri).absolute())
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> str:
+    """``uri``, after checking that a tracking server (``http(s)://``) answers: fail before any training, not
+    after MLflow's retries mid-run. Any HTTP answer counts (a server behind authentication answers 401)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            pass
+        except OSError as exn:
+            raise SslpipeError(
+                f"MLflow tracking server {uri} does not answer ({getattr(exn, 'reason', exn)}); start it, or point "
+                "MLFLOW_TRACKING_URI (or track.tracking_uri) at one that runs"
+            ) from None
     return uri
 
 

@@ -1,7 +1,8 @@
 """The Ray Train worker loop, shared by every method, and the driver that configures ``TorchTrainer``.
 
 Each epoch every rank reads its share of the shards, augments on its own device, steps the optimizer, then all
-ranks call ``ray.train.report`` once (rank 0 with the checkpoint). A rerun with the same ``train.name`` and
+ranks call ``ray.train.report`` once (rank 0 with the checkpoint), and Ray Train's controller logs the epoch to
+MLflow once the checkpoint is stored (``pipeline.epoch_log``). A rerun with the same ``train.name`` and
 ``train.storage_path`` resumes from the last checkpoint, as does Ray after a worker failure.
 """
 
@@ -21,7 +22,7 @@ from augment import ViewAugmenter
 from pipeline.config import JobConfig
 from pipeline.data import ShardLoader, storage
 from pipeline.data.manifest import Manifest
-from pipeline.distributed import mean_across_ranks, sum_across_ranks
+from pipeline.distributed import gather_objects, mean_across_ranks, sum_across_ranks
 from pipeline.errors import ConfigError, SslpipeError
 from pipeline.evaluate.online import OnlineKnn
 from pipeline.methods import Method, build_method
@@ -30,6 +31,7 @@ from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
 
 CHECKPOINT_FILE = "checkpoint.pt"
+NODES_TAG = "sslpipe.worker_nodes"  # the Ray node id of each rank, in rank order
 
 
 class NonFiniteLoss(SslpipeError):
@@ -82,6 +84,7 @@ def steps_in(loader: ShardLoader, epochs: int) -> list[int]:
 
 def train_worker(payload: dict) -> None:
     """``train_loop_per_worker``: ``payload`` holds the job config dict, the MLflow run id and tracking URI."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -124,7 +127,9 @@ def train_worker(payload: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
         augmenter.calls = step  # continue the augmentation stream instead of replaying it
-    tracker = Tracker(payload["tracking_uri"]) if rank == 0 and payload.get("run_id") else None
+    nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs (after a restart too)
+    if rank == 0 and payload.get("run_id"):
+        Tracker(payload["tracking_uri"]).set_tags(payload["run_id"], {NODES_TAG: ",".join(nodes)})
     online_knn = None
     if rank == 0 and config.eval.online_knn > 0:
         online_knn = OnlineKnn(config.data.shards, config.eval.online_knn, config.eval.knn_k,
@@ -154,13 +159,15 @@ def train_worker(payload: dict) -> None:
             loss_sum += value
             images_seen += len(images)
         elapsed = time.perf_counter() - started
+        epoch_images = int(sum_across_ranks(torch.tensor([images_seen], device=device)).item())  # all ranks
         metrics = {
             "epoch": epoch,
             "step": step,
             "start_epoch": start_epoch,
             "loss": mean_across_ranks(loss_sum / max(1, per_epoch[epoch]), device),
             "lr": scheduler.get_last_lr()[0],
-            "images_per_s": images_seen * world_size / elapsed,
+            "images": epoch_images,
+            "images_per_s": epoch_images / elapsed,
             **method.epoch_metrics(sum_across_ranks),
         }
         if online_knn is not None:
@@ -175,8 +182,6 @@ def train_worker(payload: dict) -> None:
             if rank == 0:
                 save_checkpoint(Path(directory) / CHECKPOINT_FILE, state)
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-                if tracker:
-                    tracker.log_metrics(payload["run_id"], metrics, step=epoch)
             ray.train.report(metrics, checkpoint=report_checkpoint)
 
 
@@ -198,6 +203,8 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.epoch_log import EpochMetricsToMlflow
+
     storage_path = config.train.storage_path  # a folder (made absolute: workers run elsewhere) or a URL
     if storage.is_local(storage_path):
         storage_path = str(storage.local_path(storage_path).absolute())
@@ -214,7 +221,7 @@ def fit(
             failure_config=FailureConfig(
                 max_failures=config.train.max_failures, controller_failure_limit=config.train.start_attempts
             ),
-            callbacks=list(callbacks),
+            callbacks=[*([EpochMetricsToMlflow(tracking_uri, run_id)] if run_id else []), *callbacks],
         ),
     )
     try:

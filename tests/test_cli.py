@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 from PIL import Image
 
 SSLPIPE = Path(sys.executable).with_name("sslpipe")  # the console script installed beside this interpreter
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _sslpipe(*args):
@@ -32,6 +34,20 @@ def test_errors_are_one_line_with_status_2(tmp_path):
     ]
     result = _sslpipe("verify", tmp_path / "missing")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_tracking_server_fails_before_training(synthetic_shards, tmp_path):
+    from tests.processes import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run([str(SSLPIPE), "pretrain", REPO / "jobs" / "simclr_fashion_mnist.yaml",
+                             f"data.shards={synthetic_shards}", f"track.tracking_uri={uri}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"sslpipe: error: MLflow tracking server {uri} does not answer")
+    assert not (tmp_path / "ray_results").exists()  # Ray never started a run
 
 
 def test_python_dash_m_entry_point():

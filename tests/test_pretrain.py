@@ -71,7 +71,6 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "dim", "extra_metrics", "extra_plots"),
     [
-        ({"method.name": "byol", "augment.preset": "byol"}, 32, set(), set()),
         ({"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 12, "method.sparsity": "kl",
           "method.corruption": "gaussian", "data.holdout_class": 3}, 12,
          {"recon_mse", "pca_recon_mse", "recon_mse_over_pca", "anomaly_auroc", "pca_anomaly_auroc"},
@@ -81,7 +80,7 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
           "train_kl_dim_5"},
          {"reconstructions.png", "interpolations.png", "prior_samples.png"}),
     ],
-    ids=["byol", "denoising-sparse-autoencoder-without-class-3", "vae"],
+    ids=["denoising-sparse-autoencoder-without-class-3", "vae"],  # BYOL: tests/test_reliability.py
 )
 def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics, extra_plots):
     for key, value in overrides.items():

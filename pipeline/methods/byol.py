@@ -10,6 +10,7 @@ BYOL, and keeps its own running statistics; only the online encoder is evaluated
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,3 +45,7 @@ class BYOL(Method):
         online = [*self.encoder.parameters(), *self.projector.parameters()]
         for target, source in zip(self.target.parameters(), online, strict=True):
             target.lerp_(source, 1 - self.tau)
+
+    def epoch_metrics(self, total: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """``ema_tau``: the target's momentum after the epoch's last step (the same on every rank)."""
+        return {"ema_tau": self.tau}

@@ -70,9 +70,10 @@ class VAE(ReconstructionMethod):
         return negative_elbo(nll, kl, self.current_beta(), self.free_bits)
 
     def epoch_metrics(self, total: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        """``train_kl``, ``train_kl_dim_j`` and ``train_active_units`` of this epoch's images over all ranks."""
+        """``kl_weight`` (the annealed beta after the epoch's last step) and ``train_kl``, ``train_kl_dim_j`` and
+        ``train_active_units`` of this epoch's images over all ranks."""
         if self._epoch_sums is None:
-            return {}
+            return {"kl_weight": self.current_beta()}
         sums = total(self._epoch_sums)
         count = total(torch.tensor(float(self._epoch_count), device=sums.device)).item()
         self._epoch_sums, self._epoch_count = None, 0
@@ -83,7 +84,7 @@ class VAE(ReconstructionMethod):
                 "posterior collapse: %d of %d latent units are active (KL %.2f nats); lengthen "
                 "method.kl_anneal_steps, lower method.beta or set method.free_bits", active, k, kl.sum().item()
             )
-        return {"train_kl": kl.sum().item(), "train_active_units": float(active),
+        return {"kl_weight": self.current_beta(), "train_kl": kl.sum().item(), "train_active_units": float(active),
                 **{f"train_kl_dim_{j}": value for j, value in enumerate(kl.tolist())}}
 
     def after_step(self, step: int, total_steps: int) -> None:

@@ -85,10 +85,10 @@ def test_vae_reports_kl_per_dimension_and_active_units_of_its_training_epoch():
     assert metrics["train_kl"] == pytest.approx(kl.mean(0).sum().item(), rel=1e-4)
     assert [metrics[f"train_kl_dim_{j}"] for j in range(3)] == pytest.approx(kl.mean(0).tolist(), rel=1e-4)
     assert metrics["train_active_units"] in (0.0, 1.0, 2.0, 3.0)
-    assert vae.epoch_metrics(lambda t: t) == {}  # the sums start afresh each epoch
+    assert vae.epoch_metrics(lambda t: t) == {"kl_weight": vae.current_beta()}  # the sums start afresh each epoch
     vae.eval()
     vae(x)
-    assert vae.epoch_metrics(lambda t: t) == {}  # evaluation passes are not counted
+    assert vae.epoch_metrics(lambda t: t) == {"kl_weight": vae.current_beta()}  # evaluation passes don't count
 
 
 def test_a_collapsed_posterior_is_reported_with_a_warning(caplog):

@@ -1,10 +1,14 @@
 import json
+import re
 import subprocess
 import sys
 
+import pytest
 import torch
+from safetensors.torch import save_file
 
-from pipeline.export import export_encoder, load_encoder
+from pipeline.errors import SslpipeError
+from pipeline.export import example_input, export_encoder, load_encoder, verify_export
 from pipeline.models import EncoderSpec, build_encoder
 
 SPEC = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32)
@@ -30,6 +34,20 @@ def test_export_files_and_load_encoder_round_trip(tmp_path):
     x = torch.rand(7, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), encoder(x))
+
+
+def test_a_damaged_export_is_caught_before_registration(tmp_path):
+    encoder = _trained_like_encoder()
+    paths = export_encoder(encoder, SPEC, tmp_path, {})  # verifies what it wrote
+    example = example_input(SPEC)
+    weights = {k: v.clone() for k, v in encoder.state_dict().items()}
+    weights["1.0.weight"] += 0.5  # well-formed file, wrong numbers
+    save_file(weights, paths["weights"])
+    with pytest.raises(SslpipeError, match=re.escape(f"{paths['weights']}: the exported encoder does not reproduce")):
+        verify_export(encoder, tmp_path, example)
+    paths["pt2"].write_bytes(paths["pt2"].read_bytes()[:200])  # truncated
+    with pytest.raises(SslpipeError, match=re.escape(f"{paths['pt2']}: the export does not load")):
+        verify_export(encoder, tmp_path, example)
 
 
 def test_pt2_loads_and_embeds_without_our_code(tmp_path):

@@ -1,0 +1,191 @@
+"""Real services started by tests, each stopped by PID: Ray nodes (``ray start --block``), a moto S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without Ray's variables (a local ``ray.init`` in the test process sets some), with the
+    test's Python first on PATH, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env | extra
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``command`` in its own session, output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(processes: list[subprocess.Popen], grace_s: float = 5) -> None:
+    """Terminate ``processes`` and every descendant they have now (found before any is signalled), then kill
+    what outlives ``grace_s``."""
+    tree = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(process.pid)
+            tree += [parent, *parent.children(recursive=True)]
+    _signal(tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _running(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal(_running(tree), signal.SIGKILL)
+    for process in processes:
+        process.wait(timeout=10)
+
+
+def _signal(procs: list[psutil.Process], signum: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signum)
+
+
+def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those not yet exited (a zombie has: in a container nobody may reap an orphan)."""
+    running = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+    return running
+
+
+def wait_until(check, timeout_s: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if process is not None and process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"{what} did not happen within {timeout_s} s\n{tail}")
+        time.sleep(0.5)
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server on 127.0.0.1; ``env`` points boto3/s3fs clients at it."""
+
+    url: str
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def s3_server(work: Path) -> Iterator[S3Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = work / "moto.log"
+    process = start([str(BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], clean_env(), log)
+    try:
+        wait_until(lambda: _answers(url), 60, "moto's S3 server starting", process, log)
+        yield S3Server(url, {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                             "AWS_DEFAULT_REGION": "us-east-1"})
+    finally:
+        stop([process])
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer means it is serving
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class RayCluster:
+    """A Ray head and worker nodes on 127.0.0.1 with token authentication (each node its own ``ray start``)."""
+
+    dashboard: str  # the job server's address, for ``ray job submit --address``
+    gcs: str
+    token_path: Path
+    env: dict[str, str]  # what a client of this cluster needs: the token, the node's environment
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        return self.env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)} | extra
+
+
+@contextlib.contextmanager
+def ray_cluster(work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[str, str] | None = None
+                ) -> Iterator[RayCluster]:
+    """Start a head with ``cpus_per_node[0]`` CPUs and one worker node per further entry; every node runs with
+    ``env`` (e.g. object-store credentials) and ``RAY_AUTH_MODE=token`` with a fresh token in ``work``."""
+    token_path = work / "ray_token"
+    token_path.write_text(secrets.token_hex(16))
+    node_env = clean_env(**(env or {}), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    gcs_port, dashboard_port = free_port(), free_port()
+    # a temp dir per node, as on separate machines (a node unpacking a job's working dir into a shared one would
+    # pull it from under the driver); short, for Ray's socket paths have a length limit
+    temp_dirs = [tempfile.mkdtemp(prefix="sslpipe-ray-", dir="/tmp") for _ in cpus_per_node]
+    cluster = RayCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", token_path, node_env)
+    try:
+        head_log = work / "ray-head.log"
+        cluster.processes.append(start([
+            str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--num-cpus={cpus_per_node[0]}",
+            f"--temp-dir={temp_dirs[0]}", *_node_ports(),
+        ], node_env, head_log))
+        wait_until(lambda: _answers(cluster.dashboard), 120, "the Ray head's dashboard", cluster.processes[0], head_log)
+        for index, cpus in enumerate(cpus_per_node[1:], 1):
+            log = work / f"ray-node-{index}.log"
+            cluster.processes.append(start([
+                str(BIN / "ray"), "start", "--block", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1",
+                f"--num-cpus={cpus}", f"--temp-dir={temp_dirs[index]}", *_node_ports(),
+            ], node_env, log))
+        wait_until(lambda: alive_nodes(cluster) == len(cpus_per_node), 120, "every Ray node joining")
+        # the job server answers before the head's agent takes jobs ("No available agent to submit job")
+        wait_until(lambda: _submit(cluster, "true").returncode == 0, 120, "the job server accepting jobs")
+        yield cluster
+    finally:
+        stop(cluster.processes)
+        for temp_dir in temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _node_ports() -> list[str]:
+    """Free ports for a node's agents: nodes on one machine would otherwise all take the default agent port, and
+    the head's job agent (which runs submitted jobs) can lose that race."""
+    return ["--disable-usage-stats", *(f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"))]
+
+
+def _submit(cluster: RayCluster, *entrypoint: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--", *entrypoint],
+                          env=cluster.client_env(), capture_output=True, text=True)
+
+
+def alive_nodes(cluster: RayCluster) -> int:
+    """Nodes the cluster reports alive (asked as a client would, with the token)."""
+    result = subprocess.run([str(BIN / "ray"), "list", "nodes", f"--address={cluster.dashboard}", "--format=yaml",
+                             "--filter", "state=ALIVE"], env=cluster.client_env(), capture_output=True, text=True)
+    return result.stdout.count("node_id:") if result.returncode == 0 else 0

@@ -1,0 +1,95 @@
+"""The cluster path for real: a Ray head and a second Ray node started with ``ray start`` on 127.0.0.1 with token
+authentication, shards written to and read from a local S3 server (moto), and the README's ``ray job submit``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.train import NODES_TAG
+from tests.processes import BIN, REPO, S3Server, clean_env, ray_cluster, s3_server
+
+pytestmark = pytest.mark.slow
+BUCKET = "sslpipe-test"
+TRAIN_SAMPLES = 1024
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> S3Server:
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        boto3.client("s3", endpoint_url=server.url, aws_access_key_id="test", aws_secret_access_key="test",
+                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_shards(s3) -> str:
+    """Shards written by ``sslpipe shard --out s3://...``: 4 train shards of 256, 1 test shard."""
+    url = f"s3://{BUCKET}/shards/synthetic"
+    run = subprocess.run([str(BIN / "sslpipe"), "shard", "synthetic", "--out", url, f"--num-train={TRAIN_SAMPLES}",
+                          "--num-test=256", "--samples-per-shard=256"], env=clean_env(**s3.env), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return url
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    """Two nodes of one CPU each, so a 2-worker run must put one Ray Train worker on each; the nodes hold the S3
+    credentials, as instance roles would on a cloud."""
+    with ray_cluster(tmp_path_factory.mktemp("cluster"), cpus_per_node=(1, 1), env=s3.env) as running:
+        yield running
+
+
+def test_shards_on_s3_verify(s3, s3_shards):
+    objects = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="test", aws_secret_access_key="test",
+                           region_name="us-east-1").list_objects_v2(Bucket=BUCKET)["Contents"]
+    names = sorted(o["Key"].rsplit("/", 1)[1] for o in objects)
+    assert names == ["manifest.json", "test-000000.tar", *(f"train-{i:06d}.tar" for i in range(4))]
+    run = subprocess.run([str(BIN / "sslpipe"), "verify", s3_shards], env=clean_env(**s3.env), capture_output=True, text=True)
+    assert run.returncode == 0 and "5 shards match" in run.stdout, run.stderr
+
+
+def test_job_submission_without_the_token_is_refused(cluster, tmp_path):
+    submit = [str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--", "echo", "hello"]
+    for env in (clean_env(HOME=str(tmp_path)),  # no token anywhere (not even ~/.ray/auth_token)
+                clean_env(HOME=str(tmp_path), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token")):
+        refused = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0
+        assert re.search(r"401|[Uu]nauthori[sz]ed|[Aa]uthentication", refused.stdout + refused.stderr)
+    accepted = subprocess.run(submit, env=cluster.client_env(), capture_output=True, text=True, timeout=120)
+    assert accepted.returncode == 0 and "hello" in accepted.stdout, accepted.stdout + accepted.stderr
+
+
+def readme_submit_command() -> str:
+    """The ``ray job submit`` command of the README's local cluster example, continuation lines joined."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- tested by tests/test_cluster.py -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = block[block.index("ray job submit"):]
+    return command.split("\n\n", 1)[0].replace("\\\n", " ").strip()
+
+
+def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
+    # the README's command as written, from the repository, plus overrides for a tiny run whose outputs land here
+    overrides = [
+        f"data.shards={s3_shards}", "data.batch_size=64", "model.width=8", "model.embed_dim=32",
+        "model.head_hidden=64", "model.head_dim=32", "train.epochs=1", "train.name=submitted",
+        "eval.baselines=false", "eval.probe_max_iter=100", f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"export.out_dir={tmp_path}/exports", f"train.storage_path={tmp_path}/ray_results",
+    ]
+    command = f"{readme_submit_command()} {shlex.join(overrides)}"
+    run = subprocess.run(["bash", "-c", command], cwd=REPO, env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
+                         capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [found] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 'submitted'")
+    assert found.info.status == "FINISHED" and 0.0 <= found.data.metrics["probe_accuracy"] <= 1.0
+    nodes = found.data.tags[NODES_TAG].split(",")
+    assert len(nodes) == 2 and len(set(nodes)) == 2  # rank 0 and rank 1 ran on different nodes
+    assert found.data.metrics["images"] == TRAIN_SAMPLES  # both ranks' shares of the S3 shards, nothing missing
+    assert (tmp_path / "exports" / "submitted" / "encoder.safetensors").exists()

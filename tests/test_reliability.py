@@ -1,0 +1,131 @@
+"""Faults for real: a Ray Train worker killed by PID mid-run, a driver stopped with SIGTERM and run again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import JobConfig, load_config
+from pipeline.export import load_encoder
+from pipeline.pretrain import pretrain
+from pipeline.schedules import ema_momentum, warmup_cosine
+from tests.processes import BIN, REPO
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+JOB = REPO / "jobs" / "byol_fashion_mnist.yaml"  # with the overrides below: a small BYOL run on synthetic shards
+
+
+def _overrides(shards, name: str) -> list[str]:
+    return [
+        f"data.shards={shards}", "data.batch_size=64", "data.num_workers=1", "model.width=8", "model.embed_dim=32",
+        "model.head_hidden=64", "model.head_dim=32", f"train.epochs={EPOCHS}",
+        f"train.name={name}", "optim.warmup_epochs=0", "eval.baselines=false", "eval.probe_max_iter=50",
+    ]
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _when_epochs_logged(tracking_uri: str, name: str, epochs: int, process: subprocess.Popen | None = None,
+                        timeout_s: float = 300) -> str:
+    """The run id of ``name`` once its first ``epochs`` epochs are in MLflow (while ``process`` runs)."""
+    client, deadline = MlflowClient(tracking_uri), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        experiment = client.get_experiment_by_name("sslpipe")
+        runs = client.search_runs([experiment.experiment_id], f"tags.`sslpipe.run_name` = '{name}'") if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    output = process.communicate(timeout=60)[0][-3000:] if process and process.poll() is not None else ""
+    raise AssertionError(f"run {name} did not log {epochs} epochs within {timeout_s} s\n{output}")
+
+
+def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobConfig) -> None:
+    """Every epoch logged once, and the LR and BYOL momentum at each epoch's last step on the uninterrupted
+    schedules (their counters continued through the restart)."""
+    steps = _history(client, run_id, "step")
+    assert [epoch for epoch, _ in steps] == list(range(EPOCHS))
+    assert [e for e, _ in _history(client, run_id, "loss")] == list(range(EPOCHS))
+    total = int(steps[-1][1])
+    base_lr = config.optim.lr * config.data.batch_size * config.train.num_workers / 256  # linear scaling rule
+    assert all(b[1] > a[1] for a, b in zip(steps, steps[1:]))  # the step counter never went back
+    for (epoch, lr), (_, step) in zip(_history(client, run_id, "lr"), steps, strict=True):
+        assert lr == pytest.approx(base_lr * warmup_cosine(int(step), total, 1), rel=1e-6, abs=1e-12), epoch
+    for (epoch, tau), (_, step) in zip(_history(client, run_id, "ema_tau"), steps, strict=True):
+        assert tau == pytest.approx(ema_momentum(int(step), total, config.method.ema_base), rel=1e-9), epoch
+    images = {value for _, value in _history(client, run_id, "images")}
+    assert len(images) == 1  # every epoch read the whole split, the restarted ones too
+
+
+def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_local, synthetic_shards, tmp_path,
+                                                                           monkeypatch):
+    from ray.util.state import list_actors
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
+
+    # 1. a Ray Train worker process killed by PID once epoch 0 is logged: Ray restarts the workers from the
+    #    last checkpoint (train.max_failures=1) and they go on logging into the same MLflow run
+    config = load_config(JOB, [*_overrides(synthetic_shards, "killed"), "train.max_failures=1"])
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_epoch() -> None:
+        _when_epochs_logged(tracking_uri, "killed", 1)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+        pid = max(actor.pid for actor in workers)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_epoch, daemon=True)
+    killer.start()
+    restarted = pretrain(config)
+    killer.join(timeout=10)
+    assert killed, "no worker was killed"
+    [run] = client.search_runs(["1"])  # one run: the restarted workers logged into it
+    assert run.info.run_id == restarted.run_id and run.info.status == "FINISHED"
+    assert max(value for _, value in _history(client, run.info.run_id, "start_epoch")) >= 1  # resumed, not redone
+    _assert_one_continuous_run(client, run.info.run_id, config)
+
+    # 2. `sslpipe pretrain` as a user runs it (here joined to this test's Ray), stopped with SIGTERM after 2
+    #    epochs, then the same command again
+    overrides = _overrides(synthetic_shards, "stopped")
+    env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    process = subprocess.Popen([str(BIN / "sslpipe"), "pretrain", str(JOB), *overrides], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        run_id = _when_epochs_logged(tracking_uri, "stopped", 2, process)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 2 and "stopped by SIGTERM" in output and "rerun" in output, output[-2000:]
+    assert client.get_run(run_id).info.status == "KILLED"
+    stopped_at = max(value for _, value in _history(client, run_id, "epoch")) + 1
+    resumed = pretrain(load_config(JOB, overrides))
+    assert resumed.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert max(value for _, value in _history(client, run_id, "start_epoch")) == stopped_at < EPOCHS
+    _assert_one_continuous_run(client, run_id, config)
+
+    metrics = client.get_run(run_id).data.metrics
+    assert 0.0 <= metrics["probe_accuracy"] <= 1.0 and 0.0 <= metrics["knn_accuracy"] <= 1.0
+    assert "latent_scatter.png" in {a.path for a in client.list_artifacts(run_id)}
+
+    # the two runs were interrupted at different epochs, and both resumed to the same encoder: resuming restores
+    # weights, optimizer, LR and momentum schedules and the data and augmentation streams exactly (up to float
+    # reduction order, which is deterministic on CPUs with gloo)
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        embeddings = load_encoder(resumed.export_dir).eval()(x)
+        torch.testing.assert_close(embeddings, load_encoder(restarted.export_dir).eval()(x), rtol=1e-4, atol=1e-5)
+    assert embeddings.shape == (16, 32)
