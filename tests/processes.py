@@ -153,14 +153,14 @@ def ray_cluster(work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[s
         cluster.processes.append(start([
             str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--num-cpus={cpus_per_node[0]}",
-            f"--temp-dir={temp_dirs[0]}", *_node_ports(),
+            f"--temp-dir={temp_dirs[0]}", *_node_options(),
         ], node_env, head_log))
         wait_until(lambda: _answers(cluster.dashboard), 120, "the Ray head's dashboard", cluster.processes[0], head_log)
         for index, cpus in enumerate(cpus_per_node[1:], 1):
             log = work / f"ray-node-{index}.log"
             cluster.processes.append(start([
                 str(BIN / "ray"), "start", "--block", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1",
-                f"--num-cpus={cpus}", f"--temp-dir={temp_dirs[index]}", *_node_ports(),
+                f"--num-cpus={cpus}", f"--temp-dir={temp_dirs[index]}", *_node_options(),
             ], node_env, log))
         wait_until(lambda: alive_nodes(cluster) == len(cpus_per_node), 120, "every Ray node joining")
         # the job server answers before the head's agent takes jobs ("No available agent to submit job")
@@ -172,9 +172,9 @@ def ray_cluster(work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[s
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _node_ports() -> list[str]:
-    """Free ports for a node's agents: nodes on one machine would otherwise all take the default agent port, and
-    the head's job agent (which runs submitted jobs) can lose that race."""
+def _node_options() -> list[str]:
+    """No usage stats, and free ports for the node's agents: nodes on one machine would otherwise all take the
+    default agent port, and the head's job agent (which runs submitted jobs) can lose that race."""
     return ["--disable-usage-stats", *(f"--{name}={free_port()}" for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"))]
 

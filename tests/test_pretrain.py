@@ -1,4 +1,4 @@
-"""End to end on a real local Ray and a real MLflow store: pretrain -> probe -> MLflow -> export, then resume."""
+"""End to end on a real local Ray and a real MLflow store: pretrain -> probe -> MLflow -> export."""
 
 import mlflow
 import numpy as np
@@ -24,7 +24,7 @@ def config(synthetic_shards, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pretrain_tracks_exports_and_resumes(ray_local, config, tmp_path):
+def test_pretrain_tracks_and_exports(ray_local, config, tmp_path):
     summary = pretrain(config)
     assert summary.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(summary.tracking_uri)
@@ -47,13 +47,6 @@ def test_pretrain_tracks_exports_and_resumes(ray_local, config, tmp_path):
         torch.testing.assert_close(registered(x), expected)
         torch.testing.assert_close(load_encoder(summary.model_uri).eval()(x), expected)
     assert expected.shape == (3, 32)
-
-    # same run name and storage, one more epoch: Ray resumes from the checkpoint at epoch 1
-    config.train.epochs = 2
-    resumed = pretrain(config)
-    history = MlflowClient(resumed.tracking_uri).get_metric_history(resumed.run_id, "start_epoch")
-    assert [(m.step, m.value) for m in history] == [(1, 1.0)]
-    assert np.isfinite(MlflowClient(resumed.tracking_uri).get_run(resumed.run_id).data.metrics["probe_accuracy"])
 
 
 @pytest.mark.slow
