@@ -8,6 +8,7 @@ MLflow once the checkpoint is stored (``pipeline.epoch_log``). A rerun with the 
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -30,6 +31,7 @@ from pipeline.models import EncoderSpec
 from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
 
+log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 NODES_TAG = "sslpipe.worker_nodes"  # the Ray node id of each rank, in rank order
 
@@ -64,6 +66,31 @@ def load_checkpoint(directory: str | Path) -> dict:
         raise SslpipeError(f"{path}: checkpoint file missing; delete the run's folder to start afresh") from None
     except Exception as exn:  # noqa: BLE001 - pickle, zip and torch errors all mean an unreadable file
         raise SslpipeError(f"{path}: unreadable checkpoint ({exn}); delete it to start afresh") from None
+
+
+def restore_state(checkpoint: Any) -> dict:
+    """The state in Ray Train ``checkpoint``; if that file is unreadable, the state of the newest readable
+    checkpoint before it in the same run folder (Ray keeps ``num_to_keep`` of them), with a warning naming the
+    bad one. Raises naming every unreadable file when none is left."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
+    earlier = sorted((info.path for info in found if info.type == pyarrow.fs.FileType.Directory
+                      and info.base_name.startswith("checkpoint_") and info.path < checkpoint.path), reverse=True)
+    errors = []
+    for candidate in [checkpoint, *(Checkpoint(path, filesystem=checkpoint.filesystem) for path in earlier)]:
+        try:
+            with candidate.as_directory() as directory:
+                state = load_checkpoint(directory)
+        except SslpipeError as exn:
+            errors.append(str(exn))
+            continue
+        if errors:
+            log.warning("resuming from the earlier checkpoint %s: %s", candidate.path, "; ".join(errors))
+        return state
+    raise SslpipeError(f"{'; '.join(errors)}; no earlier checkpoint in {folder} is readable")
 
 
 def load_trained_method(config: JobConfig, manifest: Manifest, state: dict) -> Method:
@@ -120,8 +147,7 @@ def train_worker(payload: dict) -> None:
     start_epoch, step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory)
+        state = restore_state(checkpoint)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
