@@ -112,6 +112,8 @@ class Tracker:
             info = mlflow.pytorch.log_model(
                 encoder.eval(), name="encoder", input_example=example.numpy(), serialization_format="pt2",
                 extra_files=[str(f) for f in files], registered_model_name=registered_model,
+                # a pt2 program needs torch only: MLflow's own pins, instead of inferring them (6 s a model here)
+                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
             )
         return f"models:/{registered_model}/{info.registered_model_version}"
 
