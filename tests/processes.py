@@ -96,6 +96,14 @@ class S3Server:
     url: str
     env: dict[str, str]
 
+    def client(self):
+        """A boto3 S3 client of this server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                            region_name=self.env["AWS_DEFAULT_REGION"])
+
 
 @contextlib.contextmanager
 def s3_server(work: Path) -> Iterator[S3Server]:

@@ -7,7 +7,6 @@ import re
 import shlex
 import subprocess
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -22,8 +21,7 @@ TRAIN_SAMPLES = 1024
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> S3Server:
     with s3_server(tmp_path_factory.mktemp("s3")) as server:
-        boto3.client("s3", endpoint_url=server.url, aws_access_key_id="test", aws_secret_access_key="test",
-                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        server.client().create_bucket(Bucket=BUCKET)
         yield server
 
 
@@ -32,7 +30,8 @@ def s3_shards(s3) -> str:
     """Shards written by ``sslpipe shard --out s3://...``: 4 train shards of 256, 1 test shard."""
     url = f"s3://{BUCKET}/shards/synthetic"
     run = subprocess.run([str(BIN / "sslpipe"), "shard", "synthetic", "--out", url, f"--num-train={TRAIN_SAMPLES}",
-                          "--num-test=256", "--samples-per-shard=256"], env=clean_env(**s3.env), capture_output=True, text=True)
+                          "--num-test=256", "--samples-per-shard=256"],
+                         env=clean_env(**s3.env), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return url
 
@@ -46,11 +45,11 @@ def cluster(s3, tmp_path_factory):
 
 
 def test_shards_on_s3_verify(s3, s3_shards):
-    objects = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="test", aws_secret_access_key="test",
-                           region_name="us-east-1").list_objects_v2(Bucket=BUCKET)["Contents"]
+    objects = s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]
     names = sorted(o["Key"].rsplit("/", 1)[1] for o in objects)
     assert names == ["manifest.json", "test-000000.tar", *(f"train-{i:06d}.tar" for i in range(4))]
-    run = subprocess.run([str(BIN / "sslpipe"), "verify", s3_shards], env=clean_env(**s3.env), capture_output=True, text=True)
+    run = subprocess.run([str(BIN / "sslpipe"), "verify", s3_shards], env=clean_env(**s3.env),
+                         capture_output=True, text=True)
     assert run.returncode == 0 and "5 shards match" in run.stdout, run.stderr
 
 

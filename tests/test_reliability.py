@@ -42,7 +42,8 @@ def _when_epochs_logged(tracking_uri: str, name: str, epochs: int, process: subp
     client, deadline = MlflowClient(tracking_uri), time.monotonic() + timeout_s
     while time.monotonic() < deadline and (process is None or process.poll() is None):
         experiment = client.get_experiment_by_name("sslpipe")
-        runs = client.search_runs([experiment.experiment_id], f"tags.`sslpipe.run_name` = '{name}'") if experiment else []
+        query = f"tags.`sslpipe.run_name` = '{name}'"
+        runs = client.search_runs([experiment.experiment_id], query) if experiment else []
         if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
             return runs[0].info.run_id
         time.sleep(0.2)
