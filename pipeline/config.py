@@ -26,6 +26,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per rank
     mode: str = "exact"  # or "resampled", see pipeline.data.plan
     holdout_class: int | None = None  # a label index left out of pretraining: evaluation scores it as the anomaly
+    skip_bad_samples: bool = False  # skip samples that cannot be decoded (logged, counted in skipped_samples)
 
     @property
     def exclude_classes(self) -> tuple[int, ...]:
@@ -87,6 +88,7 @@ class TrainConfig:
     storage_path: str = "ray_results"
     max_failures: int = 1  # worker failures survived by restarting from the last checkpoint
     start_attempts: int = 10  # tries (60 s each) to get the workers' resources before failing; -1: wait forever
+    max_steps_per_epoch: int | None = None  # caps the batches of every epoch (benchmarks, smoke runs)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrackConfig:
     experiment: str = "sslpipe"
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     registered_model: str = "sslpipe-encoder"
+    server_wait_s: float = 600.0  # after training, how long to wait for a tracking server that went away
 
 
 @dataclass
@@ -151,12 +154,13 @@ LIMITS = {
     "> 0": (lambda v: v > 0, (
         "data.batch_size", "model.width", "model.embed_dim", "model.head_hidden", "model.head_dim",
         "method.temperature", "method.bottleneck", "method.decoder_std", "optim.lr", "train.epochs",
-        "train.num_workers", "train.cpus_per_worker", "eval.batch_size", "eval.probe_max_iter", "eval.knn_k",
-        "eval.knn_temperature",
+        "train.num_workers", "train.cpus_per_worker", "train.max_steps_per_epoch", "eval.batch_size",
+        "eval.probe_max_iter", "eval.knn_k", "eval.knn_temperature",
     )),
     ">= 0": (lambda v: v >= 0, (
         "data.num_workers", "data.holdout_class", "method.sparsity_weight", "method.beta", "method.kl_anneal_steps",
         "method.free_bits", "optim.weight_decay", "optim.warmup_epochs", "train.max_failures", "eval.online_knn",
+        "track.server_wait_s",
     )),
     "in [0, 1)": (lambda v: 0 <= v < 1, ("method.ema_base", "optim.momentum")),
     "in (0, 1)": (lambda v: 0 < v < 1, ("method.sparsity_target",)),

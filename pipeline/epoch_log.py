@@ -1,26 +1,93 @@
-"""Per-epoch metrics to MLflow from Ray Train's controller, once the epoch's checkpoint is stored.
+"""Per-epoch metrics to MLflow from Ray Train's controller, once the epoch's checkpoint is stored, surviving a
+tracking server that goes away mid-run.
 
 Logging from the controller (not from rank 0) ties each logged epoch to a registered checkpoint: when a worker dies
 and Ray restarts the group from the last checkpoint, the epochs it reruns were never logged, so the run's step axis
-has every epoch exactly once.
+has every epoch exactly once. Epochs that cannot be sent (the server is down) wait, in order, in memory and in a
+local JSON file (:class:`Outbox`); training goes on, and they are sent once the server answers again: at the next
+epoch, or by the driver after training (:func:`send_unsent`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from ray.train import Checkpoint, UserCallback
 
-from pipeline.track import Tracker
+from pipeline.errors import SslpipeError
+from pipeline.track import Tracker, check_reachable
+from pipeline.train import NODES_KEY, NODES_TAG
+
+log = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 3.0  # how long a probe of the server may take before an epoch is kept for later
+
+
+class Outbox:
+    """Epochs ``{"step", "metrics", "tags"}`` not yet in MLflow, mirrored to ``path`` (written to a temp name and
+    renamed) so that nothing is lost when the process holding them ends."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.entries: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def add(self, step: int, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        self.entries.append({"step": step, "metrics": metrics, "tags": tags})
+
+    def send(self, tracker: Tracker, run_id: str) -> bool:
+        """Send the entries in order; ``True`` when all went out (the file is then removed), else the rest are
+        saved and ``False``."""
+        try:
+            check_reachable(tracker.uri, PROBE_TIMEOUT_S)
+            while self.entries:
+                entry = self.entries[0]
+                tracker.log_metrics(run_id, entry["metrics"], step=entry["step"])
+                tracker.set_tags(run_id, entry["tags"])
+                self.entries.pop(0)
+        except Exception as exn:  # noqa: BLE001 - connection, HTTP and MLflow errors all mean "not now"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+            log.warning("MLflow at %s unreachable (%s): %d epoch(s) kept in %s, sent when it answers again",
+                        tracker.uri, exn, len(self.entries), self.path)
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
 
 
 class EpochMetricsToMlflow(UserCallback):
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        self.tracking_uri, self.run_id = tracking_uri, run_id
+    def __init__(self, tracking_uri: str, run_id: str, unsent: str) -> None:
+        self.tracking_uri, self.run_id, self.unsent = tracking_uri, run_id, unsent
         self._tracker: Tracker | None = None  # made on the controller, after pickling
+        self._outbox: Outbox | None = None
+        self._nodes: str | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
         """``metrics[r]`` is rank ``r``'s report; rank 0's epoch metrics are logged at step ``epoch``."""
         if self._tracker is None:
-            self._tracker = Tracker(self.tracking_uri)
-        self._tracker.log_metrics(self.run_id, metrics[0], step=int(metrics[0]["epoch"]))
+            self._tracker, self._outbox = Tracker(self.tracking_uri), Outbox(self.unsent)
+        report = dict(metrics[0])
+        nodes = report.pop(NODES_KEY, None)
+        tags = {NODES_TAG: nodes} if nodes and nodes != self._nodes else {}
+        self._nodes = nodes or self._nodes
+        self._outbox.add(int(report["epoch"]), report, tags)
+        self._outbox.send(self._tracker, self.run_id)
+
+
+def send_unsent(tracker: Tracker, run_id: str, unsent: str | Path, wait_s: float) -> None:
+    """Send what the controller could not (``unsent``, if any), retrying for up to ``wait_s`` seconds while the
+    server is away; raises naming the file if it stays away."""
+    outbox = Outbox(unsent)
+    deadline = time.monotonic() + wait_s
+    while outbox.entries and not outbox.send(tracker, run_id):
+        if time.monotonic() > deadline:
+            raise SslpipeError(
+                f"MLflow at {tracker.uri} still unreachable after {wait_s:.0f} s: the metrics of "
+                f"{len(outbox.entries)} epoch(s) are kept in {outbox.path}; the checkpoint is kept too, so rerunning "
+                "the same command once the server is back sends them, then evaluates and exports"
+            )
+        time.sleep(min(10.0, wait_s / 10 + 0.1))

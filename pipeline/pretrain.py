@@ -16,6 +16,7 @@ from augment import ViewAugmenter, save_view_grid
 from pipeline import cluster
 from pipeline.config import JobConfig
 from pipeline.data import ShardLoader, read_manifest, storage
+from pipeline.epoch_log import send_unsent
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.suite import evaluate_method
 from pipeline.export import example_input, export_encoder
@@ -56,7 +57,7 @@ class PretrainSummary:
     model_uri: str | None  # None when not registered (search trials: only the best is)
     export_dir: Path
     metrics: dict[str, float]  # the final evaluation
-    train_metrics: dict[str, float]  # the last epoch's
+    train_metrics: dict[str, float | str]  # the last epoch's
 
 
 def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
@@ -73,11 +74,19 @@ def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
     )
 
 
+def unsent_path(config: JobConfig, run_id: str) -> Path:
+    """Where epochs that the tracking server could not take wait: the run's folder beside its checkpoints, or
+    the temp folder when checkpoints go to a URL."""
+    if storage.is_local(config.train.storage_path):
+        return storage.local_path(config.train.storage_path) / config.train.name / "mlflow_unsent.json"
+    return Path(tempfile.gettempdir()) / "sslpipe-unsent" / f"{run_id}.json"
+
+
 def preview(config: JobConfig, path: Path) -> Path:
     """Grid of 8 training images above their augmented views."""
     loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
                          mode=config.data.mode, url_template=config.data.url_template,
-                         exclude_classes=config.data.exclude_classes)
+                         exclude_classes=config.data.exclude_classes, skip_bad_samples=config.data.skip_bad_samples)
     images = next(iter(loader))[0]
     channels, size, _ = loader.manifest.image_shape
     views = ViewAugmenter(config.augment.preset, size, channels, seed=config.train.seed)(images)
@@ -101,9 +110,11 @@ def pretrain(
         tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
         cluster.connect()
         previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
-        state = fit(config, run_name, run_id, tracker.uri, train_callbacks)
+        unsent = unsent_path(config, run_id)
+        state = fit(config, run_name, run_id, tracker.uri, train_callbacks, str(unsent))
         if SIGTERM_RECEIVED.is_set():  # Ray Train aborted the run; its last checkpoint is where a rerun resumes
             raise RunStopped("stopped by SIGTERM")
+        send_unsent(tracker, run_id, unsent, config.track.server_wait_s)
         method = load_trained_method(config, manifest, state)
         encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
         metrics, plots = evaluate_method(method, config, manifest, work)

@@ -8,6 +8,7 @@ MLflow once the checkpoint is stored (``pipeline.epoch_log``). A rerun with the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import tempfile
@@ -33,7 +34,8 @@ from pipeline.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
-NODES_TAG = "sslpipe.worker_nodes"  # the Ray node id of each rank, in rank order
+NODES_KEY = "worker_nodes"  # rank 0 reports the Ray node id of each rank under this key, beside its metrics
+NODES_TAG = "sslpipe.worker_nodes"  # ... and pipeline.epoch_log sets it as this MLflow tag
 
 
 class NonFiniteLoss(SslpipeError):
@@ -100,13 +102,27 @@ def load_trained_method(config: JobConfig, manifest: Manifest, state: dict) -> M
     return method
 
 
-def steps_in(loader: ShardLoader, epochs: int) -> list[int]:
-    """Batches per epoch for ``epochs`` epochs (it can vary by one shard's worth between epochs)."""
+def steps_in(loader: ShardLoader, epochs: int, cap: int | None = None) -> list[int]:
+    """Batches per epoch for ``epochs`` epochs (it can vary by one shard's worth between epochs), at most ``cap``."""
     counts = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        counts.append(len(loader))
+        counts.append(len(loader) if cap is None else min(len(loader), cap))
     return counts
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor], autocast: bool
+) -> float:
+    """One optimizer step of ``model`` (a method or its DDP wrapper) on augmented ``views``; returns the loss
+    (``loss.item()``: the step's one host sync)."""
+    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(*views)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def train_worker(payload: dict) -> None:
@@ -114,8 +130,6 @@ def train_worker(payload: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
-
-    from pipeline.track import Tracker
 
     config = JobConfig.from_dict(payload["config"])
     context = ray.train.get_context()
@@ -128,6 +142,7 @@ def train_worker(payload: dict) -> None:
         config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
         mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
         pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes,
+        skip_bad_samples=config.data.skip_bad_samples,
     )
     spec = encoder_spec(config, loader.manifest)
     method = build_method(config, spec).to(memory_format=torch.channels_last)
@@ -138,7 +153,7 @@ def train_worker(payload: dict) -> None:
     augmenter = ViewAugmenter(config.augment.preset, spec.image_size, spec.channels, method.num_views,
                               seed=config.train.seed * 1000 + rank)
     optimizer = build_optimizer(method, config.optim, config.data.batch_size * world_size)
-    per_epoch = steps_in(loader, config.train.epochs)
+    per_epoch = steps_in(loader, config.train.epochs, config.train.max_steps_per_epoch)
     total_steps = sum(per_epoch)
     warmup = min(total_steps, max(1, math.ceil(config.optim.warmup_epochs * per_epoch[0])))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup))
@@ -154,38 +169,30 @@ def train_worker(payload: dict) -> None:
         start_epoch, step = state["epoch"], state["step"]
         augmenter.calls = step  # continue the augmentation stream instead of replaying it
     nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs (after a restart too)
-    if rank == 0 and payload.get("run_id"):
-        Tracker(payload["tracking_uri"]).set_tags(payload["run_id"], {NODES_TAG: ",".join(nodes)})
     online_knn = None
     if rank == 0 and config.eval.online_knn > 0:
         online_knn = OnlineKnn(config.data.shards, config.eval.online_knn, config.eval.knn_k,
-                               config.eval.knn_temperature, config.data.url_template)
+                               config.eval.knn_temperature, config.data.url_template, config.data.skip_bad_samples)
 
     for epoch in range(start_epoch, config.train.epochs):
         loader.set_epoch(epoch)
         model.train()
         started, loss_sum, images_seen = time.perf_counter(), 0.0, 0
-        for images, _, _ in loader:
-            images = images.to(device, non_blocking=True)
-            views = [v.contiguous(memory_format=torch.channels_last) for v in augmenter(images)]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = model(*views)
-            value = loss.item()  # the step's one host sync: checked here, summed below
-            if not math.isfinite(value):
+        capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
+        for images, _, _ in itertools.islice(loader, per_epoch[epoch]) if capped else loader:
+            value = train_step(model, optimizer, augmenter(images.to(device, non_blocking=True)), autocast)
+            if not math.isfinite(value):  # the epoch's checkpoint is never written
                 raise NonFiniteLoss(
                     f"loss is {value} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
                     f"(now {config.optim.lr}) or check the data in {config.data.shards}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             scheduler.step()
             step += 1
             method.after_step(step, total_steps)
             loss_sum += value
             images_seen += len(images)
         elapsed = time.perf_counter() - started
-        epoch_images = int(sum_across_ranks(torch.tensor([images_seen], device=device)).item())  # all ranks
+        epoch_images, skipped = sum_across_ranks(torch.tensor([images_seen, loader.skipped], device=device)).tolist()
         metrics = {
             "epoch": epoch,
             "step": step,
@@ -194,6 +201,8 @@ def train_worker(payload: dict) -> None:
             "lr": scheduler.get_last_lr()[0],
             "images": epoch_images,
             "images_per_s": epoch_images / elapsed,
+            "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
+            NODES_KEY: ",".join(nodes),  # a tag, not a metric (pipeline.epoch_log)
             **method.epoch_metrics(sum_across_ranks),
         }
         if online_knn is not None:
@@ -221,11 +230,13 @@ def _user_error(error: Exception) -> SslpipeError | None:
 
 def fit(
     config: JobConfig, run_name: str, run_id: str | None = None, tracking_uri: str | None = None,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Any] = (), unsent: str | None = None,
 ) -> dict:
     """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers; returns the final
     checkpoint's state (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``config``, ``spec`` and
-    the last epoch's ``metrics``). ``callbacks`` are Ray Train callbacks (e.g. Tune's report forwarding)."""
+    the last epoch's ``metrics``). With ``run_id``, each epoch is logged to that MLflow run, epochs the server
+    could not take kept in the local file ``unsent``. ``callbacks`` are Ray Train callbacks (e.g. Tune's report
+    forwarding)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -247,7 +258,7 @@ def fit(
             failure_config=FailureConfig(
                 max_failures=config.train.max_failures, controller_failure_limit=config.train.start_attempts
             ),
-            callbacks=[*([EpochMetricsToMlflow(tracking_uri, run_id)] if run_id else []), *callbacks],
+            callbacks=[*([EpochMetricsToMlflow(tracking_uri, run_id, unsent)] if run_id else []), *callbacks],
         ),
     )
     try:

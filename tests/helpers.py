@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 
 from pipeline.data import ShardLoader
 
@@ -17,3 +24,36 @@ def read_split(location: Path, split: str, **kwargs) -> tuple[np.ndarray, np.nda
     images, labels, indices = (torch.cat(column).numpy() for column in zip(*batches))
     order = np.argsort(indices)
     return images[order], labels[order], indices[order]
+
+
+def when_epochs_logged(tracking_uri: str, name: str, epochs: int, process: subprocess.Popen | None = None,
+                        timeout_s: float = 300) -> str:
+    """The run id of ``name`` once its first ``epochs`` epochs are in MLflow (while ``process`` runs)."""
+    client, deadline = MlflowClient(tracking_uri), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        experiment = client.get_experiment_by_name("sslpipe")
+        query = f"tags.`sslpipe.run_name` = '{name}'"
+        runs = client.search_runs([experiment.experiment_id], query) if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    output = process.communicate(timeout=60)[0][-3000:] if process and process.poll() is not None else ""
+    raise AssertionError(f"run {name} did not log {epochs} epochs within {timeout_s} s\n{output}")
+
+
+def rewrite_shard(shards: Path, name: str, edit) -> None:
+    """Rewrite shard ``name`` member by member (``edit(member_name, data)`` returns new bytes, or None to drop the
+    member) and record its new size and hash in the manifest: a shard that a buggy writer produced."""
+    path = shards / name
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for member, data in members:
+            data = edit(member.name, data)
+            if data is not None:
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    raw = json.loads((shards / "manifest.json").read_text())
+    entry = next(s for s in raw["splits"]["train"]["shards"] if s["name"] == name)
+    entry["bytes"], entry["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    (shards / "manifest.json").write_text(json.dumps(raw))

@@ -1,4 +1,5 @@
-"""Real services started by tests, each stopped by PID: Ray nodes (``ray start --block``), a moto S3 server."""
+"""Real services started by tests, each stopped by PID: Ray nodes (``ray start --block``), a moto S3 server,
+an MLflow tracking server."""
 
 from __future__ import annotations
 
@@ -117,6 +118,34 @@ def s3_server(work: Path) -> Iterator[S3Server]:
                              "AWS_DEFAULT_REGION": "us-east-1"})
     finally:
         stop([process])
+
+
+@dataclass
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 keeping its runs and artifacts in ``work``: stopped and started again, it
+    serves the same runs on the same port."""
+
+    work: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.work / "mlflow-server.log"
+        self.process = start([
+            str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}",
+            "--artifacts-destination", str(self.work / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", "1",
+        ], clean_env(), log)
+        wait_until(lambda: _answers(f"{self.url}/health"), 60, "the MLflow server starting", self.process, log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop([self.process])
+            self.process = None
 
 
 def _answers(url: str) -> bool:

@@ -1,12 +1,14 @@
-"""Faults for real: a Ray Train worker killed by PID mid-run, a driver stopped with SIGTERM and run again."""
+"""Faults for real: a Ray Train worker killed by PID mid-run, a driver stopped with SIGTERM and run again, a tracking
+server that goes away mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 import torch
@@ -16,7 +18,9 @@ from pipeline.config import JobConfig, load_config
 from pipeline.export import load_encoder
 from pipeline.pretrain import pretrain
 from pipeline.schedules import ema_momentum, warmup_cosine
-from tests.processes import BIN, REPO
+from pipeline.train import NODES_TAG
+from tests.helpers import rewrite_shard, when_epochs_logged
+from tests.processes import BIN, REPO, MlflowServer, wait_until
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -34,21 +38,6 @@ def _overrides(shards, name: str) -> list[str]:
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` pairs of ``key``, sorted; an epoch logged twice with the same value counts once."""
     return sorted({(m.step, m.value) for m in client.get_metric_history(run_id, key)})
-
-
-def _when_epochs_logged(tracking_uri: str, name: str, epochs: int, process: subprocess.Popen | None = None,
-                        timeout_s: float = 300) -> str:
-    """The run id of ``name`` once its first ``epochs`` epochs are in MLflow (while ``process`` runs)."""
-    client, deadline = MlflowClient(tracking_uri), time.monotonic() + timeout_s
-    while time.monotonic() < deadline and (process is None or process.poll() is None):
-        experiment = client.get_experiment_by_name("sslpipe")
-        query = f"tags.`sslpipe.run_name` = '{name}'"
-        runs = client.search_runs([experiment.experiment_id], query) if experiment else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
-            return runs[0].info.run_id
-        time.sleep(0.2)
-    output = process.communicate(timeout=60)[0][-3000:] if process and process.poll() is not None else ""
-    raise AssertionError(f"run {name} did not log {epochs} epochs within {timeout_s} s\n{output}")
 
 
 def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobConfig) -> None:
@@ -83,7 +72,7 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
     killed: list[int] = []
 
     def kill_a_worker_after_the_first_epoch() -> None:
-        _when_epochs_logged(tracking_uri, "killed", 1)
+        when_epochs_logged(tracking_uri, "killed", 1)
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
         pid = max(actor.pid for actor in workers)
         os.kill(pid, signal.SIGKILL)
@@ -106,7 +95,7 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
     process = subprocess.Popen([str(BIN / "sslpipe"), "pretrain", str(JOB), *overrides], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        run_id = _when_epochs_logged(tracking_uri, "stopped", 2, process)
+        run_id = when_epochs_logged(tracking_uri, "stopped", 2, process)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -136,3 +125,45 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
         embeddings = load_encoder(resumed.export_dir).eval()(x)
         torch.testing.assert_close(embeddings, load_encoder(restarted.export_dir).eval()(x), rtol=1e-4, atol=1e-5)
     assert embeddings.shape == (16, 32)
+
+
+def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthetic_shards, tmp_path, monkeypatch):
+    """A real `mlflow server` stopped after epoch 0 and started again a few epochs later: training goes on, the
+    epochs in between wait in a local file, and the run ends with every epoch logged exactly once. The shards hold
+    an undecodable chunk of 256 images, skipped (data.skip_bad_samples) and counted in every epoch's metrics."""
+    monkeypatch.chdir(tmp_path)
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    rewrite_shard(shards, "train-000001.tar",
+                  lambda member, data: b"not a png" if member == "train-chunk-00000256.images.png" else data)
+    server = MlflowServer(tmp_path)
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    config = load_config(JOB, [*_overrides(shards, "outage"), "train.num_workers=1", "track.server_wait_s=120",
+                               "data.skip_bad_samples=true"])
+    unsent = tmp_path / "ray_results" / "outage" / "mlflow_unsent.json"
+    kept: list[dict] = []
+
+    def outage() -> None:
+        when_epochs_logged(server.url, "outage", 1)
+        server.stop()
+        wait_until(lambda: unsent.exists() and len(json.loads(unsent.read_text())) >= 2, 120, "two epochs kept")
+        kept.extend(json.loads(unsent.read_text()))
+        server.start()
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    try:
+        summary = pretrain(config)  # ends once the server is back: the driver sends what is left, then evaluates
+        thread.join(timeout=60)
+        assert [entry["step"] for entry in kept[:2]] == [1, 2]  # kept in order while the server was away
+        client = MlflowClient(server.url)
+        run = client.get_run(summary.run_id)
+        assert run.info.status == "FINISHED" and not unsent.exists()
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(EPOCHS))
+        assert {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "skipped_samples")} == {
+            (epoch, 256) for epoch in range(EPOCHS)}
+        assert {m.value for m in client.get_metric_history(run.info.run_id, "images")} == {3000 // 64 * 64}
+        assert run.data.tags[NODES_TAG] and "probe_accuracy" in run.data.metrics
+    finally:
+        server.stop()

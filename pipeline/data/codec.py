@@ -62,7 +62,7 @@ def encode_group(
 def decode_group(sample: dict, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of :func:`encode_group`: ``(images (n, H, W, C) uint8, labels (n,), indices (n,))``.
 
-    Raises ``ValueError`` naming the sample key when members are missing or the wrong shape.
+    Raises ``ValueError`` when members are missing or the wrong shape (the reader adds the shard and key).
     """
     height, width, channels = image_shape
     key = sample.get("__key__", "?")
@@ -73,7 +73,7 @@ def decode_group(sample: dict, image_shape: tuple[int, int, int]) -> tuple[np.nd
         elif "images.npy" in sample:
             images = _load_npy(sample["images.npy"]).reshape(-1, height, width, channels)
         else:
-            raise ValueError(f"sample {key!r} has labels but no images.png or images.npy member")
+            raise ValueError("labels but no images.png or images.npy member")
         labels, indices = _load_npy(sample["labels.npy"]), _load_npy(sample["indices.npy"])
     elif "cls" in sample and ("png" in sample or "npy" in sample):
         if "png" in sample:
@@ -85,7 +85,7 @@ def decode_group(sample: dict, image_shape: tuple[int, int, int]) -> tuple[np.nd
         indices = np.array([int(key.rsplit("-", 1)[1])], dtype=np.int64)
     else:
         members = sorted(k for k in sample if not k.startswith("__"))
-        raise ValueError(f"sample {key!r} has members {members}, expected an image with .cls or a chunk")
+        raise ValueError(f"members {members}, expected an image with .cls or a chunk")
     if not (len(images) == len(labels) == len(indices)):
-        raise ValueError(f"sample {key!r}: {len(images)} images but {len(labels)} labels and {len(indices)} indices")
+        raise ValueError(f"{len(images)} images but {len(labels)} labels and {len(indices)} indices")
     return images, labels, indices

@@ -8,6 +8,7 @@ process merges the workers' last partial batches and stops after exactly ``len(l
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,8 +26,10 @@ from pipeline.data.manifest import MANIFEST, Manifest, check_local_shards, read_
 from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
 from pipeline.errors import ConfigError, ShardError, SslpipeError
 
+log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 SHUFFLE_BUFFER_BYTES = 64 << 20
+REFILL_PASSES = 2  # skip mode: extra reads of a rank's shards to make up for skipped samples
 
 
 def world_position() -> tuple[int, int]:
@@ -44,27 +47,61 @@ def world_position() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def read_shard(url: str, expected: int, image_shape: tuple[int, int, int]) -> Iterator[tuple[np.ndarray, ...]]:
-    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of one shard; raises :class:`ShardError`
-    naming the shard when it cannot be read or holds another number of samples than the manifest says."""
-    seen = 0
+def _reason(exn: BaseException) -> str:
+    return str(exn.args[0]) if exn.args else type(exn).__name__
+
+
+@dataclass
+class Skipped:
+    """Samples of one shard left out by ``data.skip_bad_samples``: how many, and why (shard and first bad key)."""
+
+    count: int
+    reason: str
+
+
+def read_shard(
+    url: str, expected: int, image_shape: tuple[int, int, int], skipped: list[Skipped] | None = None
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of one shard.
+
+    A shard that cannot be read, a sample that cannot be decoded (bad image bytes, a missing label) or a count
+    other than the manifest's raises :class:`ShardError` naming the shard and the sample key. With a ``skipped``
+    list, bad samples (and the rest of a shard that breaks off) are left out instead and one :class:`Skipped`
+    per damaged shard is appended, counting every sample the manifest promised but the shard did not deliver.
+    """
+    seen, key, problems = 0, None, []
     try:
         for sample in tarfile_samples([{"url": url}]):
-            group = decode_group(sample, image_shape)
+            key = sample.get("__key__", "?")
+            try:
+                group = decode_group(sample, image_shape)
+            except Exception as exn:  # noqa: BLE001 - PIL, numpy and int() raise many types; all mean a bad sample
+                if skipped is None:
+                    raise ShardError(
+                        f"{url}: sample {key!r} cannot be decoded ({_reason(exn)}); re-create the shard with "
+                        "`sslpipe shard`, or set data.skip_bad_samples=true to skip and count bad samples"
+                    ) from None
+                problems.append(f"sample {key!r}: {_reason(exn)}")
+                continue
             seen += len(group[0])
             yield group
     except SslpipeError:
         raise
     except Exception as exn:  # noqa: BLE001 - tarfile, gopen and decoders raise many types; all mean a bad shard
-        reason = exn.args[0] if exn.args else type(exn).__name__
-        raise ShardError(
-            f"{url}: cannot read shard ({reason}); it is corrupt or truncated, re-create it with `sslpipe shard`"
-        ) from None
-    if seen != expected:
+        where = f" after sample {key!r}" if key else ""
+        if skipped is None:
+            raise ShardError(
+                f"{url}: cannot read shard{where} ({_reason(exn)}); it is corrupt or truncated, re-create it with "
+                "`sslpipe shard`"
+            ) from None
+        problems.append(f"unreadable{where} ({_reason(exn)})")
+    if seen > expected or (seen < expected and skipped is None):
         raise ShardError(
             f"{url}: holds {seen} samples but the manifest says {expected}; the shard is truncated or was replaced, "
             "re-create it with `sslpipe shard`"
         )
+    if seen < expected:
+        skipped.append(Skipped(expected - seen, f"{url}: {'; '.join(problems) or 'ends early'}"))
 
 
 def shuffled_batches(
@@ -109,6 +146,11 @@ class _WorkerFailure:
     message: str
 
 
+def _drain(skipped: list[Skipped] | None) -> Iterator[Skipped]:
+    while skipped:
+        yield skipped.pop(0)
+
+
 class ShardStream(IterableDataset):
     """Batches ``(images uint8 (b, C, H, W), labels int64 (b,), indices int64 (b,))`` of one rank for one epoch;
     ``b == batch_size`` except for the last batch of each DataLoader worker. Images use channels-last strides."""
@@ -116,9 +158,10 @@ class ShardStream(IterableDataset):
     def __init__(
         self, urls: Sequence[str], counts: Sequence[int], image_shape: tuple[int, int, int], *, batch_size: int,
         rank: int, world_size: int, mode: str, epoch: int, seed: int, shuffle: bool, shuffle_buffer: int,
-        kept_counts: Sequence[int], exclude_classes: Sequence[int],
+        kept_counts: Sequence[int], exclude_classes: Sequence[int], skip_bad_samples: bool = False, refill: int = 0,
     ) -> None:
         super().__init__()
+        self.skip_bad_samples, self.refill = skip_bad_samples, refill
         self.urls, self.counts, self.image_shape = list(urls), list(counts), image_shape
         self.kept_counts, self.exclude_classes = list(kept_counts), np.asarray(exclude_classes, dtype=np.int64)
         self.batch_size, self.rank, self.world_size, self.mode = batch_size, rank, world_size, mode
@@ -132,19 +175,23 @@ class ShardStream(IterableDataset):
         ranks = assign_shards(self.kept_counts, self.world_size, self.epoch, self.seed, self.shuffle)
         yield from worker_shards(ranks[self.rank], num_workers, worker)
 
-    def __iter__(self) -> Iterator[Batch | _WorkerFailure]:
+    def __iter__(self) -> Iterator[Batch | Skipped | _WorkerFailure]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker]) if self.shuffle else None
+        refill = [self.refill] if self.refill else []  # a refill pass reads the shards in another sample order
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, *refill]) if self.shuffle else None
+        skipped: list[Skipped] | None = [] if self.skip_bad_samples else None
         groups = (
             group for shard in self._shards(worker, num_workers)
-            for group in read_shard(self.urls[shard], self.counts[shard], self.image_shape)
+            for group in read_shard(self.urls[shard], self.counts[shard], self.image_shape, skipped)
         )
         if len(self.exclude_classes):
             groups = (tuple(a[~np.isin(group[1], self.exclude_classes)] for a in group) for group in groups)
         try:
             for images, labels, indices in shuffled_batches(groups, self.batch_size, self.shuffle_buffer, rng):
+                yield from _drain(skipped)
                 yield torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), torch.from_numpy(indices)
+            yield from _drain(skipped)
         except SslpipeError as exn:
             yield _WorkerFailure(str(exn))
 
@@ -156,7 +203,9 @@ class ShardLoader:
     ``"pipe:aws s3 cp s3://bucket/shards/{name} -"``) overrides how shard names become URLs. Every rank yields
     ``len(loader)`` batches of exactly ``batch_size`` (with ``drop_last``). Call :meth:`set_epoch` before each
     epoch to reshuffle. Samples of ``exclude_classes`` (label indices) are left out, e.g. to train an anomaly
-    detector on normal data only; the epoch plan counts what is left.
+    detector on normal data only; the epoch plan counts what is left. With ``skip_bad_samples``, samples that
+    cannot be decoded (and the rest of a shard that breaks off) are left out with a warning instead of failing the
+    epoch, and counted in ``skipped``.
     """
 
     def __init__(
@@ -178,6 +227,7 @@ class ShardLoader:
         url_template: str | None = None,
         manifest: Manifest | None = None,
         exclude_classes: Sequence[int] = (),
+        skip_bad_samples: bool = False,
     ) -> None:
         self.manifest = manifest or read_manifest(location)
         info = self.manifest.split(split)
@@ -204,6 +254,7 @@ class ShardLoader:
         self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, SHUFFLE_BUFFER_BYTES // (channels * height * width)))
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.location, self.split, self.epoch = str(location), split, 0
+        self.skip_bad_samples, self.skipped = skip_bad_samples, 0  # skipped: bad samples of the last epoch read
         if len(self) == 0:
             raise ConfigError(
                 f"split {split!r} of {location} has {sum(self.kept_counts)} samples: too few for {self.world_size} rank(s)"
@@ -219,25 +270,58 @@ class ShardLoader:
             self.drop_last, self.rank,
         )
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _items(self, refill: int) -> Iterator[Batch | Skipped | _WorkerFailure]:
         stream = ShardStream(
             self.urls, self.counts, self.image_shape, batch_size=self.batch_size, rank=self.rank,
             world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
             shuffle_buffer=self.shuffle_buffer, kept_counts=self.kept_counts, exclude_classes=self.exclude_classes,
+            skip_bad_samples=self.skip_bad_samples, refill=refill,
         )
-        loader = DataLoader(
+        return iter(DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-        )
-        return self._equal_batches(iter(loader), len(self))
+        ))
 
-    def _equal_batches(self, batches: Iterator[Batch | _WorkerFailure], limit: int) -> Iterator[Batch]:
-        """Pass full batches through, merge the workers' partial ones, stop after ``limit`` batches."""
+    def __iter__(self) -> Iterator[Batch]:
+        """``len(self)`` batches. With ``skip_bad_samples`` and ``drop_last`` (training), a rank that came up short
+        because samples were skipped reads its shards again, in another order, for the missing batches: every
+        rank still yields the same number of batches, so DDP never waits on a rank that ran dry."""
+        limit, emitted = len(self), 0
+        self.skipped = 0
+        passes = 1 + (REFILL_PASSES if self.skip_bad_samples and self.drop_last else 0)
+        for refill in range(passes):
+            for batch in self._equal_batches(self._items(refill), limit - emitted, first_pass=refill == 0):
+                emitted += 1
+                yield batch
+            if emitted >= limit or (self.skip_bad_samples and not self.drop_last):  # evaluation: what is left
+                return
+        what = f"skipped {self.skipped} bad samples and " if self.skipped else ""
+        raise ShardError(
+            f"{self.location}: rank {self.rank} {what}read {emitted} batches of {self.split!r} but the manifest "
+            f"promises {limit}; shards changed since `sslpipe shard`, re-create them"
+        )
+
+    def _note(self, skipped: Skipped) -> None:
+        self.skipped += skipped.count
+        log.warning("skipped %d bad samples of %s", skipped.count, skipped.reason)
+
+    def _equal_batches(
+        self, items: Iterator[Batch | Skipped | _WorkerFailure], limit: int, first_pass: bool
+    ) -> Iterator[Batch]:
+        """Pass full batches through, merge the workers' partial ones, stop after ``limit`` batches; the rest of
+        the first pass of an exact epoch in skip mode is still read for its notes of skipped samples."""
         carry: list[Batch] = []
         emitted = 0
-        for item in batches:
+        drain = first_pass and self.skip_bad_samples and self.mode == "exact"
+        for item in items:
             if isinstance(item, _WorkerFailure):
                 raise ShardError(item.message)
+            if isinstance(item, Skipped):
+                if first_pass:
+                    self._note(item)
+                continue
+            if emitted == limit:
+                continue
             if len(item[0]) < self.batch_size:
                 carry.append(item)
                 if sum(len(c[0]) for c in carry) < self.batch_size:
@@ -247,13 +331,7 @@ class ShardLoader:
                 carry = [tuple(t[self.batch_size :] for t in merged)] if len(merged[0]) > self.batch_size else []
             emitted += 1
             yield item
-            if emitted == limit:
+            if emitted == limit and not drain:
                 return
-        if carry and not self.drop_last:
-            emitted += 1
+        if carry and not self.drop_last and emitted < limit:
             yield tuple(torch.cat(column) for column in zip(*carry))
-        if emitted < limit:
-            raise ShardError(
-                f"{self.location}: rank {self.rank} read {emitted} batches of {self.split!r} but the manifest "
-                f"promises {limit}; shards changed since `sslpipe shard`, re-create them"
-            )

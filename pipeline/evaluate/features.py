@@ -13,12 +13,13 @@ from pipeline.data import ShardLoader
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module | None, location: str, split: str, batch_size: int = 1024,
-    device: torch.device | str = "cpu", url_template: str | None = None,
+    device: torch.device | str = "cpu", url_template: str | None = None, skip_bad_samples: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split``; ``encoder=None`` gives raw
-    pixels in [0, 1], flattened ``(N, C*H*W)``."""
+    """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split`` (every readable one, with
+    ``skip_bad_samples``); ``encoder=None`` gives raw pixels in [0, 1], flattened ``(N, C*H*W)``."""
     loader = ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
-                         drop_last=False, url_template=url_template)
+                         drop_last=False, url_template=url_template,
+                         skip_bad_samples=skip_bad_samples)
     if encoder is not None:
         encoder.eval().to(device, memory_format=torch.channels_last)
     features, labels = [], []

@@ -22,10 +22,11 @@ class OnlineKnn:
     vote for the next ``bank_size / 4``; held in memory as uint8."""
 
     def __init__(self, location: str, bank_size: int, k: int, temperature: float,
-                 url_template: str | None = None) -> None:
+                 url_template: str | None = None, skip_bad_samples: bool = False) -> None:
         total = bank_size + bank_size // QUERY_FRACTION
         loader = ShardLoader(location, "train", 1024, rank=0, world_size=1, num_workers=0, shuffle=False,
-                             drop_last=False, url_template=url_template)
+                             drop_last=False, url_template=url_template,
+                             skip_bad_samples=skip_bad_samples)
         batches = list(itertools.islice(loader, -(-total // 1024)))
         images = torch.cat([b[0] for b in batches])[:total]
         labels = torch.cat([b[1] for b in batches])[:total].numpy()

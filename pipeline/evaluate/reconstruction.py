@@ -42,11 +42,13 @@ class Reconstructions:
 
 @torch.no_grad()
 def reconstruct_split(
-    method: torch.nn.Module, location: str, batch_size: int, device: torch.device, url_template: str | None = None
+    method: torch.nn.Module, location: str, batch_size: int, device: torch.device, url_template: str | None = None,
+    skip_bad_samples: bool = False,
 ) -> Reconstructions:
     """Run ``method.reconstruct`` (and a VAE's ``terms``) over the test split, in order, seeded."""
     loader = ShardLoader(location, "test", batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
-                         drop_last=False, url_template=url_template)
+                         drop_last=False, url_template=url_template,
+                         skip_bad_samples=skip_bad_samples)
     method.eval().to(device)
     errors, labels, elbo, kl, mean_sum, square_sum, first = [], [], 0.0, 0.0, 0.0, 0.0, None
     generator_state = torch.random.get_rng_state()

@@ -33,7 +33,8 @@ def evaluate_method(
     beside ``pca_anomaly_auroc``. For the VAE also ``elbo``, ``kl``, ``active_units`` and samples of the prior."""
     encoder, spec = method.encoder, method.spec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    options = dict(batch_size=config.eval.batch_size, device=device, url_template=config.data.url_template)
+    options = dict(batch_size=config.eval.batch_size, device=device, url_template=config.data.url_template,
+                   skip_bad_samples=config.data.skip_bad_samples)
     classes = list(manifest.class_names)
 
     def features(model: nn.Module | None):
@@ -67,7 +68,8 @@ def evaluate_method(
             train_x, train_y, test_x, test_y, config.eval.probe_max_iter
         ).accuracy
     if reconstructs:
-        result = reconstruct_split(method, config.data.shards, config.eval.batch_size, device, config.data.url_template)
+        result = reconstruct_split(method, config.data.shards, config.eval.batch_size, device, config.data.url_template,
+                                   config.data.skip_bad_samples)
         seen = ~np.isin(pixels_train_y, config.data.exclude_classes)  # PCA fits what the method trained on
         pca_errors = pca_reconstruction_errors(pixels_train[seen], pixels_test, spec.bottleneck)
         metrics |= result.metrics | {"pca_recon_mse": float(pca_errors.mean())}

@@ -1,13 +1,18 @@
 """Bad input gets one line naming the file or value, never a webdataset traceback or a silent empty epoch."""
 
+import io
 import json
+import re
 import shutil
+import tarfile
 
+import numpy as np
 import pytest
 
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.data.manifest import verify_shards
 from pipeline.errors import ConfigError, ShardError
+from tests.helpers import rewrite_shard
 
 
 @pytest.fixture
@@ -115,3 +120,64 @@ def test_too_few_samples_is_not_a_silent_empty_epoch(synthetic_shards):
 def test_too_few_shards_for_ranks(synthetic_shards):
     with pytest.raises(ShardError, match="1 shards cannot feed 2 ranks"):
         ShardLoader(synthetic_shards, "test", 8, rank=0, world_size=2)
+
+
+def _indices(path, chunk=""):
+    """Sample indices held by the chunks of shard ``path`` whose key starts with ``chunk``."""
+    with tarfile.open(path) as tar:
+        return {int(i) for m in tar.getmembers() if m.name.startswith(chunk) and m.name.endswith(".indices.npy")
+                for i in np.load(io.BytesIO(tar.extractfile(m).read()))}
+
+
+def _bad_image(member, data):
+    return b"not a png" if member == "train-chunk-00000256.images.png" else data
+
+
+def _no_labels(member, data):
+    return None if member == "train-chunk-00000000.labels.npy" else data
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_bad_image, r"train-000001.tar: sample 'train-chunk-00000256' cannot be decoded \(cannot identify image"),
+    (_no_labels, r"train-000003.tar: sample 'train-chunk-00000000' cannot be decoded \(members \['images.png', "
+                 r"'indices.npy'\], expected an image with .cls or a chunk\)"),
+])
+def test_a_bad_sample_names_its_shard_and_key(shards, edit, reason):
+    rewrite_shard(shards, "train-000001.tar" if edit is _bad_image else "train-000003.tar", edit)
+    with pytest.raises(ShardError) as exc_info:
+        _read_all(shards)
+    message = _one_line(exc_info)
+    assert re.search(reason, message), message
+    assert "set data.skip_bad_samples=true to skip and count bad samples" in message
+
+
+def test_skip_mode_counts_bad_samples_and_keeps_ranks_equal(shards, caplog):
+    """Two bad chunks (256 + 256 samples) and a shard cut short (read through a URL: no size check first) are
+    skipped and counted; both ranks still yield the planned number of full batches, none holding a bad sample."""
+    lost_indices = (_indices(shards / "train-000001.tar", "train-chunk-00000256")
+                    | _indices(shards / "train-000003.tar", "train-chunk-00000000") | _indices(shards / "train-000004.tar"))
+    rewrite_shard(shards, "train-000001.tar", _bad_image)
+    rewrite_shard(shards, "train-000003.tar", _no_labels)
+    truncated = shards / "train-000004.tar"  # 200 samples, in one chunk: cut inside it, all 200 are lost
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    skipped, seen = 0, set()
+    for rank in range(2):
+        loader = ShardLoader(shards, "train", 64, rank=rank, world_size=2, num_workers=2, skip_bad_samples=True,
+                             url_template=f"file://{shards}/{{name}}")
+        batches = list(loader)
+        assert len(batches) == len(loader) and all(len(b[0]) == 64 for b in batches)
+        seen |= {int(i) for b in batches for i in b[2]}
+        skipped += loader.skipped
+    assert skipped == 256 + 256 + 200 == len(lost_indices)
+    assert not seen & lost_indices
+    assert "skipped 256 bad samples of " in caplog.text and "sample 'train-chunk-00000256': cannot identify" in caplog.text
+
+
+def test_skip_mode_evaluation_reads_every_good_sample_once(shards):
+    lost_indices = _indices(shards / "train-000001.tar", "train-chunk-00000256")
+    rewrite_shard(shards, "train-000001.tar", _bad_image)
+    loader = ShardLoader(shards, "train", 64, rank=0, world_size=1, num_workers=1, shuffle=False, drop_last=False,
+                         skip_bad_samples=True)
+    indices = [int(i) for batch in loader for i in batch[2]]
+    assert sorted(indices) == sorted(set(range(3000)) - lost_indices)
+    assert loader.skipped == 256
