@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo bench bench-tta clean
 
 SHARDS ?= data/fashion-mnist
 JOB    ?= jobs/simclr_fashion_mnist.yaml
@@ -27,8 +27,14 @@ demo: venv
 	test -f $(SHARDS)/manifest.json || $(BIN)/sslpipe shard fashion-mnist --out $(SHARDS)
 	$(BIN)/sslpipe pretrain $(JOB) data.shards=$(SHARDS)
 
+# Loader layouts, then training throughput against the compute ceiling and a torchvision DataLoader (about 15 min).
 bench: venv
 	$(BIN)/python -m benchmarks.loader
+	$(BIN)/python -m benchmarks.throughput
+
+# SimCLR probe accuracy after 5, 10 and 30 minutes of training (about 40 min).
+bench-tta: venv
+	$(BIN)/python -m benchmarks.time_to_accuracy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

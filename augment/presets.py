@@ -25,6 +25,9 @@ from pipeline.errors import ConfigError
 PRESETS = ("simclr", "byol", "light", "none")
 BLUR_MIN_SIZE = 64
 SMALL_IMAGE = 32
+# One batched affine warp for the whole batch; Kornia's default ("slice") crops and resizes image by image, which
+# made cropping two thirds of the augmentation's time on 28 px CPU batches (and is a kernel launch per image on GPUs).
+CROP_MODE = "resample"
 
 
 def _color(channels: int, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> list[nn.Module]:
@@ -41,7 +44,7 @@ def _blur(size: int, p: float) -> list[nn.Module]:
 
 
 def _view_pipelines(preset: str, size: int, channels: int) -> list[nn.Module]:
-    crop = K.RandomResizedCrop((size, size), scale=(0.08, 1.0))
+    crop = K.RandomResizedCrop((size, size), scale=(0.08, 1.0), cropping_mode=CROP_MODE)
     if preset == "simclr":
         s = 0.5 if size <= SMALL_IMAGE else 1.0
         ops = [crop, K.RandomHorizontalFlip(), *_color(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8)]
@@ -57,7 +60,7 @@ def _view_pipelines(preset: str, size: int, channels: int) -> list[nn.Module]:
     if preset == "none":
         return [nn.Identity()]
     if preset == "light":
-        ops = [K.RandomResizedCrop((size, size), scale=(0.5, 1.0)), K.RandomHorizontalFlip()]
+        ops = [K.RandomResizedCrop((size, size), scale=(0.5, 1.0), cropping_mode=CROP_MODE), K.RandomHorizontalFlip()]
         return [K.AugmentationSequential(*ops, K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]
     raise ConfigError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
 

@@ -1,19 +1,26 @@
-"""Shared benchmark plumbing: interleaved repeats, machine facts, table printing and JSON output."""
+"""Shared benchmark plumbing: interleaved repeats, RSS sampling, machine facts, tables and JSON output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
+import psutil
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+MIB = 1 << 20
+WARMUP_FRACTION = 0.25  # of an RSS series: where "after warm-up" is read
 
 
 def machine_info() -> dict:
@@ -28,32 +35,147 @@ def machine_info() -> dict:
     }
 
 
-def interleaved(variants: dict[str, Callable[[], int]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Run every variant ``warmup + repeats`` times as A, B, C, A, B, C ...; each call returns the number of
-    samples it processed. Returns samples/s per measured repeat."""
+def timed(run: Callable[[], int]) -> Callable[[], float]:
+    """``run`` (which returns the number of samples it processed) as a call returning samples/s of wall time."""
+
+    def rate() -> float:
+        start = time.perf_counter()
+        count = run()
+        return count / (time.perf_counter() - start)
+
+    return rate
+
+
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run every variant ``warmup + repeats`` times as A, B, C, A, B, C ...; each call returns its samples/s
+    (``timed`` makes such a call of one that returns a count). Returns the measured repeats' samples/s."""
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(warmup + repeats):
         for name, run in variants.items():
-            start = time.perf_counter()
-            count = run()
-            elapsed = time.perf_counter() - start
+            rate = run()
             if round_ >= warmup:
-                rates[name].append(count / elapsed)
+                rates[name].append(rate)
     return rates
+
+
+def medians(rates: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def footprint(process: psutil.Process) -> int:
+    """Bytes of ``process`` and its descendants (e.g. DataLoader workers): its RSS plus each descendant's USS, the
+    memory unique to it (forked workers share most pages with their parent: summing RSS would count those again);
+    0 once it is gone."""
+    try:
+        total, children = process.memory_info().rss, process.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_full_info().uss
+    return total
+
+
+def rss_summary(samples: Sequence[int], warmup_fraction: float = WARMUP_FRACTION) -> dict[str, float]:
+    """MiB of one series of samples: ``after_warmup``, the largest in the tenth of the series from ``warmup_fraction``
+    of the way through; ``end``, the largest in its last tenth (the largest: DataLoader workers come and go at
+    epoch boundaries); ``peak``; and ``growth = end - after_warmup``."""
+    tenth = max(1, len(samples) // 10)
+    start = int(warmup_fraction * len(samples))
+    after_warmup, end = max(samples[start : start + tenth]) / MIB, max(samples[-tenth:]) / MIB
+    return {"after_warmup": after_warmup, "end": end, "peak": max(samples) / MIB, "growth": end - after_warmup}
+
+
+class RssSampler:
+    """``with RssSampler(roots) as sampler: ...`` samples in a thread, every ``interval`` s, the memory
+    (``footprint``) of each process that ``roots()`` names as ``{label: process}`` (asked anew at every sample:
+    processes may come and go). ``sampler.series[label]`` holds the bytes sampled while that process lived."""
+
+    def __init__(self, roots: Callable[[], dict[str, psutil.Process]], interval: float = 0.5) -> None:
+        self.roots, self.interval = roots, interval
+        self.series: dict[str, list[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            for label, process in self.roots().items():
+                if used := footprint(process):
+                    self.series.setdefault(label, []).append(used)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self, warmup_fraction: float = WARMUP_FRACTION) -> dict[str, dict[str, float]]:
+        return {label: rss_summary(samples, warmup_fraction) for label, samples in self.series.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_ray(cpus: int) -> Iterator[None]:
+    """A local Ray instance of its own with ``cpus`` CPUs for the block, shut down after it (never ``ray stop``).
+
+    Ray Train's placement-group cleaner asks the state API whether our controller still lives; left to find a
+    cluster itself it may ask another Ray on this machine (the latest ``ray start``, or whoever serves the default
+    dashboard port), which answers no and gets our workers' placement group removed mid-run. So our processes
+    inherit ``RAY_ADDRESS`` naming our GCS, and the dashboard address it records is a free port: the cleaner's
+    question then goes unanswered, as on a machine with one Ray, and it keeps waiting."""
+    import ray
+
+    gcs, dashboard = free_port(), free_port()
+    own = {"RAY_GCS_SERVER_PORT": str(gcs), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{gcs}"}
+    with mock.patch.dict(os.environ, own):
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, dashboard_port=dashboard,
+                 configure_logging=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def print_table(rows: Sequence[dict[str, object]]) -> None:
+    """Print ``rows`` (dicts keyed by column name; the first row's keys give the columns) as an aligned text
+    table: the first column left-aligned, the rest right-aligned; floats >= 100 rounded with thousands separators,
+    smaller ones to 4 significant digits; missing values blank."""
+    columns = list(rows[0])
+    cells = [columns, *([_cell(row.get(column)) for column in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    print()
+    for line in cells:
+        print("  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths))))
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """``payload`` with ``machine_info()`` as ``results/<name>.json`` (written to a temporary name, then renamed)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2))
+    tmp.replace(path)
+    print(f"\nwrote {path}")
+    return path
 
 
 def report(name: str, rates: dict[str, list[float]], baseline: str, extra: dict) -> Path:
     """Print a table of median samples/s and ratios to ``baseline``; write ``results/<name>.json``."""
-    medians = {variant: statistics.median(values) for variant, values in rates.items()}
-    width = max(len(v) for v in medians)
-    print(f"\n{'variant':<{width}}  {'samples/s':>11}  {'vs ' + baseline:>14}")
-    for variant, median in medians.items():
-        print(f"{variant:<{width}}  {median:>11,.0f}  {median / medians[baseline]:>14.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    payload = {"machine": machine_info(), "baseline": baseline, "median_samples_per_s": medians, "runs": rates, **extra}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-    print(f"\nwrote {path}")
-    return path
+    median = medians(rates)
+    print_table([{"variant": v, "samples/s": m, f"vs {baseline}": m / median[baseline]} for v, m in median.items()])
+    return write_results(name, {"baseline": baseline, "median_samples_per_s": median, "runs": rates, **extra})

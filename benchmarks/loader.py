@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import interleaved, report
+from benchmarks.common import interleaved, report, timed
 from pipeline.data import ShardLoader, open_source, write_shards
 
 
@@ -26,7 +26,8 @@ def _memory_epoch(images: torch.Tensor, batch_size: int) -> int:
     return count
 
 
-def _stream_epoch(loader: ShardLoader) -> int:
+def stream_epoch(loader: ShardLoader) -> int:
+    """One epoch of ``loader`` (the next one): the number of samples read."""
     loader.set_epoch(loader.epoch + 1)
     return sum(len(batch[0]) for batch in loader)
 
@@ -51,11 +52,11 @@ def main(argv: list[str] | None = None) -> None:
         def stream(layout: str, workers: int) -> ShardLoader:
             return ShardLoader(Path(work, layout), "train", args.batch_size, rank=0, world_size=1, num_workers=workers)
 
-        variants = {"in-memory uint8 array": lambda: _memory_epoch(in_memory, args.batch_size)}
+        variants = {"in-memory uint8 array": timed(lambda: _memory_epoch(in_memory, args.batch_size))}
         for layout in layouts:
             for workers in (0, 2):
                 loader = stream(layout, workers)
-                variants[f"stream {layout}, {workers} workers"] = lambda loader=loader: _stream_epoch(loader)
+                variants[f"stream {layout}, {workers} workers"] = timed(lambda loader=loader: stream_epoch(loader))
         rates = interleaved(variants, args.repeats)
     report("loader", rates, baseline="in-memory uint8 array", extra={"source": args.source, "batch_size": args.batch_size})
 

@@ -73,7 +73,8 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
 
     def kill_a_worker_after_the_first_epoch() -> None:
         when_epochs_logged(tracking_uri, "killed", 1)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+        workers = list_actors(address=ray_local.get_runtime_context().gcs_address, detail=True,
+                              filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
         pid = max(actor.pid for actor in workers)
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)

@@ -1,0 +1,120 @@
+"""Time to accuracy: SimCLR pretraining on our real path (``pipeline.train.fit``: Ray Train, 2 workers on 2 cores,
+``jobs/simclr_fashion_mnist.yaml``), with a linear probe of the encoder as it stood after each training budget.
+
+    python -m benchmarks.time_to_accuracy [section.key=value ...] [--minutes 5 10 30] [--epochs N]
+
+Minutes count training: the epochs' loop times that ``train_worker`` reports (images / images_per_s), not Ray's
+start-up, checkpoints or probes. One run, its cosine schedule sized to the largest budget: ``--epochs`` epochs, or as
+many as fit in it at the rate a calibration run (2 epochs of 50 batches, the first one warm-up) measures. A
+Ray Train callback keeps, for each budget, the checkpoint of the last epoch that ended within it; afterwards each is
+probed as in ``pipeline/evaluate/suite.py`` (features of the frozen encoder, logistic regression, train -> test).
+Prints budget -> epochs -> probe accuracy and writes ``benchmarks/results/time_to_accuracy.json``.
+
+Smoke check (a few minutes): ``train.max_steps_per_epoch=10 eval.probe_max_iter=50 --minutes 0.5 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.train import Checkpoint, UserCallback
+
+from benchmarks.common import local_ray, print_table, write_results
+from pipeline.config import JobConfig, load_config, with_values
+from pipeline.data import ShardLoader, read_manifest
+from pipeline.evaluate.features import extract_features
+from pipeline.evaluate.probe import linear_probe
+from pipeline.pretrain import resolve_paths
+from pipeline.train import fit, load_checkpoint, load_trained_method, steps_in
+
+JOB = Path(__file__).resolve().parent.parent / "jobs" / "simclr_fashion_mnist.yaml"
+CALIBRATION_STEPS = 50  # per epoch: shorter ones overweight the DataLoader start each epoch pays (~1.8 s)
+CPUS = 2
+
+
+class BudgetSnapshots(UserCallback):
+    """On the Ray Train controller: after each epoch, adds its training seconds (rank 0's loop time) to the run's
+    total and saves the model as ``folder/<budget>.pt`` for every budget (seconds) the total still fits in, so each
+    file ends up holding the last epoch that ended within its budget."""
+
+    def __init__(self, folder: str, budgets_s: Sequence[float]) -> None:
+        self.folder, self.budgets_s, self.trained_s = Path(folder), list(budgets_s), 0.0
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
+        self.trained_s += metrics[0]["images"] / metrics[0]["images_per_s"]
+        fitting = [budget for budget in self.budgets_s if self.trained_s <= budget]
+        if checkpoint is None or not fitting:
+            return
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+        snapshot = {"model": state["model"], "epoch": state["epoch"], "trained_s": self.trained_s}
+        for budget in fitting:
+            torch.save(snapshot, self.folder / f"{budget}.pt")
+
+
+def epoch_seconds(config: JobConfig) -> float:
+    """Training seconds per epoch of ``config`` at the rate epoch 1 of a calibration run reaches."""
+    steps = min(CALIBRATION_STEPS, config.train.max_steps_per_epoch or CALIBRATION_STEPS)
+    calibration = with_values(config, {"train.epochs": 2, "train.max_steps_per_epoch": steps}, "calibration")
+    rate = fit(calibration, f"{config.train.name}-calibration")["metrics"]["images_per_s"]
+    loader = ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0,
+                         world_size=config.train.num_workers, mode=config.data.mode,
+                         exclude_classes=config.data.exclude_classes)
+    batches = steps_in(loader, 1, config.train.max_steps_per_epoch)[0]
+    return batches * config.data.batch_size * config.train.num_workers / rate
+
+
+def probe_accuracy(config: JobConfig, snapshot: dict) -> float:
+    encoder = load_trained_method(config, read_manifest(config.data.shards), snapshot).encoder
+    options = dict(batch_size=config.eval.batch_size, url_template=config.data.url_template)
+    train_x, train_y = extract_features(encoder, config.data.shards, "train", **options)
+    test_x, test_y = extract_features(encoder, config.data.shards, "test", **options)
+    return linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter).accuracy
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", nargs="+", type=float, default=[5.0, 10.0, 30.0], help="training budgets")
+    parser.add_argument("--epochs", type=int, help="epochs of the schedule (default: as many as fit the largest)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job")
+    args = parser.parse_args(argv)
+    budgets_s = sorted(60 * minutes for minutes in args.minutes)
+    torch.set_num_threads(CPUS)
+
+    with tempfile.TemporaryDirectory(prefix="tta-") as work, local_ray(CPUS):
+        name = f"tta-{uuid.uuid4().hex[:8]}"
+        config = resolve_paths(load_config(JOB, [f"train.storage_path={work}", *args.overrides]), name)
+        per_epoch_s = None if args.epochs else epoch_seconds(config)
+        epochs = args.epochs or max(1, math.floor(budgets_s[-1] / per_epoch_s))
+        print(f"training {epochs} epochs" + (f" of about {per_epoch_s:.0f} s" if per_epoch_s else ""))
+        config = with_values(config, {"train.epochs": epochs}, "time_to_accuracy")
+        started = time.perf_counter()
+        fit(config, name, callbacks=[BudgetSnapshots(work, budgets_s)])
+        wall_s = time.perf_counter() - started
+        rows = []
+        for budget in budgets_s:
+            path = Path(work, f"{budget}.pt")
+            snapshot = torch.load(path, weights_only=True) if path.exists() else None  # None: no epoch fitted
+            rows.append({
+                "budget min": budget / 60,
+                "epochs": snapshot["epoch"] if snapshot else 0,
+                "trained min": snapshot["trained_s"] / 60 if snapshot else None,
+                "probe accuracy": probe_accuracy(config, snapshot) if snapshot else None,
+            })
+    print_table(rows)
+    write_results("time_to_accuracy", {
+        "job": str(JOB.relative_to(JOB.parent.parent)), "overrides": args.overrides, "epochs": epochs,
+        "estimated_epoch_s": per_epoch_s, "fit_wall_s": wall_s, "config": config.to_dict(), "budgets": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The pure parts of the benchmarks and what they added to the pipeline: the step cap, the shared training step,
+interleaving, memory sampling and the peer's per-image views."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import psutil
+import pytest
+import torch
+
+from benchmarks.common import MIB, RssSampler, footprint, interleaved, rss_summary
+from benchmarks.throughput import PerImageViews, peer_transform
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.methods import build_method
+from pipeline.models import EncoderSpec
+from pipeline.optim import build_optimizer
+from pipeline.train import steps_in, train_step
+
+
+class FakeLoader:
+    """``len`` of 10 batches in even epochs, 9 in odd ones."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 10 - self.epoch % 2
+
+
+def test_max_steps_per_epoch_caps_the_plan_and_must_be_positive():
+    assert load_config(None).train.max_steps_per_epoch is None
+    assert steps_in(FakeLoader(), 3) == [10, 9, 10]
+    cap = load_config(None, ["train.max_steps_per_epoch=9"]).train.max_steps_per_epoch
+    assert steps_in(FakeLoader(), 3, cap) == [9, 9, 9]
+    with pytest.raises(ConfigError, match=re.escape("train.max_steps_per_epoch must be > 0, got 0")):
+        load_config(None, ["train.max_steps_per_epoch=0"])
+
+
+def test_train_step_updates_the_weights_and_returns_the_loss():
+    config = load_config(None, ["model.width=4", "model.embed_dim=8", "model.head_hidden=8", "model.head_dim=4"])
+    spec = EncoderSpec("small_cnn", 1, 8, (0.5,), (0.25,), width=4, embed_dim=8)
+    method = build_method(config, spec).to(memory_format=torch.channels_last)
+    before = [p.detach().clone() for p in method.parameters()]
+    loss = train_step(method, build_optimizer(method, config.optim, 4), [torch.rand(4, 1, 8, 8)] * 2, autocast=False)
+    assert isinstance(loss, float) and loss > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters()))
+
+
+def test_interleaved_alternates_variants_and_drops_warmup():
+    calls = []
+    rates = interleaved({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 2, warmup=1)
+    assert calls == ["a", "b"] * 3
+    assert rates == {"a": [1.0, 1.0], "b": [2.0, 2.0]}
+
+
+def test_rss_summary_reads_after_warmup_end_peak_and_growth():
+    samples = [m * MIB for m in (100, 100, 500, 300, 300, 310, 300, 320, 330, 340, 400, 350, 360, 370, 380, 390,
+                                 395, 395, 400, 100)]  # a dip at the very end: workers gone
+    assert rss_summary(samples) == {"after_warmup": 310, "end": 400, "peak": 500, "growth": 90}
+    assert rss_summary(samples, warmup_fraction=0.5)["after_warmup"] == 400
+    assert rss_summary([MIB]) == {"after_warmup": 1, "end": 1, "peak": 1, "growth": 0}
+
+
+def test_sampler_follows_live_processes_and_skips_gone_ones():
+    me = psutil.Process()
+    gone = psutil.Popen(["true"])
+    gone.wait()
+    with RssSampler(lambda: {"me": me, "gone": gone}, interval=0.02) as sampler:
+        time.sleep(0.2)
+    assert set(sampler.series) == {"me"} and len(sampler.series["me"]) >= 3
+    assert footprint(me) > 0 and footprint(gone) == 0
+
+
+def test_peer_views_are_independent_float_views_of_one_image():
+    spec = EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,))
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    views = PerImageViews(images, peer_transform("simclr", spec), num_views=2)[1]
+    assert [v.shape for v in views] == [(1, 28, 28)] * 2 and views[0].dtype == torch.float32
+    assert 0 <= views[0].min() and views[0].max() <= 1 and not torch.equal(views[0], views[1])
+    assert torch.allclose(PerImageViews(images, peer_transform("none", spec), 1)[0][0], images[0] / 255)
+    with pytest.raises(ConfigError, match="the peer mirrors the presets"):
+        peer_transform("byol", spec)
