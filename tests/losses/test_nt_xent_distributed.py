@@ -1,7 +1,5 @@
 """Two gloo processes with gathered negatives equal one process on the concatenated batch: loss and gradients."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -9,6 +7,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.losses import nt_xent
+from tests.processes import free_port
 
 BATCH, DIM = 4, 6
 
@@ -39,19 +38,13 @@ def _worker(rank, port, results):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_equal_one_process_on_the_global_batch():
     x1, x2, model = _data()
     global_loss, global_weight = _step(model, x1, x2)
 
     context = mp.get_context("spawn")
     results = context.Queue()
-    port = _free_port()
+    port = free_port()
     processes = [context.Process(target=_worker, args=(rank, port, results)) for rank in range(2)]
     for process in processes:
         process.start()
