@@ -97,7 +97,9 @@ def pretrain(
     config: JobConfig, *, parent_run_id: str | None = None, train_callbacks: Sequence[Any] = (), register: bool = True
 ) -> PretrainSummary:
     """The whole job for ``config``; a search trial passes its parent MLflow run, Tune's report callback, and
-    ``register=False`` (the search registers its best trial's encoder)."""
+    ``register=False`` (the search registers its best trial's encoder). A nested run that does not finish keeps
+    RUNNING for its search to end: only the search knows whether Tune stopped the trial, whose process meets
+    arbitrary errors while Tune tears it down."""
     run_name = config.train.name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = resolve_paths(config, run_name)
     manifest = read_manifest(config.data.shards)
@@ -131,6 +133,8 @@ def pretrain(
             model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), [paths["weights"], paths["meta"]],
                                             config.track.registered_model)
     except BaseException as error:
+        if parent_run_id is not None:
+            raise
         if not (isinstance(error, (RunStopped, KeyboardInterrupt)) or SIGTERM_RECEIVED.is_set()):
             tracker.finish(run_id, "FAILED")
             raise

@@ -108,9 +108,7 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
             status = "finished"
         else:
             status = "stopped early"
-        # ASHA stops a trial's process at any point, so its run may be left RUNNING or (stopped inside `pretrain`)
-        # FAILED; a crashed trial's run may be left RUNNING
-        wanted = {"error": "FAILED", "stopped early": "KILLED"}.get(status)
+        wanted = {"error": "FAILED", "stopped early": "KILLED"}.get(status)  # a trial leaves these RUNNING
         if run is not None and wanted and run.info.status != wanted:
             tracker.finish(run.info.run_id, wanted)
         rows.append({
@@ -209,6 +207,9 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
         tracker.log_metrics(parent, {"trials": len(rows), "trials_stopped_early": sum(
             r["status"] == "stopped early" for r in rows)})
     except SearchInterrupted:
+        for run in tracker.children(config.track.experiment, parent):
+            if run.info.status == "RUNNING":  # a rerun resumes it
+                tracker.finish(run.info.run_id, "KILLED")
         tracker.finish(parent, "KILLED")
         raise
     except BaseException:

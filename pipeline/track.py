@@ -84,6 +84,11 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"], max_results=1) if found else []
         return runs[0] if runs else None
 
+    def children(self, experiment: str, parent_run_id: str) -> list[mlflow.entities.Run]:
+        """The runs nested under ``parent_run_id`` in ``experiment``."""
+        found = self.client.get_experiment_by_name(experiment)
+        return self.client.search_runs([found.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'") if found else []
+
     def tags(self, run_id: str) -> dict[str, str]:
         return self.client.get_run(run_id).data.tags
 

@@ -8,6 +8,7 @@ process merges the workers' last partial batches and stops after exactly ``len(l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -271,16 +272,18 @@ class ShardLoader:
         )
 
     def _items(self, refill: int) -> Iterator[Batch | Skipped | _WorkerFailure]:
+        """The DataLoader's items; closing this generator stops its workers at once (left to the garbage
+        collector, their shutdown can wait out a 5 s timeout per worker)."""
         stream = ShardStream(
             self.urls, self.counts, self.image_shape, batch_size=self.batch_size, rank=self.rank,
             world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
             shuffle_buffer=self.shuffle_buffer, kept_counts=self.kept_counts, exclude_classes=self.exclude_classes,
             skip_bad_samples=self.skip_bad_samples, refill=refill,
         )
-        return iter(DataLoader(
+        yield from DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-        ))
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         """``len(self)`` batches. With ``skip_bad_samples`` and ``drop_last`` (training), a rank that came up short
@@ -290,9 +293,10 @@ class ShardLoader:
         self.skipped = 0
         passes = 1 + (REFILL_PASSES if self.skip_bad_samples and self.drop_last else 0)
         for refill in range(passes):
-            for batch in self._equal_batches(self._items(refill), limit - emitted, first_pass=refill == 0):
-                emitted += 1
-                yield batch
+            with contextlib.closing(self._items(refill)) as items:  # also when a worker fails or we stop early
+                for batch in self._equal_batches(items, limit - emitted, first_pass=refill == 0):
+                    emitted += 1
+                    yield batch
             if emitted >= limit or (self.skip_bad_samples and not self.drop_last):  # evaluation: what is left
                 return
         what = f"skipped {self.skipped} bad samples and " if self.skipped else ""

@@ -7,6 +7,7 @@ import shutil
 import tarfile
 
 import numpy as np
+import psutil
 import pytest
 
 from pipeline.data import ShardLoader, read_manifest
@@ -24,7 +25,10 @@ def shards(synthetic_shards, tmp_path):
 
 def _read_all(location, **kwargs):
     options = dict(rank=0, world_size=1, num_workers=2) | kwargs
-    return list(ShardLoader(location, "train", 64, **options))
+    try:
+        return list(ShardLoader(location, "train", 64, **options))
+    finally:  # a failed epoch stops its DataLoader workers at once, not when the garbage collector runs
+        assert not [p for p in psutil.Process().children() if p.name() == "pt_data_worker"]
 
 
 def _one_line(exc_info):
