@@ -27,7 +27,7 @@ demo: venv
 	test -f $(SHARDS)/manifest.json || $(BIN)/sslpipe shard fashion-mnist --out $(SHARDS)
 	$(BIN)/sslpipe pretrain $(JOB) data.shards=$(SHARDS)
 
-# Loader layouts, then training throughput against the compute ceiling and a torchvision DataLoader (about 15 min).
+# Loader layouts, then training throughput against the compute ceiling and a torchvision DataLoader (about 20 min).
 bench: venv
 	$(BIN)/python -m benchmarks.loader
 	$(BIN)/python -m benchmarks.throughput

@@ -2,6 +2,7 @@
 alternative, for the Fashion-MNIST jobs.
 
     python -m benchmarks.throughput [--methods simclr byol vae] [--repeats 3] [--steps 30] [--rss-images 60000]
+                                    [--data-workers N]
 
 Every variant trains the model and loss of ``jobs/<method>_fashion_mnist.yaml`` with 256 images per step per
 process (``pipeline.train.train_step``) and reports images/s, the median of ``--repeats`` interleaved runs of
@@ -18,7 +19,11 @@ process (``pipeline.train.train_step``) and reports images/s, the median of ``--
   reports for epoch 1: all ranks' images over the epoch loop's time, start-up excluded.
 * peer: torchvision ``transforms.v2`` on one image at a time (the preset's equivalent) in a DataLoader with 2
   workers over the train split in memory, the way torchvision-based SSL libraries load data.
-* loader alone (ShardLoader epochs) and augmentation alone (ViewAugmenter on in-memory uint8 batches).
+* loader alone (ShardLoader epochs), augmentation alone (ViewAugmenter on in-memory uint8 batches), and each
+  data path alone, no training: ours (ShardLoader epochs augmented by ViewAugmenter, in this process) and the
+  peer's (epochs of its DataLoader). On 2 CPU cores the model takes most of every step, so the end-to-end ratio
+  ours/peer cannot pass ceiling/peer; the data paths' ratio is what carries over to an accelerator, where the
+  model's share shrinks.
 
 Short runs overweight what every epoch pays once (starting its DataLoader workers: about 1 s here), so every
 training variant then also runs one whole epoch of ``--rss-images`` images (the in-process ones in a fresh process
@@ -27,7 +32,7 @@ Train worker and its DataLoader worker): the process's RSS plus the workers' USS
 
 Torch threads: ``--cpus`` in this process (and the fresh ones), 1 in DataLoader workers (PyTorch's default there),
 ``train.cpus_per_worker`` in Ray Train workers (set by ``train_worker``). Prints the tables and the targets;
-writes ``benchmarks/results/throughput.json``.
+writes ``benchmarks/results/throughput-<methods>[-data-workers-N].json``.
 """
 
 from __future__ import annotations
@@ -73,9 +78,11 @@ SCHEDULE_STEPS = 10_000  # the schedule length ``after_step`` sees: it sets BYOL
 PEER_CROP_SCALE = {"simclr": (0.08, 1.0), "light": (0.5, 1.0)}  # presets for <= 32 px, 1 channel: jitter 0.4, 0.4
 CEILING, PLAIN, RAY_1, RAY_2, PEER = "ceiling", "ours, plain", "ours, Ray 1x2 CPUs", "ours, Ray 2x1 CPU", "peer"
 LOADER, AUGMENT = "loader alone", "augmentation alone"
+OURS_DATA, PEER_DATA = "ours, data path alone", "peer, data path alone"
 OURS = (PLAIN, RAY_1, RAY_2)
 RAY_WORKERS = {RAY_1: 1, RAY_2: 2}
-TARGETS = {"ours / ceiling": 0.9, "ours / peer": 2.0, "Ray / plain": 0.95, "loader / training": 20.0}
+TARGETS = {"ours / ceiling": 0.9, "ours / peer": 2.0, "data path: ours / peer": 2.0, "Ray / plain": 0.95,
+           "loader / training": 20.0}
 MAX_WORKER_MIB, MAX_GROWTH = 2048, 0.05  # per training process: peak memory, growth after warm-up (fraction)
 
 
@@ -86,8 +93,9 @@ class Setup:
     images: torch.Tensor  # the train split in memory, uint8 (N, C, H, W)
 
 
-def make_setup(method: str, shards: str, storage: str) -> Setup:
-    overrides = [f"data.shards={shards}", f"data.batch_size={BATCH_SIZE}", f"train.storage_path={storage}"]
+def make_setup(method: str, shards: str, storage: str, data_workers: int | None = None) -> Setup:
+    overrides = [f"data.shards={shards}", f"data.batch_size={BATCH_SIZE}", f"train.storage_path={storage}",
+                 *([f"data.num_workers={data_workers}"] if data_workers is not None else [])]
     config = load_config(JOBS / f"{method}_fashion_mnist.yaml", overrides)
     manifest = read_manifest(shards)
     split = open_source(manifest.source["name"], download=False).splits["train"]
@@ -174,12 +182,16 @@ class PerImageViews(Dataset):
         return [self.transform(self.images[index]) for _ in range(self.num_views)]
 
 
-def peer(setup: Setup) -> Callable[[int], int]:
-    """``run(steps) -> images``: the step on batches of per-image torchvision views from a DataLoader."""
-    trainee = Trainee(setup)
+def peer_loader(setup: Setup) -> DataLoader:
+    """Batches of per-image torchvision views, ``[(B, C, H, W)] * num_views``, from a DataLoader."""
     views = PerImageViews(setup.images, peer_transform(setup.config.augment.preset, setup.spec),
-                          trainee.method.num_views)
-    loader = DataLoader(views, BATCH_SIZE, shuffle=True, drop_last=True, num_workers=PEER_WORKERS)
+                          METHODS[setup.config.method.name].num_views)
+    return DataLoader(views, BATCH_SIZE, shuffle=True, drop_last=True, num_workers=PEER_WORKERS)
+
+
+def peer(setup: Setup) -> Callable[[int], int]:
+    """``run(steps) -> images``: the step on the peer's batches."""
+    trainee, loader = Trainee(setup), peer_loader(setup)
     return lambda steps: sum(trainee.step(batch) for batch in itertools.islice(loader, steps))
 
 
@@ -189,6 +201,23 @@ TRAINING = {CEILING: ceiling, PLAIN: plain, PEER: peer}  # the variants that tra
 def augmentation_alone(setup: Setup, steps: int) -> Callable[[], int]:
     augment, batches = augmenter(setup), setup.images[: steps * BATCH_SIZE].split(BATCH_SIZE)
     return lambda: sum(len(augment(batch)[0]) for batch in batches)
+
+
+def data_path_ours(setup: Setup) -> Callable[[], int]:
+    """``run() -> images``: the next loader epoch, augmented, no training."""
+    augment, loader = augmenter(setup), shard_loader(setup)
+
+    def run() -> int:
+        loader.set_epoch(loader.epoch + 1)
+        return sum(len(augment(images)[0]) for images, _, _ in loader)
+
+    return run
+
+
+def data_path_peer(setup: Setup) -> Callable[[], int]:
+    """``run() -> images``: an epoch of the peer's DataLoader, no training."""
+    loader = peer_loader(setup)
+    return lambda: sum(len(views[0]) for views in loader)
 
 
 def fit_on_ray(setup: Setup, workers: int, cpus: int, epochs: int, steps: int) -> float:
@@ -211,18 +240,18 @@ def ray_train_workers() -> dict[str, psutil.Process]:
     return {f"Ray Train worker, pid {pid}": p for pid, p in titled.items() if p.ppid() not in titled}
 
 
-def _epoch_in_child(send: Connection, variant: str, method: str, shards: str, storage: str, cpus: int,
-                    steps: int) -> None:
-    torch.set_num_threads(cpus)
-    run = TRAINING[variant](make_setup(method, shards, storage))
-    send.send(timed(lambda: run(steps))())
+def _epoch_in_child(send: Connection, variant: str, method: str, args: argparse.Namespace, storage: str) -> None:
+    torch.set_num_threads(args.cpus)
+    run = TRAINING[variant](make_setup(method, args.shards, storage, args.data_workers))
+    send.send(timed(lambda: run(args.rss_images // BATCH_SIZE))())
 
 
-def epoch_in_child(variant: str, method: str, shards: str, storage: str, cpus: int, steps: int) -> tuple[float, dict]:
-    """``(images/s, RSS summary)`` of ``steps`` steps of an in-process variant, run in a fresh process."""
+def epoch_in_child(variant: str, method: str, args: argparse.Namespace, storage: str) -> tuple[float, dict]:
+    """``(images/s, RSS summary)`` of an epoch of ``args.rss_images`` of an in-process variant, in a fresh
+    process."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_epoch_in_child, args=(send, variant, method, shards, storage, cpus, steps))
+    child = context.Process(target=_epoch_in_child, args=(send, variant, method, args, storage))
     child.start()
     send.close()
     root = psutil.Process(child.pid)
@@ -234,10 +263,11 @@ def epoch_in_child(variant: str, method: str, shards: str, storage: str, cpus: i
 
 def measure(method: str, args: argparse.Namespace, storage: str) -> dict:
     """Rates, whole-epoch rates and RSS of every variant for ``method``; prints its tables."""
-    setup = make_setup(method, args.shards, storage)
+    setup = make_setup(method, args.shards, storage, args.data_workers)
     training = {name: build(setup) for name, build in TRAINING.items()}
     alone = {LOADER: timed(partial(stream_epoch, shard_loader(setup))),
-             AUGMENT: timed(augmentation_alone(setup, args.steps))}
+             AUGMENT: timed(augmentation_alone(setup, args.steps)),
+             OURS_DATA: timed(data_path_ours(setup)), PEER_DATA: timed(data_path_peer(setup))}
     for run in training.values():  # warm-up; Ray runs warm up in their own epoch 0
         run(WARMUP_STEPS)
     for run in alone.values():
@@ -251,8 +281,7 @@ def measure(method: str, args: argparse.Namespace, storage: str) -> dict:
     whole_epoch, rss = {}, {}
     if args.rss_images:
         for name in TRAINING:
-            whole_epoch[name], rss[name] = epoch_in_child(name, method, args.shards, storage, args.cpus,
-                                                          args.rss_images // BATCH_SIZE)
+            whole_epoch[name], rss[name] = epoch_in_child(name, method, args, storage)
         for name, workers in RAY_WORKERS.items():
             with RssSampler(ray_train_workers, SAMPLE_EVERY_S) as sampler:
                 whole_epoch[name] = fit_on_ray(setup, workers, args.cpus, 1, args.rss_images // (BATCH_SIZE * workers))
@@ -288,6 +317,8 @@ def target_checks(rates: dict[str, float], rss: dict[str, dict[str, dict[str, fl
     for name in RAY_WORKERS:
         if name in rates:
             check(f"{name} / {PLAIN} >=", rates[name] / rates[PLAIN], TARGETS["Ray / plain"])
+    if OURS_DATA in rates:
+        check(f"{OURS_DATA} / {PEER_DATA} >=", rates[OURS_DATA] / rates[PEER_DATA], TARGETS["data path: ours / peer"])
     if LOADER in rates:
         check(f"{LOADER} / fastest ours >=", rates[LOADER] / max(rates[name] for name in ours),
               TARGETS["loader / training"])
@@ -306,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps per measured run")
     parser.add_argument("--rss-images", type=int, default=60_000, help="images of the RSS epoch; 0 skips it")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for Ray and torch threads in this process")
+    parser.add_argument("--data-workers", type=int, help="DataLoader workers per process (default: the job's "
+                        "data.num_workers)")
     args = parser.parse_args(argv)
     args.shards = str(Path(args.shards).absolute())  # Ray Train workers run in another directory
     torch.set_num_threads(args.cpus)
@@ -317,9 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"batch_size_per_process": BATCH_SIZE, "steps": args.steps, "repeats": args.repeats,
                 "rss_images": args.rss_images, "cpus": args.cpus, "pool_batches": POOL_BATCHES,
                 "peer_dataloader_workers": PEER_WORKERS,
+                "data_workers": "the job's data.num_workers" if args.data_workers is None else args.data_workers,
                 "torch_threads": {"this process and the fresh ones": args.cpus, "DataLoader workers": 1,
                                   "Ray Train workers": "train.cpus_per_worker: 2 (1 worker), 1 (2 workers)"}}
-    write_results("throughput", {"settings": settings, "methods": results})
+    name = "-".join(["throughput", *args.methods, *([f"data-workers-{args.data_workers}"]
+                                                     if args.data_workers is not None else [])])
+    write_results(name, {"settings": settings, "methods": results})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from benchmarks.common import MIB, RssSampler, footprint, interleaved, rss_summary
-from benchmarks.throughput import PerImageViews, peer_transform
+from benchmarks.throughput import (
+    AUGMENT, CEILING, LOADER, OURS_DATA, PEER, PEER_DATA, PLAIN, RAY_2, PerImageViews, peer_transform, target_checks,
+)
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
@@ -85,3 +87,21 @@ def test_peer_views_are_independent_float_views_of_one_image():
     assert torch.allclose(PerImageViews(images, peer_transform("none", spec), 1)[0][0], images[0] / 255)
     with pytest.raises(ConfigError, match="the peer mirrors the presets"):
         peer_transform("byol", spec)
+
+
+def test_target_checks_hold_or_miss_each_target():
+    rates = {CEILING: 1000, PLAIN: 950, PEER: 600, RAY_2: 880, LOADER: 30_000, AUGMENT: 40_000, OURS_DATA: 24_000,
+             PEER_DATA: 4_000}
+    rss = {PLAIN: {"process": {"after_warmup": 1000, "end": 1100, "peak": 2100, "growth": 100}}}
+    checks = {c["target"]: (round(c["value"], 3), c["held"]) for c in target_checks(rates, rss, "30 steps")}
+    assert checks == {
+        "ours, plain / ceiling >= 0.9": (0.95, "yes"),
+        "ours, plain / peer >= 2": (1.583, "NO"),
+        "ours, Ray 2x1 CPU / ceiling >= 0.9": (0.88, "NO"),
+        "ours, Ray 2x1 CPU / peer >= 2": (1.467, "NO"),
+        "ours, Ray 2x1 CPU / ours, plain >= 0.95": (0.926, "NO"),
+        "ours, data path alone / peer, data path alone >= 2": (6.0, "yes"),
+        "loader alone / fastest ours >= 20": (31.579, "yes"),
+        "ours, plain, process: peak MiB < 2048": (2100, "NO"),
+        "ours, plain, process: growth after warm-up < 0.05": (0.1, "NO"),
+    }
