@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,16 @@ def _memory_epoch(images: torch.Tensor, batch_size: int) -> int:
     return count
 
 
-def stream_epoch(loader: ShardLoader) -> int:
-    """One epoch of ``loader`` (the next one): the number of samples read."""
+def stream_epoch(loader: ShardLoader, consume: Callable[[torch.Tensor], object] | None = None) -> int:
+    """One epoch of ``loader`` (the next one), each uint8 ``(B, C, H, W)`` batch passed to ``consume`` if given:
+    the number of samples read."""
     loader.set_epoch(loader.epoch + 1)
-    return sum(len(batch[0]) for batch in loader)
+    count = 0
+    for images, _, _ in loader:
+        if consume is not None:
+            consume(images)
+        count += len(images)
+    return count
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -203,17 +203,6 @@ def augmentation_alone(setup: Setup, steps: int) -> Callable[[], int]:
     return lambda: sum(len(augment(batch)[0]) for batch in batches)
 
 
-def data_path_ours(setup: Setup) -> Callable[[], int]:
-    """``run() -> images``: the next loader epoch, augmented, no training."""
-    augment, loader = augmenter(setup), shard_loader(setup)
-
-    def run() -> int:
-        loader.set_epoch(loader.epoch + 1)
-        return sum(len(augment(images)[0]) for images, _, _ in loader)
-
-    return run
-
-
 def data_path_peer(setup: Setup) -> Callable[[], int]:
     """``run() -> images``: an epoch of the peer's DataLoader, no training."""
     loader = peer_loader(setup)
@@ -267,7 +256,8 @@ def measure(method: str, args: argparse.Namespace, storage: str) -> dict:
     training = {name: build(setup) for name, build in TRAINING.items()}
     alone = {LOADER: timed(partial(stream_epoch, shard_loader(setup))),
              AUGMENT: timed(augmentation_alone(setup, args.steps)),
-             OURS_DATA: timed(data_path_ours(setup)), PEER_DATA: timed(data_path_peer(setup))}
+             OURS_DATA: timed(partial(stream_epoch, shard_loader(setup), augmenter(setup))),
+             PEER_DATA: timed(data_path_peer(setup))}
     for run in training.values():  # warm-up; Ray runs warm up in their own epoch 0
         run(WARMUP_STEPS)
     for run in alone.values():
