@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ def salt_and_pepper(x: torch.Tensor, amount: float, generator: torch.Generator |
     return torch.where((u >= amount / 2) & (u < amount), torch.ones_like(x), out)
 
 
+CorruptionKind = Literal["gaussian", "mask", "salt_pepper"]
 CORRUPTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "gaussian": gaussian_noise,
     "mask": masking,

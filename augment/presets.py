@@ -15,6 +15,9 @@ Colour operations that need three channels (saturation, hue, grayscale) are left
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import kornia.augmentation as K
 import numpy as np
 import torch
@@ -22,7 +25,8 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 
-PRESETS = ("simclr", "byol", "light", "none")
+Preset = Literal["simclr", "byol", "light", "none"]
+PRESETS = typing.get_args(Preset)
 BLUR_MIN_SIZE = 64
 SMALL_IMAGE = 32
 # One batched affine warp for the whole batch; Kornia's default ("slice") crops and resizes image by image, which

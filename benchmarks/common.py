@@ -18,6 +18,8 @@ from unittest import mock
 import psutil
 import torch
 
+from pipeline.data import storage
+
 RESULTS = Path(__file__).parent / "results"
 MIB = 1 << 20
 WARMUP_FRACTION = 0.25  # of an RSS series: where "after warm-up" is read
@@ -164,12 +166,10 @@ def print_table(rows: Sequence[dict[str, object]]) -> None:
 
 
 def write_results(name: str, payload: dict) -> Path:
-    """``payload`` with ``machine_info()`` as ``results/<name>.json`` (written to a temporary name, then renamed)."""
-    RESULTS.mkdir(exist_ok=True)
+    """``payload`` with ``machine_info()`` as ``results/<name>.json`` (written atomically)."""
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2))
-    tmp.replace(path)
+    with storage.atomic_writer(RESULTS, path.name) as handle:
+        handle.write(json.dumps({"machine": machine_info(), **payload}, indent=2).encode())
     print(f"\nwrote {path}")
     return path
 

@@ -64,9 +64,9 @@ from pipeline.config import JobConfig, load_config, with_values
 from pipeline.data import ShardLoader, open_source, read_manifest
 from pipeline.errors import ConfigError
 from pipeline.methods import METHODS, build_method
-from pipeline.models import EncoderSpec
+from pipeline.models import EncoderSpec, encoder_spec
 from pipeline.optim import build_optimizer
-from pipeline.train import encoder_spec, fit, train_step
+from pipeline.train import fit, train_step
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 BATCH_SIZE = 256  # images per step per process (per Ray Train worker)
@@ -100,7 +100,8 @@ def make_setup(method: str, shards: str, storage: str, data_workers: int | None 
     manifest = read_manifest(shards)
     split = open_source(manifest.source["name"], download=False).splits["train"]
     images, _ = split.load(np.arange(split.num_samples))
-    return Setup(config, encoder_spec(config, manifest), torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    return Setup(config, encoder_spec(config.model, manifest),
+                 torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
 
 
 class Trainee:
@@ -108,7 +109,8 @@ class Trainee:
 
     def __init__(self, setup: Setup) -> None:
         torch.manual_seed(setup.config.train.seed)
-        self.method = build_method(setup.config, setup.spec).to(memory_format=torch.channels_last)
+        self.method = build_method(setup.config.method, setup.spec, setup.config.model).to(
+            memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.method, setup.config.optim, BATCH_SIZE)
         self.steps = 0
 

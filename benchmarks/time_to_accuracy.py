@@ -32,8 +32,10 @@ from pipeline.config import JobConfig, load_config, with_values
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.probe import linear_probe
+from pipeline.methods import trained_method
 from pipeline.pretrain import resolve_paths
-from pipeline.train import fit, load_checkpoint, load_trained_method, steps_in
+from pipeline.train import fit, steps_in
+from pipeline.train.checkpoint import load_checkpoint
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "simclr_fashion_mnist.yaml"
 CALIBRATION_STEPS = 50  # per epoch: shorter ones overweight the DataLoader start each epoch pays (~1.8 s)
@@ -73,7 +75,7 @@ def epoch_seconds(config: JobConfig) -> float:
 
 
 def probe_accuracy(config: JobConfig, snapshot: dict) -> float:
-    encoder = load_trained_method(config, read_manifest(config.data.shards), snapshot).encoder
+    encoder = trained_method(config.method, config.model, read_manifest(config.data.shards), snapshot).encoder
     options = dict(batch_size=config.eval.batch_size, url_template=config.data.url_template)
     train_x, train_y = extract_features(encoder, config.data.shards, "train", **options)
     test_x, test_y = extract_features(encoder, config.data.shards, "test", **options)

@@ -48,6 +48,31 @@ def _preview(args: argparse.Namespace) -> None:
     print(f"wrote {save_view_grid(images, views, args.out)}")
 
 
+def _validate(args: argparse.Namespace) -> None:
+    from pipeline.config import dump_config, load_config, read_yaml, validate
+    from pipeline.data import read_manifest
+    from pipeline.search_config import load_search, validate_search
+
+    if "search" in read_yaml(args.config):
+        config, search = load_search(args.config, args.overrides)
+    else:
+        config, search = load_config(args.config, args.overrides), None
+    manifest = None if args.no_data else read_manifest(config.data.shards)
+    validate(config, manifest)
+    if search is not None:
+        validate_search(config, search, manifest)
+    print(dump_config(config), end="")
+    checked = "the config" if args.no_data else f"the config and {config.data.shards}/manifest.json"
+    trials = f", and every value of its {len(search.keys())} searched keys" if search else ""
+    print(f"# {args.config}: valid ({checked}{trials})")
+
+
+def _options(args: argparse.Namespace) -> None:
+    from pipeline.config import reference
+
+    print(reference())
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from pipeline.config import load_config
     from pipeline.pretrain import pretrain
@@ -112,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--views", type=int, default=2, help="views per image (rows)")
     preview.add_argument("--seed", type=int, default=0)
     preview.set_defaults(run=_preview)
+    validate = commands.add_parser("validate", help="check a job or search file (and its shards' manifest) without "
+                                   "running it; print the resolved job")
+    validate.add_argument("config", help="job or search YAML")
+    validate.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. method.temperature=0.1")
+    validate.add_argument("--no-data", action="store_true", help="check the config alone, not against its shards")
+    validate.set_defaults(run=_validate)
+    options = commands.add_parser("options", help="every job key: type, allowed values, default (Markdown)")
+    options.set_defaults(run=_options)
     pretrain = commands.add_parser("pretrain", help="pretrain, evaluate, track and export an encoder (Ray Train)")
     pretrain.add_argument("config", help="job YAML, e.g. jobs/simclr_fashion_mnist.yaml")
     pretrain.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=1")

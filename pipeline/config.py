@@ -1,32 +1,47 @@
-"""Job configuration: typed sections, loaded from YAML with ``dotted.key=value`` overrides, validated by name.
+"""The job: its sections, loaded from YAML with ``section.key=value`` overrides, and :func:`validate`, the one check
+of everything that can be checked before any data is read or Ray starts.
 
-Unknown sections or keys, values of the wrong type and values out of range (``LIMITS``) raise :class:`ConfigError`
-naming the key.
+The shared sections are declared here, the ``model`` section beside the models (``pipeline/models/options.py``)
+and each method's own options beside the method (``pipeline/methods/<name>.py``): ``method.name`` picks which
+options the ``method`` section takes, and a key the chosen method does not have is refused. Every field declares
+its type, allowed values, limits and a description (:mod:`pipeline.options`); :func:`reference` renders them as
+the README's table of keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Interval
 
+from augment.presets import PRESETS, Preset
+from pipeline import options
+from pipeline.data import ShardLoader
+from pipeline.data.manifest import Manifest
+from pipeline.data.plan import Mode
 from pipeline.errors import ConfigError
+from pipeline.methods import METHODS, MethodOptions
+from pipeline.methods.base import ReconstructionMethod
+from pipeline.methods.simclr import SimCLROptions
+from pipeline.models import ModelConfig, encoder_spec
+from pipeline.models.decoders import check_decodable
 
 
 @dataclass
 class DataConfig:
-    shards: str = "data/fashion-mnist"  # shard folder or URL prefix holding manifest.json
-    url_template: str | None = None  # e.g. "pipe:aws s3 cp s3://bucket/shards/{name} -"
-    batch_size: int = 256  # per rank
-    num_workers: int = 2  # DataLoader workers per rank
-    mode: str = "exact"  # or "resampled", see pipeline.data.plan
-    holdout_class: int | None = None  # a label index left out of pretraining: evaluation scores it as the anomaly
-    skip_bad_samples: bool = False  # skip samples that cannot be decoded (logged, counted in skipped_samples)
+    shards: Annotated[str, "shard folder or URL prefix holding manifest.json"] = "data/fashion-mnist"
+    url_template: Annotated[str | None, "how shard names become URLs, e.g. `pipe:aws s3 cp s3://b/{name} -`"] = None
+    batch_size: Annotated[int, Gt(0), "images per step per rank"] = 256
+    num_workers: Annotated[int, Ge(0), "DataLoader workers per rank (0: read in the training process)"] = 2
+    mode: Annotated[Mode, "epoch semantics (see Streaming loader)"] = "exact"
+    holdout_class: Annotated[int | None, Ge(0), "a label left out of pretraining: evaluation scores it as the "
+                                                "anomaly"] = None
+    skip_bad_samples: Annotated[bool, "skip and count samples that cannot be decoded instead of failing"] = False
 
     @property
     def exclude_classes(self) -> tuple[int, ...]:
@@ -35,83 +50,59 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "simclr"  # simclr, byol, light, none (autoencoders)
-
-
-@dataclass
-class ModelConfig:
-    encoder: str = "small_cnn"  # small_cnn, resnet18, resnet50, linear (autoencoder only)
-    width: int = 24  # small_cnn: channels of the first block
-    embed_dim: int = 256  # small_cnn: size of the representation
-    cifar_stem: bool = True  # resnets: 3x3 stem without max-pool, for 28-64 px images
-    head_hidden: int = 512
-    head_dim: int = 128
-
-
-@dataclass
-class MethodConfig:
-    name: str = "simclr"  # simclr, byol, autoencoder, vae
-    temperature: float = 0.5  # simclr
-    ema_base: float = 0.99  # byol: target momentum at step 0, rising to 1 on a cosine
-    bottleneck: int = 32  # autoencoder and vae: code (latent) size k
-    sparsity: str = "none"  # autoencoder: none, l1 or kl (codes through a sigmoid, target rate sparsity_target)
-    sparsity_weight: float = 1.0e-3
-    sparsity_target: float = 0.05
-    corruption: str | None = None  # autoencoder: gaussian, mask or salt_pepper makes it a denoising autoencoder
-    corruption_amount: float = 0.3
-    beta: float = 1.0  # vae: KL weight (beta-VAE when > 1)
-    kl_anneal_steps: int = 0  # vae: steps over which the KL weight ramps from 0 to beta
-    free_bits: float = 0.0  # vae: nats per latent dimension that cost nothing
-    likelihood: str = "bernoulli"  # vae: bernoulli (pixels in [0, 1]) or gaussian (std decoder_std)
-    decoder_std: float = 0.1
+    preset: Annotated[Preset, "views (see Augmentation); `none` for autoencoders and VAEs"] = "simclr"
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw, adam, lars
-    lr: float = 2e-3  # at batch_size * world size = 256; scaled linearly with the global batch
-    weight_decay: float = 1e-4  # not applied to BatchNorm weights and biases
-    momentum: float = 0.9  # lars
-    warmup_epochs: float = 1.0
+    name: Annotated[Literal["adamw", "adam", "lars"], "optimizer"] = "adamw"
+    lr: Annotated[float, Gt(0), "at 256 images per global step; scaled linearly with the global batch"] = 2e-3
+    weight_decay: Annotated[float, Ge(0), "not applied to BatchNorm weights and biases"] = 1e-4
+    momentum: Annotated[float, Interval(ge=0, lt=1), "lars: momentum"] = 0.9
+    warmup_epochs: Annotated[float, Ge(0), "linear warm-up, then a cosine to 0"] = 1.0
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    num_workers: int = 2  # Ray Train workers (DDP ranks)
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    sync_batchnorm: bool = False
-    amp: bool = True  # bf16 autocast, on GPU only
-    seed: int = 0
-    name: str | None = None  # Ray Train run name; rerunning with the same name and storage resumes
-    storage_path: str = "ray_results"
-    max_failures: int = 1  # worker failures survived by restarting from the last checkpoint
-    start_attempts: int = 10  # tries (60 s each) to get the workers' resources before failing; -1: wait forever
-    max_steps_per_epoch: int | None = None  # caps the batches of every epoch (benchmarks, smoke runs)
+    epochs: Annotated[int, Gt(0), "passes over the training split"] = 5
+    num_workers: Annotated[int, Gt(0), "Ray Train workers (DDP ranks)"] = 2
+    use_gpu: Annotated[bool, "one GPU per worker, DDP over nccl"] = False
+    cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
+    sync_batchnorm: Annotated[bool, "BatchNorm statistics over all ranks"] = False
+    amp: Annotated[bool, "bf16 autocast, on GPUs only"] = True
+    seed: Annotated[int, Ge(0), "initial weights, data order, augmentation and noise streams"] = 0
+    name: Annotated[str | None, "run name; rerunning with the same name and storage resumes (default: "
+                                "method and time)"] = None
+    storage_path: Annotated[str, "checkpoints: a folder or URL (`s3://...`)"] = "ray_results"
+    max_failures: Annotated[int, Ge(0), "worker failures survived by restarting from the last checkpoint"] = 1
+    start_attempts: Annotated[int, Ge(-1), "tries (60 s each) to get the workers' resources; -1: wait forever"] = 10
+    max_steps_per_epoch: Annotated[int | None, Gt(0), "caps the batches of every epoch (benchmarks, smoke "
+                                                      "runs)"] = None
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 1024
-    probe_max_iter: int = 500  # lbfgs iterations; the raw-pixel baseline (784-d) dominates evaluation time
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    baselines: bool = True  # also probe raw pixels and a randomly initialised encoder
-    online_knn: int = 0  # > 0: each epoch, online_knn_accuracy of the first n train images voting for the next n/4
+    batch_size: Annotated[int, Gt(0), "images per evaluation batch"] = 1024
+    probe_max_iter: Annotated[int, Gt(0), "L-BFGS iterations of the linear probe"] = 500
+    knn_k: Annotated[int, Gt(0), "neighbours of the kNN classifier"] = 200
+    knn_temperature: Annotated[float, Gt(0), "kNN vote weight exp(similarity / temperature)"] = 0.1
+    baselines: Annotated[bool, "also probe raw pixels and a randomly initialised encoder"] = True
+    online_knn: Annotated[int, Ge(0), "> 0: each epoch, online_knn_accuracy of the first n train images voting "
+                                      "for the next n/4"] = 0
 
 
 @dataclass
 class TrackConfig:
-    experiment: str = "sslpipe"
-    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    registered_model: str = "sslpipe-encoder"
-    server_wait_s: float = 600.0  # after training, how long to wait for a tracking server that went away
+    experiment: Annotated[str, "MLflow experiment"] = "sslpipe"
+    tracking_uri: Annotated[str | None, "default: $MLFLOW_TRACKING_URI, else `./mlflow.db` (sqlite)"] = None
+    registered_model: Annotated[str, "MLflow registered model the encoder becomes a version of"] = "sslpipe-encoder"
+    server_wait_s: Annotated[float, Ge(0), "after training, how long to wait for a tracking server that went "
+                                           "away"] = 600.0
 
 
 @dataclass
 class ExportConfig:
-    out_dir: str = "exports"
+    out_dir: Annotated[str, "folder or URL prefix the encoder files go to, under the run name"] = "exports"
 
 
 @dataclass
@@ -119,7 +110,7 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodOptions = field(default_factory=SimCLROptions)  # the options of the method that method.name names
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -127,95 +118,103 @@ class JobConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Every key that applies to this job: the method's own options, and only the ``model`` keys it reads."""
+        raw = {section.name: dataclasses.asdict(getattr(self, section.name)) for section in dataclasses.fields(self)}
+        raw["method"] = {"name": self.method.name, **raw["method"]}
+        raw["model"] = {key: value for key, value in raw["model"].items() if _applies(key, self.method.name)}
+        return raw
 
     def flat(self) -> dict[str, Any]:
-        """``{"section.key": value}`` for every field."""
+        """``{"section.key": value}`` for every key that applies to this job (see :meth:`to_dict`)."""
         return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> JobConfig:
+        """Sections from a mapping; every key is checked for its type, allowed values and limits."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        built = {}
-        for name, values in raw.items():
-            if name not in sections:
-                raise ConfigError(f"{origin}: unknown section {name!r}; sections are {', '.join(sections)}")
-            section_cls = typing.get_type_hints(cls)[name]
-            built[name] = _build_section(section_cls, values or {}, f"{origin}: {name}")
-        config = cls(**built)
-        _check_limits(config, origin)
-        return config
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(raw) - set(hints))
+        if unknown:
+            raise ConfigError(f"{origin}: unknown section {unknown[0]!r}; sections are {', '.join(hints)}")
+        method = _method_options(raw.get("method") or {}, origin)
+        model = raw.get("model") or {}
+        if isinstance(model, dict) and (extra := [key for key in model if not _applies(key, method.name)]):
+            readers = ", ".join(name for name, cls in METHODS.items() if extra[0] in cls.model_keys)
+            raise ConfigError(f"{origin}: model.{extra[0]} does not apply to {method.name}; {readers} read it")
+        built = {name: options.build(hints[name], values or {}, f"{origin}: {name}")
+                 for name, values in raw.items() if name != "method"}
+        return cls(**built, method=method)
 
 
-# Numeric keys and the values they may take (``None``, where a key allows it, is always fine).
-LIMITS = {
-    "> 0": (lambda v: v > 0, (
-        "data.batch_size", "model.width", "model.embed_dim", "model.head_hidden", "model.head_dim",
-        "method.temperature", "method.bottleneck", "method.decoder_std", "optim.lr", "train.epochs",
-        "train.num_workers", "train.cpus_per_worker", "train.max_steps_per_epoch", "eval.batch_size",
-        "eval.probe_max_iter", "eval.knn_k", "eval.knn_temperature",
-    )),
-    ">= 0": (lambda v: v >= 0, (
-        "data.num_workers", "data.holdout_class", "method.sparsity_weight", "method.beta", "method.kl_anneal_steps",
-        "method.free_bits", "optim.weight_decay", "optim.warmup_epochs", "train.max_failures", "eval.online_knn",
-        "track.server_wait_s",
-    )),
-    "in [0, 1)": (lambda v: 0 <= v < 1, ("method.ema_base", "optim.momentum")),
-    "in (0, 1)": (lambda v: 0 < v < 1, ("method.sparsity_target",)),
-    "in [0, 1]": (lambda v: 0 <= v <= 1, ("method.corruption_amount",)),
-}
+def _applies(model_key: str, method: str) -> bool:
+    """Whether ``model.<model_key>`` applies to ``method``: a key some method reads (``model_keys``) applies to
+    those methods only."""
+    return model_key in METHODS[method].model_keys or all(model_key not in m.model_keys for m in METHODS.values())
 
 
-def _check_limits(config: JobConfig, origin: str) -> None:
-    values = config.flat()
-    for limit, (holds, keys) in LIMITS.items():
-        for key in keys:
-            if values[key] is not None and not holds(values[key]):
-                raise ConfigError(f"{origin}: {key} must be {limit}, got {values[key]!r}")
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against (or, for strings from the command line, converted to) type ``hint``."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        if kind is type(None):
-            continue
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if kind is int and value != int(value):
-                continue
-            return kind(value)
-        if kind is str and isinstance(value, str):
-            return value
-        if kind in (int, float) and isinstance(value, str):  # PyYAML reads 1e-3 as a string
-            try:
-                return _coerce(float(value), hint, where)
-            except (ValueError, ConfigError):
-                continue
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    raise ConfigError(f"{where}: expected {names}, got {value!r}")
-
-
-def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any:
+def _method_options(values: Any, origin: str) -> MethodOptions:
+    """The ``method`` section: the options class of ``values["name"]`` (default simclr) built from the rest."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(section_cls)
-    unknown = set(values) - set(hints)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; keys are {', '.join(hints)}")
-    return section_cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
+        raise ConfigError(f"{origin}: method: expected a mapping, got {values!r}")
+    values = dict(values)
+    name = values.pop("name", SimCLROptions.name)
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(f"{origin}: method.name: unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    own = options.keys(METHODS[name].Options)
+    takes = f"{name} takes {', '.join(own)}"
+    for key in values:
+        if key not in own:
+            applies = any(key in options.keys(method.Options) for method in METHODS.values())
+            problem = f"method.{key} does not apply to {name}" if applies else f"unknown key 'method.{key}'"
+            raise ConfigError(f"{origin}: {problem}; {takes}")
+    return options.build(METHODS[name].Options, values, f"{origin}: method")
 
 
-def one_of(key: str, value: str, allowed: tuple[str, ...]) -> str:
-    """``value`` of config ``key`` if it is one of ``allowed``, else a :class:`ConfigError` naming the key."""
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r}; choose one of {', '.join(allowed)}")
-    return value
+def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
+    """``config`` once everything that can be checked without reading data holds; with the shards' ``manifest``,
+    also what depends on their images, classes and shard sizes. ``pretrain``, ``tune`` and ``sslpipe validate``
+    call this before Ray starts; a failure is one :class:`ConfigError` naming the key or file."""
+    for section in dataclasses.fields(config):  # again: a config may have been changed in Python
+        options.check(getattr(config, section.name), section.name)
+    method = METHODS.get(config.method.name)
+    if method is None or type(config.method) is not method.Options:
+        raise ConfigError(f"method.name: {config.method.name!r} does not name the options the method section holds "
+                          f"({type(config.method).__name__}); switch methods with with_values(config, "
+                          "{'method.name': ...}) or in the job file")
+    if method.needs_augmentation and config.augment.preset == "none":
+        others = ", ".join(preset for preset in PRESETS if preset != "none")
+        raise ConfigError(f"augment.preset: none cannot serve {config.method.name}, whose {method.num_views} views "
+                          f"of an image would be identical; choose {others}")
+    if config.model.encoder == "linear" and not issubclass(method, ReconstructionMethod):
+        raise ConfigError("model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
+                          f"autoencoder or vae, not {config.method.name})")
+    check_run_name(config.train.name, "train.name")
+    if manifest is not None:
+        _validate_data(config, manifest)
+    return config
+
+
+def check_run_name(name: str | None, key: str) -> None:
+    """A run name MLflow can look up: its filters quote a name with ``'`` or ``"`` and read ``\\`` as an escape."""
+    if name and (("'" in name and '"' in name) or "\\" in name):
+        raise ConfigError(f"{key}: {name!r} holds both ' and \" or a backslash; MLflow cannot look such a run up "
+                          "by its name")
+
+
+def _validate_data(config: JobConfig, manifest: Manifest) -> None:
+    """Images square with 1 or 3 channels, decodable by a reconstructing method's decoder; the training split
+    enough for every rank (the epoch plan) and any held-out class one of its classes."""
+    channels, height, width = manifest.image_shape
+    if height != width:
+        raise ConfigError(f"{config.data.shards}: images are {height}x{width}; encoders expect square images")
+    if channels not in (1, 3):
+        raise ConfigError(f"{config.data.shards}: images have {channels} channels; augmentation takes 1 or 3")
+    if issubclass(METHODS[config.method.name], ReconstructionMethod):
+        check_decodable(encoder_spec(config.model, manifest))
+    ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=config.train.num_workers,
+                mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
+                manifest=manifest, exclude_classes=config.data.exclude_classes)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -245,17 +244,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read a YAML job file (or start from defaults) and apply ``section.key=value`` overrides (YAML values)."""
+    """Read a YAML job file (or start from defaults), apply ``section.key=value`` overrides (YAML values) and
+    :func:`validate` the result."""
     raw = read_yaml(path) if path is not None else {}
-    return JobConfig.from_dict(apply_overrides(raw, overrides), str(path) if path else "defaults")
+    return validate(JobConfig.from_dict(apply_overrides(raw, overrides), str(path) if path else "defaults"))
 
 
 def with_values(config: JobConfig, values: dict[str, Any], origin: str) -> JobConfig:
-    """A copy of ``config`` with ``{"section.key": value}`` set, each checked like a job file's value."""
+    """A copy of ``config`` with ``{"section.key": value}`` set, each checked like a job file's value. Setting
+    ``method.name`` to another method starts that method's options from their defaults."""
     raw = config.to_dict()
+    switched = values.get("method.name", config.method.name)
+    if switched != config.method.name:
+        raw["method"] = {"name": switched}
+        if switched in METHODS:
+            raw["model"] = {key: value for key, value in raw["model"].items() if _applies(key, switched)}
+    sections = typing.get_type_hints(JobConfig)
     for key, value in values.items():
         section, _, name = key.partition(".")
-        if section not in raw or name not in raw[section]:
+        if section not in raw or (section != "method" and name not in options.keys(sections[section])):
             raise ConfigError(f"{origin}: unknown key {key!r}; keys look like method.temperature or optim.lr")
         raw[section][name] = value
     return JobConfig.from_dict(raw, origin)
@@ -263,3 +270,24 @@ def with_values(config: JobConfig, values: dict[str, Any], origin: str) -> JobCo
 
 def dump_config(config: JobConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def reference() -> str:
+    """Every key of a job as a Markdown table: the shared sections, each method's own options after
+    ``method.name``, and which methods read the ``model`` keys that only some methods read."""
+    hints = typing.get_type_hints(JobConfig)
+    rows = []  # (key, for which methods, takes, default, what)
+    for section in (each.name for each in dataclasses.fields(JobConfig)):
+        if section != "method":
+            for key, *rest in options.describe(hints[section]):
+                readers = [name for name, method in METHODS.items() if key in method.model_keys]
+                rows.append((f"{section}.{key}", ", ".join(readers), *rest))
+            continue
+        rows.append(("method.name", "", ", ".join(f"`{name}`" for name in METHODS), f"`{SimCLROptions.name}`",
+                     "the method; the keys below apply to theirs"))
+        for name, method in METHODS.items():
+            rows += [(f"method.{key}", name, *rest) for key, *rest in options.describe(method.Options)]
+    lines = ["| key | takes | default | what |", "| --- | --- | --- | --- |"]
+    for key, note, takes, default, what in rows:
+        lines.append(f"| `{key}`{f' ({note})' if note else ''} | {takes} | {default} | {what} |")
+    return "\n".join(lines)

@@ -1,16 +1,38 @@
-"""torch.distributed helpers that degrade to no-ops in a single process."""
+"""Where this process stands among the training ranks, and torch.distributed helpers that degrade to no-ops in a
+single process. The two questions about rank and world size are answered here only: :func:`world`, what
+collectives and losses reduce over (the process group), and :func:`position`, which share of the data this
+process reads."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 import torch.distributed as dist
 
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one: what collectives reduce over."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def position() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process among the ranks that share the data: the process group's, else the
+    Ray Train worker's context (a worker without a process group), else ``RANK``/``WORLD_SIZE``, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return world()
+    if "ray.train" in sys.modules:
+        import ray.train
+
+        try:
+            context = ray.train.get_context()
+            return context.get_world_rank(), context.get_world_size()
+        except (RuntimeError, DeprecationWarning):  # not inside a Ray Train worker (the latter: in a Tune trial)
+            pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class _GatherWithGrad(torch.autograd.Function):

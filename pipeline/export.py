@@ -1,4 +1,4 @@
-"""Exported encoders, usable without sslpipe's training code:
+"""Exported encoders, usable without sslpipe's training code, in a folder or under a URL prefix (``s3://...``):
 
 * ``encoder.pt2``: ``torch.export`` program with a dynamic batch dimension;
   ``torch.export.load(path).module()(x)`` maps float ``(B, C, H, W)`` in [0, 1] to ``(B, D)``.
@@ -6,19 +6,24 @@
   manifest hash): :func:`load_encoder` rebuilds a regular ``nn.Module`` from them for fine-tuning.
 * the same encoder as a registered MLflow PyTorch model (see :mod:`pipeline.track`).
 
-Every file is written under a temporary name and renamed, then loaded back and checked to embed like the trained
-encoder before anything is registered.
+Every file is written atomically (a local one under a temporary name, then renamed), then loaded back and checked
+to embed like the trained encoder before anything is registered.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
-from safetensors.torch import load_file, save_file
+from fsspec.registry import known_implementations
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from pipeline.data import storage
 from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec, build_encoder
 
@@ -29,69 +34,89 @@ def example_input(spec: EncoderSpec, batch: int = 2) -> torch.Tensor:
     return torch.rand(batch, spec.channels, spec.image_size, spec.image_size)
 
 
-def export_encoder(encoder: nn.Module, spec: EncoderSpec, out_dir: str | Path, metadata: dict) -> dict[str, Path]:
-    """Write the three forms of ``encoder`` into ``out_dir``; returns their paths by name."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def export_encoder(encoder: nn.Module, spec: EncoderSpec, out: str | Path, metadata: dict) -> dict[str, str]:
+    """Write the three forms of ``encoder`` to folder or URL prefix ``out``; returns their locations by kind
+    (``pt2``, ``weights``, ``meta``)."""
     encoder = encoder.cpu().eval().to(memory_format=torch.contiguous_format)
     example = example_input(spec)
     with torch.no_grad():
         dim = encoder(example).shape[1]
-    paths = {"pt2": out / PT2, "weights": out / WEIGHTS, "meta": out / META}
-    tmp = {name: path.with_name(f".tmp-{path.name}") for name, path in paths.items()}
-    program = torch.export.export(encoder, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, tmp["pt2"])
-    weights = {k: v.contiguous() for k, v in encoder.state_dict().items()}
-    save_file(weights, tmp["weights"], metadata={"format": "pt"})
+    program = io.BytesIO()
+    torch.export.save(torch.export.export(encoder, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+                      program)
     meta = {
         "spec": spec.to_dict(), "embedding_dim": dim,
         "input": {"shape": ["B", spec.channels, spec.image_size, spec.image_size], "dtype": "float32",
                   "range": [0.0, 1.0], "normalization": "inside the encoder: (x - mean) / std"},
         **metadata,
     }
-    tmp["meta"].write_text(json.dumps(meta, indent=2, default=str))
-    for name, path in paths.items():
-        tmp[name].replace(path)
+    files = {
+        PT2: program.getvalue(),
+        WEIGHTS: save_safetensors({k: v.contiguous() for k, v in encoder.state_dict().items()}, {"format": "pt"}),
+        META: json.dumps(meta, indent=2, default=str).encode(),
+    }
+    for name, data in files.items():
+        with storage.atomic_writer(out, name) as handle:
+            handle.write(data)
     verify_export(encoder, out, example)
-    return paths
+    return {kind: storage.join(out, name) for kind, name in (("pt2", PT2), ("weights", WEIGHTS), ("meta", META))}
 
 
-def verify_export(encoder: nn.Module, out_dir: str | Path, example: torch.Tensor) -> None:
-    """Load both exported forms from ``out_dir`` and check they embed ``example`` as ``encoder`` (eval mode) does;
+def exported_files(location: str | Path, names: tuple[str, ...] = (WEIGHTS, META)) -> dict[str, bytes]:
+    """The content of export files ``names`` in ``location``, by name."""
+    return {name: storage.read_bytes(storage.join(location, name)) for name in names}
+
+
+def verify_export(encoder: nn.Module, out: str | Path, example: torch.Tensor) -> None:
+    """Load both exported forms from ``out`` and check they embed ``example`` as ``encoder`` (eval mode) does;
     raises naming the file that does not. Runs before anything is registered."""
-    out = Path(out_dir)
+    pt2 = storage.join(out, PT2)
     with torch.no_grad():
         expected = encoder.eval()(example)
         try:
-            loaded = {out / PT2: torch.export.load(out / PT2).module()}
+            loaded = {pt2: torch.export.load(io.BytesIO(storage.read_bytes(pt2))).module()}
         except Exception as exn:  # noqa: BLE001 - torch.export raises many kinds for a damaged file
-            raise SslpipeError(f"{out / PT2}: the export does not load ({exn})") from None
-        loaded[out / WEIGHTS] = load_encoder(out).eval()
-        for path, module in loaded.items():
+            raise SslpipeError(f"{pt2}: the export does not load ({exn})") from None
+        loaded[storage.join(out, WEIGHTS)] = _load(str(out)).eval()
+        for location, module in loaded.items():
             if not torch.allclose(module(example), expected, rtol=1e-4, atol=1e-5):
-                raise SslpipeError(f"{path}: the exported encoder does not reproduce the trained one")
+                raise SslpipeError(f"{location}: the exported encoder does not reproduce the trained one")
 
 
-def load_encoder(path_or_uri: str | Path) -> nn.Module:
-    """A trainable ``nn.Module`` (train mode) from an export folder, or an MLflow ``models:/``/``runs:/`` URI
-    whose model carries ``encoder.json`` and ``encoder.safetensors``."""
-    text = str(path_or_uri)
-    if "://" in text or text.startswith(("models:/", "runs:/")):
-        from pipeline.track import download
+def load_encoder(location: str | Path) -> nn.Module:
+    """A trainable ``nn.Module`` (train mode) from an export folder (or one holding it) or URL prefix, or an MLflow
+    URI (``models:/``, ``runs:/``, ...) whose model carries ``encoder.json`` and ``encoder.safetensors``."""
+    text = str(location)
+    if storage.is_local(text):
+        return _load(_holding_export(storage.local_path(text), text))
+    if urlparse(text).scheme in known_implementations:
+        return _load(text)
+    from pipeline.track.tracker import downloaded  # MLflow only for its own URIs
 
-        folder = download(text)
-    else:
-        folder = Path(text)
-    metas = [folder] if (folder / META).is_file() else sorted(p.parent for p in folder.rglob(META))
-    if not metas:
-        raise SslpipeError(f"{path_or_uri}: no {META} found; pass an export folder or an sslpipe model URI")
-    root = metas[0]
+    with downloaded(text) as folder:
+        return _load(_holding_export(folder, text))
+
+
+def _holding_export(folder: Path, location: str) -> str:
+    """``folder``, or the first folder below it that holds an export."""
+    if (folder / META).is_file():
+        return str(folder)
+    found = sorted(path.parent for path in folder.rglob(META))
+    if not found:
+        raise SslpipeError(f"{location}: no {META} found; pass an export folder or an sslpipe model URI")
+    return str(found[0])
+
+
+def _load(location: str) -> nn.Module:
     try:
-        meta = json.loads((root / META).read_text())
+        meta = json.loads(storage.read_bytes(storage.join(location, META)))
         spec = EncoderSpec.from_dict(meta["spec"])
-        weights = load_file(root / WEIGHTS)
+        weights = load_safetensors(storage.read_bytes(storage.join(location, WEIGHTS)))
+    except FileNotFoundError:
+        raise SslpipeError(f"{location}: no {META} and {WEIGHTS} here; pass an export folder or an sslpipe model "
+                           "URI") from None
     except (OSError, ValueError, KeyError, TypeError) as exn:
-        raise SslpipeError(f"{root}: unreadable export ({exn}); export the encoder again") from None
+        raise SslpipeError(f"{location}: unreadable export ({exn}); export the encoder again") from None
     encoder, _ = build_encoder(spec)
     encoder.load_state_dict(weights)
     return encoder.train()

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline import options
 from pipeline.config import OptimConfig
-from pipeline.errors import ConfigError
-
-OPTIMIZERS = ("adamw", "adam", "lars")
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise trust ratio ``eta ||w|| / (||g|| + wd ||w||)`` (You et al., 2017), as
-    used by SimCLR. Groups with ``lars_exclude=True`` (BN, biases) take plain momentum SGD without decay."""
+    """SGD with momentum and a layer-wise trust ratio (You et al., 2017, as in lightly and solo-learn): for each
+    weight ``w`` with gradient ``g``, ``trust = eta ||w|| / (||g|| + wd ||w||)`` (1 where either norm is 0), then
+    ``v = momentum v + trust (g + wd w)`` and ``w -= lr v``. Groups with ``lars_exclude=True`` (BN, biases) take
+    plain momentum SGD without decay: ``v = momentum v + g``."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
@@ -27,10 +27,10 @@ class LARS(torch.optim.Optimizer):
                     continue
                 grad = p.grad
                 if not group["lars_exclude"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
                     w_norm, g_norm = torch.linalg.norm(p), torch.linalg.norm(grad)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
-                    grad = grad * trust
+                    ratio = group["eta"] * w_norm / (g_norm + group["weight_decay"] * w_norm)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
+                    grad = grad.add(p, alpha=group["weight_decay"]) * trust
                 buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buffer.mul_(group["momentum"]).add_(grad)
                 p.add_(buffer, alpha=-group["lr"])
@@ -50,13 +50,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
-    """The optimizer of ``config`` with its LR scaled linearly by ``global_batch / 256``."""
+    """The optimizer of ``config`` (checked: it may come from Python) with its LR scaled linearly by
+    ``global_batch / 256``."""
+    options.check(config, "optim")
     lr = config.lr * global_batch / 256
     groups = parameter_groups(model, config.weight_decay)
     if config.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if config.name == "adam":
         return torch.optim.Adam(groups, lr=lr)  # L2 decay, applied to the decay group only
-    if config.name == "lars":
-        return LARS(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    raise ConfigError(f"optim.name: unknown optimizer {config.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return LARS(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)

@@ -14,16 +14,16 @@ from typing import Any
 
 from augment import ViewAugmenter, save_view_grid
 from pipeline import cluster
-from pipeline.config import JobConfig
-from pipeline.data import ShardLoader, read_manifest, storage
-from pipeline.epoch_log import send_unsent
+from pipeline.config import JobConfig, dump_config, validate
+from pipeline.data import Manifest, ShardLoader, read_manifest, storage
 from pipeline.errors import SslpipeError
+from pipeline.evaluate.online import OnlineKnn
 from pipeline.evaluate.suite import evaluate_method
-from pipeline.export import example_input, export_encoder
-from pipeline.methods import build_method
-from pipeline.optim import build_optimizer
+from pipeline.export import PT2, example_input, export_encoder, exported_files
+from pipeline.methods import trained_method
 from pipeline.track import Tracker, check_reachable, tracking_uri
-from pipeline.train import encoder_spec, fit, load_trained_method
+from pipeline.track.epoch_log import EpochMetricsToMlflow, send_unsent
+from pipeline.train import fit
 
 
 class RunStopped(SslpipeError):
@@ -55,22 +55,19 @@ class PretrainSummary:
     run_name: str
     tracking_uri: str
     model_uri: str | None  # None when not registered (search trials: only the best is)
-    export_dir: Path
+    export_dir: str  # folder or URL
     metrics: dict[str, float]  # the final evaluation
     train_metrics: dict[str, float | str]  # the last epoch's
 
 
 def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
     """Absolute local paths (Ray workers run in another cwd) and the run name filled in."""
-
-    def absolute(location: str) -> str:
-        return str(storage.local_path(location).absolute()) if storage.is_local(location) else location
-
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, shards=absolute(config.data.shards)),
-        train=dataclasses.replace(config.train, name=run_name, storage_path=absolute(config.train.storage_path)),
-        export=dataclasses.replace(config.export, out_dir=str(Path(config.export.out_dir).absolute())),
+        data=dataclasses.replace(config.data, shards=storage.absolute(config.data.shards)),
+        train=dataclasses.replace(config.train, name=run_name,
+                                  storage_path=storage.absolute(config.train.storage_path)),
+        export=dataclasses.replace(config.export, out_dir=storage.absolute(config.export.out_dir)),
     )
 
 
@@ -93,6 +90,19 @@ def preview(config: JobConfig, path: Path) -> Path:
     return save_view_grid(images, views, path)
 
 
+def run_params(config: JobConfig, manifest: Manifest) -> dict[str, Any]:
+    """What an MLflow run records as params: every key that applies to the job, and the data set's hash."""
+    return {**config.flat(), "data.manifest_sha256": manifest.digest()}
+
+
+def monitors(config: JobConfig) -> list[OnlineKnn]:
+    """What rank 0 measures after every epoch: the online kNN when ``eval.online_knn`` asks for it."""
+    if config.eval.online_knn <= 0:
+        return []
+    return [OnlineKnn(config.data.shards, config.eval.online_knn, config.eval.knn_k, config.eval.knn_temperature,
+                      config.data.url_template, config.data.skip_bad_samples)]
+
+
 def pretrain(
     config: JobConfig, *, parent_run_id: str | None = None, train_callbacks: Sequence[Any] = (), register: bool = True
 ) -> PretrainSummary:
@@ -103,34 +113,37 @@ def pretrain(
     run_name = config.train.name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = resolve_paths(config, run_name)
     manifest = read_manifest(config.data.shards)
-    build_optimizer(build_method(config, encoder_spec(config, manifest)), config.optim, 1)  # fail here, not on workers
+    validate(config, manifest)
     tracker = Tracker(check_reachable(tracking_uri(config.track)))
-    run_id = tracker.start(config, run_name, manifest.digest(), parent_run_id=parent_run_id)
+    run_id = tracker.start(config.track.experiment, run_name, run_params(config, manifest), dump_config(config),
+                           parent_run_id=parent_run_id)
     previous_handler = None
     try:
-        work = Path(tempfile.mkdtemp(prefix="sslpipe-run-"))
-        tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
-        cluster.connect()
-        previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
-        unsent = unsent_path(config, run_id)
-        state = fit(config, run_name, run_id, tracker.uri, train_callbacks, str(unsent))
-        if SIGTERM_RECEIVED.is_set():  # Ray Train aborted the run; its last checkpoint is where a rerun resumes
-            raise RunStopped("stopped by SIGTERM")
-        send_unsent(tracker, run_id, unsent, config.track.server_wait_s)
-        method = load_trained_method(config, manifest, state)
-        encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
-        metrics, plots = evaluate_method(method, config, manifest, work)
-        tracker.log_metrics(run_id, metrics, step=config.train.epochs)
-        for plot in plots:
-            tracker.log_artifact(run_id, plot)
-        export_dir = Path(config.export.out_dir) / run_name
+        with tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder:
+            work = Path(folder)
+            tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
+            cluster.connect()
+            previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
+            unsent = unsent_path(config, run_id)
+            epoch_log = EpochMetricsToMlflow(tracker.uri, run_id, str(unsent))
+            state = fit(config, run_name, [epoch_log, *train_callbacks], monitors(config))
+            if SIGTERM_RECEIVED.is_set():  # Ray Train aborted the run; its last checkpoint is where a rerun resumes
+                raise RunStopped("stopped by SIGTERM")
+            send_unsent(tracker, run_id, unsent, config.track.server_wait_s)
+            method = trained_method(config.method, config.model, manifest, state)
+            metrics, plots = evaluate_method(method, config, manifest, work)
+            tracker.log_metrics(run_id, metrics, step=config.train.epochs)
+            for plot in plots:
+                tracker.log_artifact(run_id, plot)
+        export_dir = storage.join(config.export.out_dir, run_name)
         metadata = {"method": config.method.name, "config": config.to_dict(), "manifest_sha256": manifest.digest(),
                     "mlflow_run_id": run_id, "metrics": metrics}
-        paths = export_encoder(encoder, spec, export_dir, metadata)
-        tracker.log_artifact(run_id, paths["pt2"], "export")
+        encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
+        export_encoder(encoder, spec, export_dir, metadata)
+        tracker.log_files(run_id, exported_files(export_dir, (PT2,)), "export")
         model_uri = None
         if register:
-            model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), [paths["weights"], paths["meta"]],
+            model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), exported_files(export_dir),
                                             config.track.registered_model)
     except BaseException as error:
         if parent_run_id is not None:

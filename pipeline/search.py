@@ -24,17 +24,15 @@ from typing import Any
 import yaml
 
 from pipeline import cluster
-from pipeline.config import JobConfig, with_values
-from pipeline.data import read_manifest
+from pipeline.config import JobConfig, dump_config, validate, with_values
+from pipeline.data import read_manifest, storage
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.plots import search_png
-from pipeline.export import META, WEIGHTS, example_input, load_encoder
-from pipeline.methods import build_method
+from pipeline.export import META, example_input, exported_files, load_encoder
 from pipeline.models import EncoderSpec
-from pipeline.pretrain import pretrain, resolve_paths
-from pipeline.search_config import SearchConfig, tune_space
+from pipeline.pretrain import pretrain, resolve_paths, run_params
+from pipeline.search_config import SearchConfig, grid_points, trial_values, tune_space, validate_search
 from pipeline.track import Tracker, check_reachable, tracking_uri
-from pipeline.train import encoder_spec
 
 DEFAULT_ONLINE_KNN = 5000  # bank size when the early-stop metric is online_knn_accuracy and eval.online_knn is 0
 SEARCH_TAG = "sslpipe.search"
@@ -57,7 +55,7 @@ def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    config = with_values(JobConfig.from_dict(base), params, "search trial")
+    config = with_values(JobConfig.from_dict(base), trial_values(params), "search trial")
     # a stable name: a restored trial resumes its own Ray Train checkpoints and MLflow run
     config.train.name = f"{search_name}-{tune.get_context().get_trial_id()}"
     summary = pretrain(config, parent_run_id=parent_run_id, train_callbacks=[TuneReportCallback()], register=False)
@@ -86,15 +84,14 @@ def _unfinished_trials(experiment: str, search: SearchConfig) -> int:
     """Trials of the space not yet ended, from the experiment state Tune saved (also the trials it never created)."""
     from ray.tune import ExperimentAnalysis
 
-    expected = search.num_samples * math.prod(
-        len(values) for spec in search.space.values() for kind, values in spec.items() if kind == "grid"
-    )
+    expected = search.num_samples * grid_points(search.space)
     ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(experiment).trials)
     return max(0, expected - ended)
 
 
 def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str) -> list[dict]:
     rows = []
+    keys = search.keys()
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
@@ -111,8 +108,9 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
         wanted = {"error": "FAILED", "stopped early": "KILLED"}.get(status)  # a trial leaves these RUNNING
         if run is not None and wanted and run.info.status != wanted:
             tracker.finish(run.info.run_id, wanted)
+        values = trial_values(result.config)
         rows.append({
-            "trial": trial_id, **{key: result.config.get(key) for key in search.space}, "status": status,
+            "trial": trial_id, **{key: values.get(key) for key in keys}, "status": status,
             search.metric: metrics.get(search.metric, math.nan), early: last_early,
             "epochs": int(history["epoch"].max()) + 1 if history is not None and "epoch" in history else 0,
             "mlflow_run_id": run.info.run_id if run is not None else "",
@@ -130,7 +128,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     name = search.name or f"search-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = resolve_paths(config, name)
     manifest = read_manifest(config.data.shards)
-    build_method(config, encoder_spec(config, manifest))  # fail here, not in every trial
+    validate_search(validate(config, manifest), search, manifest)  # fail here, not in every trial
     tracker = Tracker(check_reachable(tracking_uri(config.track)))
     online_knn = config.eval.online_knn
     if search.early_stop_metric == "online_knn_accuracy" and online_knn <= 0:
@@ -139,7 +137,11 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
         config, track=dataclasses.replace(config.track, tracking_uri=tracker.uri),  # trials run in other folders
         eval=dataclasses.replace(config.eval, online_knn=online_knn),
     )
-    parent = tracker.start(config, name, manifest.digest(), reuse_finished=True, tags={SEARCH_TAG: "parent"})
+    params = run_params(config, manifest)
+    if "method" in search.space:  # the trials' methods come from the branches, not from the base job
+        params = {key: value for key, value in params.items() if not key.startswith("method.")}
+    parent = tracker.start(config.track.experiment, name, params, dump_config(config), reuse_finished=True,
+                           tags={SEARCH_TAG: "parent"})
     tracker.log_text(parent, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
 
     cluster.connect()
@@ -151,7 +153,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
         # 1 CPU must still fit a 2-CPU machine. (Tune refuses an empty request, so it asks for a little memory.)
         {"memory": TRIAL_MEMORY},
     )
-    experiment = str(Path(config.train.storage_path) / name)
+    experiment = storage.join(config.train.storage_path, name)
     if tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True)
     else:
@@ -182,26 +184,27 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
         if errors and not finished:
             raise SearchError(f"all {len(rows)} trials failed; the first: {_one_line(errors[0])}")
         best = (max if search.mode == "max" else min)(finished, key=lambda r: r[search.metric], default=None)
-        work = Path(tempfile.mkdtemp(prefix="sslpipe-search-"))
-        with open(work / "trials.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
-            writer.writeheader()
-            writer.writerows(rows)
-        tracker.log_artifact(parent, work / "trials.csv")
-        tracker.log_artifact(parent, search_png(rows, search, work / "search.png"))
+        with tempfile.TemporaryDirectory(prefix="sslpipe-search-") as folder:
+            with open(Path(folder, "trials.csv"), "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+                writer.writeheader()
+                writer.writerows(rows)
+            tracker.log_artifact(parent, Path(folder, "trials.csv"))
+            tracker.log_artifact(parent, search_png(rows, search.keys(), search.log_keys(), search.metric,
+                                                    search.early_stop_metric, Path(folder, "search.png")))
         model_uri = None
         if best is not None:
             tags = tracker.tags(parent)
             if tags.get("sslpipe.best_run_id") == best["mlflow_run_id"]:  # a restored search: registered before
                 model_uri = tags["sslpipe.best_model"]
             else:
-                export_dir = Path(best["export_dir"])
-                spec = EncoderSpec.from_dict(json.loads((export_dir / META).read_text())["spec"])
-                files = [export_dir / WEIGHTS, export_dir / META]
-                model_uri = tracker.log_encoder(best["mlflow_run_id"], load_encoder(export_dir), example_input(spec),
-                                                files, config.track.registered_model)
+                files = exported_files(best["export_dir"])
+                spec = EncoderSpec.from_dict(json.loads(files[META])["spec"])
+                model_uri = tracker.log_encoder(best["mlflow_run_id"], load_encoder(best["export_dir"]),
+                                                example_input(spec), files, config.track.registered_model)
             tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
-            tracker.log_text(parent, yaml.safe_dump({k: best[k] for k in search.space}), "best_params.yaml")
+            best_params = {key: best[key] for key in search.keys() if best[key] is not None}
+            tracker.log_text(parent, yaml.safe_dump(best_params), "best_params.yaml")
             tracker.set_tags(parent, {"sslpipe.best_run_id": best["mlflow_run_id"], "sslpipe.best_trial": best["trial"],
                                       "sslpipe.best_model": model_uri})
         tracker.log_metrics(parent, {"trials": len(rows), "trials_stopped_early": sum(

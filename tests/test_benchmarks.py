@@ -46,7 +46,7 @@ def test_max_steps_per_epoch_caps_the_plan_and_must_be_positive():
 def test_train_step_updates_the_weights_and_returns_the_loss():
     config = load_config(None, ["model.width=4", "model.embed_dim=8", "model.head_hidden=8", "model.head_dim=4"])
     spec = EncoderSpec("small_cnn", 1, 8, (0.5,), (0.25,), width=4, embed_dim=8)
-    method = build_method(config, spec).to(memory_format=torch.channels_last)
+    method = build_method(config.method, spec, config.model).to(memory_format=torch.channels_last)
     before = [p.detach().clone() for p in method.parameters()]
     loss = train_step(method, build_optimizer(method, config.optim, 4), [torch.rand(4, 1, 8, 8)] * 2, autocast=False)
     assert isinstance(loss, float) and loss > 0

@@ -53,3 +53,14 @@ def test_an_unreachable_tracking_server_fails_before_training(synthetic_shards, 
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "shard" in result.stdout and "verify" in result.stdout
+
+
+def test_validate_checks_a_job_against_its_shards_without_running_it(synthetic_shards):
+    job = REPO / "jobs" / "byol_fashion_mnist.yaml"
+    result = _sslpipe("validate", job, f"data.shards={synthetic_shards}")
+    assert result.returncode == 0, result.stderr
+    assert "method:\n  name: byol\n  ema_base: 0.99\noptim:" in result.stdout  # only BYOL's own options
+    assert result.stdout.strip().endswith(f"valid (the config and {synthetic_shards}/manifest.json)")
+    refused = _sslpipe("validate", job, f"data.shards={synthetic_shards}", "method.temperature=0.1")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"sslpipe: error: {job}: method.temperature does not apply to byol; byol takes ema_base"]

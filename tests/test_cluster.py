@@ -10,7 +10,9 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import NODES_TAG
+from pipeline.data import open_source, read_manifest, write_shards
+from pipeline.errors import ShardError
+from pipeline.track.epoch_log import NODES_TAG
 from tests.processes import BIN, REPO, S3Server, clean_env, ray_cluster, s3_server
 
 pytestmark = pytest.mark.slow
@@ -92,3 +94,68 @@ def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
     assert len(nodes) == 2 and len(set(nodes)) == 2  # rank 0 and rank 1 ran on different nodes
     assert found.data.metrics["images"] == TRAIN_SAMPLES  # both ranks' shares of the S3 shards, nothing missing
     assert (tmp_path / "exports" / "submitted" / "encoder.safetensors").exists()
+
+
+def test_resharding_on_s3_needs_overwrite_and_never_leaves_a_stale_manifest(s3, monkeypatch):
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://{BUCKET}/reshard"
+    write_shards(open_source("synthetic", num_train=600, num_test=100), url, samples_per_shard=200, progress=False)
+    with pytest.raises(ShardError, match=f"{url} already holds shards.*--overwrite"):
+        write_shards(open_source("synthetic", num_train=600, num_test=100), url, progress=False)
+
+    def load(indices):
+        raise KeyboardInterrupt  # the writer dies on its first image
+
+    broken = open_source("synthetic", num_train=600, num_test=100)
+    broken.splits["train"].load = load
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(broken, url, samples_per_shard=300, overwrite=True, progress=False)
+    with pytest.raises(ShardError, match="manifest.json not found"):
+        read_manifest(url)  # the old manifest went first: nothing there looks whole
+
+    write_shards(open_source("synthetic", num_train=600, num_test=100), url, samples_per_shard=300, overwrite=True,
+                 progress=False)
+    names = sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET, Prefix="reshard/")["Contents"])
+    assert names == [f"reshard/{name}" for name in ("manifest.json", "test-000000.tar", "train-000000.tar",
+                                                    "train-000001.tar")]  # train-000002.tar of the first write: gone
+    assert read_manifest(url).splits["train"].num_samples == 600
+
+
+def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(cluster, s3, s3_shards, tmp_path):
+    """`sslpipe tune` submitted to the cluster with checkpoints, Tune's state and exports under s3:// URLs: every
+    trial's encoder lands in the bucket, the best is registered from there, and the same command again finds the
+    finished search in the bucket and runs nothing."""
+    overrides = [
+        "search.name=s3-search", "search.space={eval.probe_max_iter: {grid: [1, 50]}}", f"data.shards={s3_shards}",
+        "data.batch_size=64", "data.num_workers=0", "model.width=8", "model.embed_dim=32", "model.head_hidden=64",
+        "model.head_dim=32", "train.epochs=1", "train.num_workers=1", f"train.storage_path=s3://{BUCKET}/ray_results",
+        f"export.out_dir=s3://{BUCKET}/exports", "eval.online_knn=400", "eval.knn_k=20",
+        f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+    ]
+    command = [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
+               "sslpipe", "tune", "jobs/search_simclr_fashion_mnist.yaml", *overrides]
+
+    def submit() -> subprocess.CompletedProcess:
+        run = subprocess.run(command, cwd=REPO, env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
+                             capture_output=True, text=True, timeout=420)
+        assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+        return run
+
+    submit()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [parent] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 's3-search'")
+    children = client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert any(key.startswith("ray_results/s3-search/") for key in keys)  # Tune's state, beside the checkpoints
+    exports = sorted(key for key in keys if key.startswith("exports/s3-search-") and key.endswith("/encoder.pt2"))
+    assert len(exports) == 2, keys
+    version = client.get_model_version("sslpipe-encoder", "1")
+    assert version.run_id == parent.data.tags["sslpipe.best_run_id"]
+
+    submit()  # the same command: restored from the bucket, nothing runs again, nothing is registered twice
+    assert {r.info.run_id: r.info.end_time for r in client.search_runs(
+        ["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")} == {r.info.run_id: r.info.end_time
+                                                                       for r in children}
+    assert len(client.search_model_versions("name = 'sslpipe-encoder'")) == 1

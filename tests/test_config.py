@@ -3,9 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import JobConfig, load_config
-from pipeline.search_config import load_search
+from pipeline.config import JobConfig, load_config, reference, validate, with_values
+from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
+from pipeline.methods.byol import BYOLOptions
+from pipeline.search_config import load_search
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -36,17 +38,17 @@ def test_unknown_section_and_bad_type():
         load_config(None, ["train.epochs=1.5"])
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("data.batch_size=0", "data.batch_size must be > 0, got 0"),
-    ("method.bottleneck=-4", "method.bottleneck must be > 0, got -4"),
-    ("method.temperature=0", "method.temperature must be > 0, got 0.0"),
-    ("method.ema_base=1", "method.ema_base must be in [0, 1), got 1.0"),
-    ("train.num_workers=0", "train.num_workers must be > 0, got 0"),
-    ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0, got -0.0001"),
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.batch_size=0"], "data.batch_size must be > 0, got 0"),
+    (["method.name=autoencoder", "method.bottleneck=-4"], "method.bottleneck must be > 0, got -4"),
+    (["method.temperature=0"], "method.temperature must be > 0, got 0.0"),
+    (["method.name=byol", "method.ema_base=1"], "method.ema_base must be in [0, 1), got 1.0"),
+    (["train.num_workers=0"], "train.num_workers must be > 0, got 0"),
+    (["optim.weight_decay=-1e-4"], "optim.weight_decay must be >= 0, got -0.0001"),
 ])
-def test_impossible_values_are_refused_by_key(override, message):
+def test_impossible_values_are_refused_by_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, [override])
+        load_config(None, overrides)
 
 
 def test_malformed_override_and_missing_file(tmp_path):
@@ -66,3 +68,79 @@ def test_shipped_jobs_load(path):
         assert search.space and path.stem.removeprefix("search_").startswith(config.method.name)
     else:
         assert path.stem.startswith(load_config(path).method.name)
+
+
+@pytest.mark.parametrize(("job", "override", "message"), [
+    ("byol_fashion_mnist", "method.temperature=0.1", "method.temperature does not apply to byol; byol takes ema_base"),
+    ("vae_fashion_mnist", "method.sparsity=l1", "method.sparsity does not apply to vae; vae takes bottleneck, beta"),
+    ("simclr_fashion_mnist", "method.bottlenek=3", "unknown key 'method.bottlenek'; simclr takes temperature"),
+    ("vae_fashion_mnist", "model.head_dim=64", "model.head_dim does not apply to vae; simclr, byol read it"),
+    ("simclr_fashion_mnist", "method.name=moco",
+     "method.name: unknown method 'moco'; choose one of simclr, byol, autoencoder, vae"),
+    ("autoencoder_fashion_mnist", "method.sparsity=l2", "method.sparsity: 'l2'; choose one of none, l1, kl"),
+    ("autoencoder_fashion_mnist", "method.corruption=blur",
+     "method.corruption: 'blur'; choose one of gaussian, mask, salt_pepper (or null)"),
+])
+def test_a_key_the_method_does_not_have_is_refused_naming_what_it_takes(job, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(JOBS / f"{job}.yaml", [override])
+
+
+def test_the_method_section_holds_only_its_own_options():
+    config = load_config(JOBS / "byol_fashion_mnist.yaml")
+    assert config.method == BYOLOptions(ema_base=0.99)
+    assert [key for key in config.flat() if key.startswith("method.")] == ["method.name", "method.ema_base"]
+    vae = with_values(config, {"method.name": "vae", "method.beta": 4.0, "augment.preset": "none"}, "test")
+    assert vae.to_dict()["method"] == {"name": "vae", "bottleneck": 32, "beta": 4.0, "kl_anneal_steps": 0,
+                                       "free_bits": 0.0, "likelihood": "bernoulli", "decoder_std": 0.1}
+    assert "model.head_dim" in config.flat() and "model.head_dim" not in vae.flat()  # BYOL has heads, a VAE none
+    assert JobConfig.from_dict(vae.to_dict()) == vae
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["augment.preset=none"], "augment.preset: none cannot serve simclr, whose 2 views of an image would be identical"),
+    (["method.name=byol", "augment.preset=none"], "augment.preset: none cannot serve byol"),
+    (["model.encoder=linear"], "model.encoder: linear needs an autoencoder's method.bottleneck"),
+    (["train.name='it''s \"x\"'"], "train.name: 'it\\'s \"x\"' holds both ' and \" or a backslash"),
+    (["train.name=ends\\"], "train.name: 'ends\\\\' holds both ' and \" or a backslash"),
+    (["train.seed=-1"], "train.seed must be >= 0, got -1"),
+    (["method.name=[simclr]"], "method.name: unknown method ['simclr']"),
+])
+def test_validate_refuses_what_cannot_work_together(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_validate_rechecks_a_config_changed_in_python(synthetic_shards):
+    config = load_config(None, [f"data.shards={synthetic_shards}"])
+    for key, value, message in [
+        ("lr", -1.0, "optim.lr must be > 0, got -1.0"),
+        ("lr", "-1", "optim.lr: expected float, got '-1'"),  # text is a number only when read from YAML
+        ("name", "sgd", "optim.name: 'sgd'; choose one of adamw, adam, lars"),
+    ]:
+        setattr(config.optim, key, value)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate(config)
+        config = load_config(None, [f"data.shards={synthetic_shards}"])
+    config.train.epochs = 3.0
+    with pytest.raises(ConfigError, match=re.escape("train.epochs: expected int, got 3.0")):
+        validate(config)
+    config.train.epochs = 3
+    config.method.name = "byol"  # the section still holds SimCLR's options
+    with pytest.raises(ConfigError, match=re.escape("method.name: 'byol' does not name the options the method")):
+        validate(config)
+    config = with_values(load_config(None, [f"data.shards={synthetic_shards}"]), {"method.name": "byol"}, "test")
+    assert validate(config, read_manifest(synthetic_shards)).method == BYOLOptions()
+    config.data.batch_size = 4096  # more than a rank's share of 3000 training images
+    with pytest.raises(ConfigError, match="too few for 2 rank"):
+        validate(config, read_manifest(synthetic_shards))
+
+
+def test_the_readme_lists_every_key_as_declared():
+    """The README's table of keys is `sslpipe options` verbatim: a key added, renamed or re-documented in code
+    without the README (or the other way round) fails here."""
+    readme = (JOBS.parent / "README.md").read_text()
+    begin, end = "<!-- sslpipe options: begin -->\n", "\n<!-- sslpipe options: end -->"
+    assert begin in readme and end in readme, "the README lost its generated table of keys"
+    table = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert table == reference(), "README's table of keys is stale: paste the output of `sslpipe options` into it"

@@ -1,12 +1,14 @@
 """End to end on a real local Ray and a real MLflow store: pretrain -> probe -> MLflow -> export."""
 
+import tempfile
+
 import mlflow
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import load_config
+from pipeline.config import load_config, with_values
 from pipeline.export import load_encoder
 from pipeline.pretrain import pretrain
 from pipeline.train import NonFiniteLoss
@@ -24,8 +26,11 @@ def config(synthetic_shards, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pretrain_tracks_and_exports(ray_local, config, tmp_path):
+def test_pretrain_tracks_and_exports(ray_local, config, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     summary = pretrain(config)
+    assert not list((tmp_path / "tmp").glob("sslpipe-*"))  # the run's own temporary folders are gone
     assert summary.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(summary.tracking_uri)
     run = client.get_run(summary.run_id)
@@ -76,9 +81,7 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
     ids=["denoising-sparse-autoencoder-without-class-3", "vae"],  # BYOL: tests/test_reliability.py
 )
 def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics, extra_plots):
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        setattr(getattr(config, section), name, value)
+    config = with_values(config, overrides, "test")
     config.train.name = config.method.name
     summary = pretrain(config)
     client = MlflowClient(summary.tracking_uri)

@@ -9,17 +9,20 @@ import shutil
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from ray.train import UserCallback
 
 from pipeline.config import JobConfig, load_config
 from pipeline.export import load_encoder
 from pipeline.pretrain import pretrain
 from pipeline.schedules import ema_momentum, warmup_cosine
-from pipeline.train import NODES_TAG
-from tests.helpers import rewrite_shard, when_epochs_logged
+from pipeline.track.epoch_log import NODES_TAG
+from pipeline.train import fit
+from tests.helpers import kill_a_train_worker, rewrite_shard, when_epochs_logged
 from tests.processes import BIN, REPO, MlflowServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -59,8 +62,6 @@ def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobCon
 
 def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_local, synthetic_shards, tmp_path,
                                                                            monkeypatch):
-    from ray.util.state import list_actors
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -70,17 +71,7 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
     #    last checkpoint (train.max_failures=1) and they go on logging into the same MLflow run
     config = load_config(JOB, [*_overrides(synthetic_shards, "killed"), "train.max_failures=1"])
     killed: list[int] = []
-
-    def kill_a_worker_after_the_first_epoch() -> None:
-        when_epochs_logged(tracking_uri, "killed", 1)
-        workers = list_actors(address=ray_local.get_runtime_context().gcs_address, detail=True,
-                              filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-        pid = max(actor.pid for actor in workers)
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-
-    killer = threading.Thread(target=kill_a_worker_after_the_first_epoch, daemon=True)
-    killer.start()
+    killer = kill_a_train_worker(ray_local, lambda: when_epochs_logged(tracking_uri, "killed", 1), killed)
     restarted = pretrain(config)
     killer.join(timeout=10)
     assert killed, "no worker was killed"
@@ -168,3 +159,40 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthe
         assert run.data.tags[NODES_TAG] and "probe_accuracy" in run.data.metrics
     finally:
         server.stop()
+
+
+class EpochMarker(UserCallback):
+    """Ray Train callback: touches ``path`` once an epoch's checkpoint is registered (the controller runs its
+    checkpoint manager before user callbacks)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        Path(self.path).touch()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method.name=vae", "method.bottleneck=8"],
+    ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "method.corruption_amount=0.5"],
+], ids=["vae", "denoising-autoencoder"])
+def test_a_restarted_worker_continues_the_random_streams(ray_local, synthetic_shards, tmp_path, overrides):
+    """The VAE's reparameterisation noise and the denoising corruption draw from the global generators: a worker
+    restarted from a checkpoint continues their streams, so the run ends with the weights of an uninterrupted one
+    (exactly, up to float reduction order: one worker on one CPU thread here). The online kNN monitor, which reads
+    its images on its first call, must not shift them."""
+    config = load_config(None, [
+        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=0", "augment.preset=none",
+        "model.width=4", "model.embed_dim=8", "train.epochs=3", "train.num_workers=1", "train.max_failures=1",
+        f"train.storage_path={tmp_path}", "optim.warmup_epochs=0", "eval.online_knn=400", "eval.knn_k=20",
+        *overrides,
+    ])
+    uninterrupted = fit(config, "uninterrupted")
+    marker, killed = tmp_path / "epoch-reported", []
+    killer = kill_a_train_worker(ray_local, lambda: wait_until(marker.exists, 120, "an epoch reported"), killed)
+    restarted = fit(config, "restarted", [EpochMarker(str(marker))])
+    killer.join(timeout=10)
+    assert killed and restarted["metrics"]["start_epoch"] >= 1  # resumed from a checkpoint, not started over
+    assert restarted["step"] == uninterrupted["step"]
+    for key, value in uninterrupted["model"].items():
+        torch.testing.assert_close(restarted["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)

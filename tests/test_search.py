@@ -5,12 +5,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import load_config
+from pipeline.config import load_config, with_values
 from pipeline.errors import ConfigError
 from pipeline.search import run_search
 from pipeline.search_config import SearchConfig, load_search
@@ -36,12 +37,15 @@ def _children(client, parent_run_id):
 
 
 @pytest.mark.slow
-def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path):
+def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path, monkeypatch):
     # ASHA's metric is the learning rate itself, so trial 2 (run after trial 1) trails it for sure
     search = SearchConfig(space={"optim.lr": {"grid": [1e-2, 1e-3]}}, early_stop_metric="lr",
                           max_concurrent_trials=1, name="rigged")
     config.train.epochs = 4  # ASHA decides at the first report; a trial runs on until Tune's stop reaches it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     summary = run_search(config, search)
+    assert not list((tmp_path / "tmp").glob("sslpipe-*"))  # the search's own temporary folders are gone
     client = MlflowClient(summary.tracking_uri)
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_stopped_early"] == 1
@@ -60,7 +64,7 @@ def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path):
 
 SEARCH_SCRIPT = """
 import sys
-from pipeline.config import load_config
+from pipeline.config import load_config, with_values
 from pipeline.search import run_search
 from pipeline.search_config import SearchConfig
 search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10, max_concurrent_trials=1,
@@ -120,6 +124,27 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
         r.info.run_id: r.info.end_time for r in children}
 
 
+@pytest.mark.slow
+def test_a_search_over_methods_gives_each_trial_only_its_own_options(ray_local, config):
+    space = {"method": {"simclr": {"method.temperature": {"grid": [0.2]}},
+                        "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}}}}
+    config.train.epochs = 1
+    summary = run_search(config, SearchConfig(space=space, grace_period=10, max_concurrent_trials=2, name="methods"))
+    client = MlflowClient(summary.tracking_uri)
+    params = {run.data.params["method.name"]: run.data.params for run in _children(client, summary.parent_run_id)}
+    method_keys = {name: {key for key in values if key.startswith("method.")} for name, values in params.items()}
+    assert method_keys == {"simclr": {"method.name", "method.temperature"},
+                           "vae": {"method.name", "method.bottleneck", "method.beta", "method.kl_anneal_steps",
+                                   "method.free_bits", "method.likelihood", "method.decoder_std"}}
+    assert params["simclr"]["method.temperature"] == "0.2" and params["simclr"]["augment.preset"] == "simclr"
+    assert params["vae"]["method.bottleneck"] == "4" and params["vae"]["augment.preset"] == "none"
+    assert "model.head_dim" in params["simclr"] and "model.head_dim" not in params["vae"]  # no heads: not its key
+    rows = {row["method.name"]: row for row in summary.trials}
+    assert [rows[name]["status"] for name in ("simclr", "vae")] == ["finished", "finished"]
+    assert rows["vae"]["method.temperature"] is None and rows["simclr"]["method.bottleneck"] is None
+    assert "recon_mse" in client.get_run(rows["vae"]["mlflow_run_id"]).data.metrics  # it ran as a VAE
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("search:\n  space:\n    method.temprature: {grid: [0.1]}\n",
      r"search.space.method.temprature: unknown key 'method.temprature'"),
@@ -127,6 +152,7 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     ("search:\n  space:\n    train.epochs: {grid: [1, two]}\n", r"search.space.train.epochs.*expected int, got 'two'"),
     ("search:\n  space:\n    optim.lr: {normal: [0, 1]}\n", r"search.space.optim.lr: expected one of \{grid: \[...\]\}"),
     ("train:\n  epochs: 1\n", "a search file needs a `search` section"),
+    ("search:\n  name: 'it''s \"x\"'\n  space:\n    optim.lr: {grid: [0.1]}\n", "search.name: .* holds both ' and"),
 ])
 def test_search_files_name_the_bad_key(tmp_path, text, message):
     path = tmp_path / "search.yaml"
@@ -143,3 +169,62 @@ def test_search_file_refines_its_base_job(tmp_path):
     config, search = load_search(tmp_path / "search.yaml", ["search.num_samples=3"])
     assert (config.method.name, config.method.beta, config.train.epochs) == ("vae", 2.0, 2)
     assert search.num_samples == 3 and search.space == {"method.beta": {"choice": [1.0, 4.0]}}
+
+
+BRANCHED = """
+search:
+  base: base.yaml
+  space:
+    optim.lr: {grid: [1.0e-3, 2.0e-3]}
+    method:
+      simclr:
+        method.temperature: {grid: [0.1, 0.5]}
+      vae:
+        augment.preset: none
+        method.beta: {choice: [1.0, 4.0]}
+"""
+
+
+def test_method_branches_give_each_trial_only_its_own_options(tmp_path):
+    from ray.tune.search.variant_generator import generate_variants
+
+    from pipeline.search_config import grid_points, trial_values, tune_space
+
+    (tmp_path / "base.yaml").write_text("method:\n  name: simclr\n  temperature: 0.2\n")
+    (tmp_path / "search.yaml").write_text(BRANCHED)
+    config, search = load_search(tmp_path / "search.yaml")
+    assert search.keys() == ["optim.lr", "method.name", "method.temperature", "augment.preset", "method.beta"]
+    trials = [trial_values(params) for _, params in generate_variants(tune_space(search.space))]  # Tune's expansion
+    assert len(trials) == grid_points(search.space) == 2 * (2 + 1)
+    for values in trials:
+        trial = with_values(config, values, "trial")
+        method_keys = {key for key in trial.flat() if key.startswith("method.")}
+        if values["method.name"] == "simclr":
+            assert method_keys == {"method.name", "method.temperature"} and trial.augment.preset == "simclr"
+        else:
+            assert "method.temperature" not in method_keys and trial.method.beta in (1.0, 4.0)
+            assert trial.augment.preset == "none"
+    assert sorted(v["method.temperature"] for v in trials if "method.temperature" in v) == [0.1, 0.1, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(("base", "space", "message"), [
+    ("byol", "    method.temperature: {grid: [0.1]}\n",
+     "search.space.method.temperature: method.temperature does not apply to byol; byol takes ema_base"),
+    ("simclr", "    method.name: {grid: [simclr, byol]}\n",
+     "search.space.method.name: vary the method with branches"),
+    ("simclr", "    method:\n      byol:\n        method.temperature: {grid: [0.1]}\n",
+     "search.space.method.byol.method.temperature: method.temperature does not apply to byol; byol takes ema_base"),
+    ("vae", "    method:\n      simclr: {}\n", "search.space.method.simclr.*augment.preset: none cannot serve simclr"),
+    ("simclr", "    method:\n      moco: {}\n", "search.space.method.moco: unknown method 'moco'"),
+    ("autoencoder", "    model.encoder: {grid: [linear, small_cnn]}\n    method:\n      autoencoder: {}\n"
+     "      simclr: {augment.preset: simclr}\n",
+     "search.space.model.encoder \\(with method simclr\\): model.encoder: linear needs"),
+    ("simclr", "    method.temperature: {grid: [0.1]}\n    method:\n      byol: {}\n",
+     "search.space.method.temperature: with method branches, a method's options go in its branch"),
+])
+def test_a_search_space_naming_options_its_trials_lack_is_refused(tmp_path, base, space, message):
+    preset = "none" if base == "vae" else "simclr"
+    (tmp_path / "base.yaml").write_text(f"method:\n  name: {base}\naugment:\n  preset: {preset}\n")
+    (tmp_path / "search.yaml").write_text(f"search:\n  base: base.yaml\n  space:\n{space}")
+    with pytest.raises(ConfigError, match=message):
+        load_search(tmp_path / "search.yaml")

@@ -16,13 +16,16 @@ Modes, with ``N`` samples in ``S`` shards, ``W`` ranks, batch size ``B``:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 from pipeline.errors import ConfigError, ShardError
 
-MODES = ("exact", "resampled")
+Mode = Literal["exact", "resampled"]
+MODES = typing.get_args(Mode)
 
 
 def assign_shards(counts: Sequence[int], world_size: int, epoch: int, seed: int, shuffle: bool = True) -> list[list[int]]:

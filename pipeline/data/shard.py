@@ -85,15 +85,13 @@ def _write_shard(
 
 
 def _clear_previous(out: str | Path, overwrite: bool) -> None:
-    if not storage.is_local(out):
-        return
-    folder = storage.local_path(out)
-    if (folder / MANIFEST).exists():
+    """Refuse to write over finished shards unless ``overwrite``; then remove the manifest first (so an
+    interrupted rewrite never looks whole), old shards and temporary files, in a folder or under a URL prefix."""
+    if storage.names(out, MANIFEST):
         if not overwrite:
-            raise ShardError(f"{folder} already holds shards ({MANIFEST}); pass --overwrite to replace them")
-        (folder / MANIFEST).unlink()
-    for stale in [*folder.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"), *folder.glob(".*.tmp")]:
-        stale.unlink()
+            raise ShardError(f"{out} already holds shards ({MANIFEST}); pass --overwrite to replace them")
+        storage.remove(out, [MANIFEST])
+    storage.remove(out, storage.names(out, "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar") + storage.names(out, ".*.tmp"))
 
 
 def write_shards(

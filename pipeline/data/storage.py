@@ -1,7 +1,7 @@
-"""Where shards live: local folders, ``file://`` and any fsspec URL (``s3://``, ``gs://``, ...), or ``pipe:``.
+"""Where files live (shards, checkpoints, exports): local folders, ``file://`` and any fsspec URL (``s3://``,
+``gs://``, ...), or, for reading shards, ``pipe:``.
 
-Local files are written under a temporary name and renamed, so an interrupted writer never leaves a file that
-looks whole. Object stores put whole objects atomically already.
+Every file is written by :func:`atomic_writer`, so an interrupted writer never leaves a file that looks whole.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def local_path(location: str | os.PathLike) -> Path:
     return Path(urlparse(text).path if text.startswith("file://") else text)
 
 
+def absolute(location: str | os.PathLike) -> str:
+    """A local folder made absolute (Ray workers and Tune trials run in other folders); a URL as it is."""
+    return str(local_path(location).absolute()) if is_local(location) else str(location)
+
+
 def join(location: str | os.PathLike, name: str) -> str:
     """``location/name`` for a local folder (absolute path) or a URL prefix."""
     if is_local(location):
@@ -50,23 +55,41 @@ def join(location: str | os.PathLike, name: str) -> str:
 
 @contextlib.contextmanager
 def atomic_writer(location: str | os.PathLike, name: str) -> Iterator[BinaryIO]:
-    """Binary file for ``location/name``; it appears under its name only when the block exits cleanly."""
-    if not is_local(location):
-        with fsspec.open(join(location, name), "wb") as handle:
-            yield handle
-        return
-    directory = local_path(location)
-    directory.mkdir(parents=True, exist_ok=True)
+    """The one way files are written: a binary file for ``location/name`` that appears under its name only when
+    the block exits cleanly. Locally it is a temporary file beside the target, renamed; for a URL a local
+    temporary file, uploaded whole (object stores put whole objects atomically)."""
+    local = is_local(location)
+    directory = local_path(location) if local else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False)
     try:
         with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, directory / name)
-    except BaseException:
+        if directory is not None:
+            os.replace(handle.name, directory / name)
+        else:
+            fs, path = fsspec.core.url_to_fs(join(location, name))
+            fs.put_file(handle.name, path)
+    finally:
         Path(handle.name).unlink(missing_ok=True)
-        raise
+
+
+def names(location: str | os.PathLike, pattern: str) -> list[str]:
+    """Names of the files in ``location`` (a folder or URL prefix; none if it does not exist) matching glob
+    ``pattern``."""
+    fs, root = fsspec.core.url_to_fs(absolute(location))
+    fs.invalidate_cache()  # object stores' listings are cached per process
+    return sorted(path.rsplit("/", 1)[-1] for path in fs.glob(f"{root.rstrip('/')}/{pattern}"))
+
+
+def remove(location: str | os.PathLike, files: list[str]) -> None:
+    """Delete ``files`` (names) from ``location``."""
+    fs, root = fsspec.core.url_to_fs(absolute(location))
+    for name in files:
+        fs.rm_file(f"{root.rstrip('/')}/{name}")
 
 
 def read_bytes(url: str) -> bytes:

@@ -1,7 +1,8 @@
 """Streaming loader: one training rank's uint8 batches from WebDataset shards.
 
-Shards are split by rank (Ray Train's world rank when running under Ray Train, else ``torch.distributed``, else
-``RANK``/``WORLD_SIZE``), then by DataLoader worker; see :mod:`pipeline.data.plan` for the epoch semantics.
+Shards are split by rank (:func:`pipeline.distributed.position`: ``torch.distributed``, else Ray Train's world
+rank, else ``RANK``/``WORLD_SIZE``), then by DataLoader worker; see :mod:`pipeline.data.plan` for the epoch
+semantics.
 Workers decode chunks into numpy arrays, shuffle them in a vectorised buffer and send whole batches; the main
 process merges the workers' last partial batches and stops after exactly ``len(loader)`` batches.
 """
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,27 +24,13 @@ from pipeline.data import storage
 from pipeline.data.codec import decode_group
 from pipeline.data.manifest import MANIFEST, Manifest, check_local_shards, read_manifest
 from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
+from pipeline.distributed import position
 from pipeline.errors import ConfigError, ShardError, SslpipeError
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 SHUFFLE_BUFFER_BYTES = 64 << 20
 REFILL_PASSES = 2  # skip mode: extra reads of a rank's shards to make up for skipped samples
-
-
-def world_position() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process: Ray Train's context, then torch.distributed, then env vars."""
-    if "ray.train" in sys.modules:
-        import ray.train
-
-        try:
-            context = ray.train.get_context()
-            return context.get_world_rank(), context.get_world_size()
-        except (RuntimeError, DeprecationWarning):  # not inside a Ray Train worker (the latter: in a Tune trial)
-            pass
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _reason(exn: BaseException) -> str:
@@ -244,7 +229,7 @@ class ShardLoader:
         self.urls = [url_template.format(name=s.name) if url_template else storage.join(location, s.name) for s in info.shards]
         self.counts, self.exclude_classes = info.counts, tuple(exclude_classes)
         self.kept_counts = info.counts_without(self.exclude_classes, storage.join(location, MANIFEST))
-        detected = world_position()
+        detected = position()
         self.rank = detected[0] if rank is None else rank
         self.world_size = detected[1] if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
@@ -339,3 +324,13 @@ class ShardLoader:
                 return
         if carry and not self.drop_last and emitted < limit:
             yield tuple(torch.cat(column) for column in zip(*carry))
+
+
+def evaluation_loader(
+    location: str | Path, split: str, batch_size: int, *, url_template: str | None = None,
+    skip_bad_samples: bool = False, num_workers: int = 1,
+) -> ShardLoader:
+    """Evaluation's loader: every (readable) sample of ``split`` once, in shard order, in this process alone,
+    the last batch partial."""
+    return ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=num_workers, shuffle=False,
+                       drop_last=False, url_template=url_template, skip_bad_samples=skip_bad_samples)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from augment.presets import to_unit_float
-from pipeline.data import ShardLoader
+from pipeline.data import evaluation_loader
 
 
 @torch.no_grad()
@@ -17,9 +17,8 @@ def extract_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split`` (every readable one, with
     ``skip_bad_samples``); ``encoder=None`` gives raw pixels in [0, 1], flattened ``(N, C*H*W)``."""
-    loader = ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
-                         drop_last=False, url_template=url_template,
-                         skip_bad_samples=skip_bad_samples)
+    loader = evaluation_loader(location, split, batch_size, url_template=url_template,
+                               skip_bad_samples=skip_bad_samples)
     if encoder is not None:
         encoder.eval().to(device, memory_format=torch.channels_last)
     features, labels = [], []

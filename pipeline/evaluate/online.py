@@ -4,6 +4,7 @@ stop trials early on it, because training losses are not comparable across tempe
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -11,38 +12,54 @@ import torch
 from torch import nn
 
 from augment.presets import to_unit_float
-from pipeline.data import ShardLoader
+from pipeline.data import evaluation_loader
 from pipeline.evaluate.knn import knn_accuracy
 
 QUERY_FRACTION = 4  # one query image for every 4 images in the bank
+CHUNK = 1024
 
 
 class OnlineKnn:
-    """``online_knn(encoder, device) -> accuracy``: the first ``bank_size`` training images (in shard order)
-    vote for the next ``bank_size / 4``; held in memory as uint8."""
+    """``online_knn(encoder, device) -> {"online_knn_accuracy": accuracy}``: the first ``bank_size`` training
+    images (in shard order) vote for the next ``bank_size / 4``. A training monitor: made where the job is
+    configured, it reads its images (kept in memory as uint8) where it first runs, on rank 0."""
 
     def __init__(self, location: str, bank_size: int, k: int, temperature: float,
                  url_template: str | None = None, skip_bad_samples: bool = False) -> None:
-        total = bank_size + bank_size // QUERY_FRACTION
-        loader = ShardLoader(location, "train", 1024, rank=0, world_size=1, num_workers=0, shuffle=False,
-                             drop_last=False, url_template=url_template,
-                             skip_bad_samples=skip_bad_samples)
-        batches = list(itertools.islice(loader, -(-total // 1024)))
-        images = torch.cat([b[0] for b in batches])[:total]
-        labels = torch.cat([b[1] for b in batches])[:total].numpy()
-        self.images, self.labels, self.bank_size = images, labels, min(bank_size, len(images) * QUERY_FRACTION // (QUERY_FRACTION + 1))
-        self.k, self.temperature = k, temperature
+        self.location, self.requested, self.k, self.temperature = location, bank_size, k, temperature
+        self.url_template, self.skip_bad_samples = url_template, skip_bad_samples
+
+    @functools.cached_property
+    def _slice(self) -> tuple[torch.Tensor, np.ndarray]:
+        total = self.requested + self.requested // QUERY_FRACTION
+        loader = evaluation_loader(self.location, "train", CHUNK, url_template=self.url_template,
+                                   skip_bad_samples=self.skip_bad_samples, num_workers=0)
+        batches = list(itertools.islice(loader, -(-total // CHUNK)))
+        return torch.cat([b[0] for b in batches])[:total], torch.cat([b[1] for b in batches])[:total].numpy()
+
+    @property
+    def images(self) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)``: the bank, then the queries."""
+        return self._slice[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._slice[1]
+
+    @property
+    def bank_size(self) -> int:
+        """``bank_size``, or four fifths of a split too small for it."""
+        return min(self.requested, len(self.images) * QUERY_FRACTION // (QUERY_FRACTION + 1))
 
     @torch.no_grad()
-    def __call__(self, encoder: nn.Module, device: torch.device) -> float:
+    def __call__(self, encoder: nn.Module, device: torch.device) -> dict[str, float]:
         was_training = encoder.training
         encoder.eval()
         features = np.concatenate([
             encoder(to_unit_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
-            for chunk in self.images.split(1024)
+            for chunk in self.images.split(CHUNK)
         ])
         encoder.train(was_training)
-        bank = slice(0, self.bank_size)
-        queries = slice(self.bank_size, None)
-        return knn_accuracy(features[bank], self.labels[bank], features[queries], self.labels[queries],
-                            self.k, self.temperature)
+        bank, queries = slice(0, self.bank_size), slice(self.bank_size, None)
+        return {"online_knn_accuracy": knn_accuracy(features[bank], self.labels[bank], features[queries],
+                                                    self.labels[queries], self.k, self.temperature)}

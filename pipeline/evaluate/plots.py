@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from pipeline.search_config import SearchConfig, is_log_scale  # noqa: E402
 
 
 def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
@@ -50,23 +49,25 @@ def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[
     return _save(figure, path)
 
 
-def search_png(rows: list[dict], search: SearchConfig, path: Path) -> Path:
-    """One column per searched parameter: the final ``search.metric`` of finished trials (top) and the last
-    ``search.early_stop_metric`` of every trial, stopped ones marked x (bottom), against the parameter's value."""
-    keys = list(search.space) or ["trial"]
+def search_png(rows: list[dict], keys: list[str], log_keys: set[str], metric: str, early_metric: str,
+               path: Path) -> Path:
+    """One column per searched parameter (``keys``; ``log_keys`` on a log axis): the final ``metric`` of finished
+    trials (top) and the last ``early_metric`` of every trial, stopped ones marked x (bottom), against the
+    parameter's value (trials that did not set it left out)."""
+    keys = keys or ["trial"]
     figure, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), 6.5), squeeze=False)
     for column, key in enumerate(keys):
-        for row, metric in enumerate((search.metric, search.early_stop_metric)):
+        for row, name in enumerate((metric, early_metric)):
             ax = axes[row, column]
             for status, marker in (("finished", "o"), ("stopped early", "x"), ("error", "s")):
-                chosen = [r for r in rows if r["status"] == status and not _isnan(r[metric])]
+                chosen = [r for r in rows if r["status"] == status and not _isnan(r[name]) and r[key] is not None]
                 if chosen and (row == 1 or status == "finished"):
-                    ax.scatter([_plottable(r[key]) for r in chosen], [r[metric] for r in chosen], marker=marker,
+                    ax.scatter([_plottable(r[key]) for r in chosen], [r[name] for r in chosen], marker=marker,
                                label=status)
-            if key in search.space and is_log_scale(search.space[key]):
+            if key in log_keys:
                 ax.set_xscale("log")
             ax.set_xlabel(key)
-            ax.set_ylabel(metric)
+            ax.set_ylabel(name)
             ax.grid(alpha=0.3)
         if axes[1, column].get_legend_handles_labels()[0]:
             axes[1, column].legend(fontsize=7)

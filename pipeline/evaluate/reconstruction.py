@@ -11,8 +11,9 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from augment.presets import to_unit_float
-from pipeline.data import ShardLoader
+from pipeline.data import evaluation_loader
 from pipeline.losses import active_units
+from pipeline.methods.capabilities import Generative, Reconstructs
 
 
 def pca_reconstruction_errors(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
@@ -42,14 +43,15 @@ class Reconstructions:
 
 @torch.no_grad()
 def reconstruct_split(
-    method: torch.nn.Module, location: str, batch_size: int, device: torch.device, url_template: str | None = None,
+    method: Reconstructs, location: str, batch_size: int, device: torch.device, url_template: str | None = None,
     skip_bad_samples: bool = False,
 ) -> Reconstructions:
-    """Run ``method.reconstruct`` (and a VAE's ``terms``) over the test split, in order, seeded."""
-    loader = ShardLoader(location, "test", batch_size, rank=0, world_size=1, num_workers=1, shuffle=False,
-                         drop_last=False, url_template=url_template,
-                         skip_bad_samples=skip_bad_samples)
+    """Run ``method.reconstruct`` (and, for a :class:`Generative` method, its ``elbo_terms``) over the test split,
+    in order, seeded."""
+    loader = evaluation_loader(location, "test", batch_size, url_template=url_template,
+                               skip_bad_samples=skip_bad_samples)
     method.eval().to(device)
+    generative = isinstance(method, Generative)
     errors, labels, elbo, kl, mean_sum, square_sum, first = [], [], 0.0, 0.0, 0.0, 0.0, None
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -60,15 +62,15 @@ def reconstruct_split(
         labels.append(batch_labels.numpy())
         if first is None:
             first = (x[:8].cpu(), reconstruction[:8].cpu())
-        if hasattr(method, "terms"):  # a VAE
-            nll, kl_terms, mu = method.terms(x)
+        if generative:
+            nll, kl_terms, mu = method.elbo_terms(x)
             elbo -= (nll + kl_terms.sum(1)).sum().item()
             kl += kl_terms.sum().item()
             mean_sum, square_sum = mean_sum + mu.sum(0), square_sum + mu.pow(2).sum(0)
     torch.random.set_rng_state(generator_state)
     errors_all = np.concatenate(errors)
     metrics = {"recon_mse": float(errors_all.mean())}
-    if hasattr(method, "terms"):
+    if generative:
         count = len(errors_all)
         metrics |= {"elbo": elbo / count, "kl": kl / count,
                     "active_units": float(active_units(mean_sum, square_sum, count))}

@@ -19,6 +19,7 @@ from pipeline.evaluate.plots import confusion_png, latent_scatter_png
 from pipeline.evaluate.probe import linear_probe
 from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_errors, reconstruct_split
 from pipeline.methods import Method
+from pipeline.methods.capabilities import Generative, Reconstructs
 from pipeline.models import build_encoder
 
 
@@ -55,7 +56,7 @@ def evaluate_method(
         latent_scatter_png(test_x, test_y, classes, out_dir / "latent_scatter.png",
                            f"{config.method.name}: test codes ({test_x.shape[1]}-d)"),
     ]
-    reconstructs = hasattr(method, "reconstruct")
+    reconstructs = isinstance(method, Reconstructs)
     if config.eval.baselines or reconstructs:
         (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None)
     if config.eval.baselines:
@@ -81,7 +82,7 @@ def evaluate_method(
         plots.append(save_image_grid([originals, result.reconstructions], out_dir / "reconstructions.png"))
         strips = interpolations(method, originals[0::2], originals[1::2], steps=10)
         plots.append(save_image_grid(strips, out_dir / "interpolations.png"))
-        if hasattr(method, "terms"):  # a VAE: a generative model
+        if isinstance(method, Generative):
             samples = prior_samples(method, 64, seed=config.train.seed)
             plots.append(save_image_grid(list(samples.split(8)), out_dir / "prior_samples.png"))
     return metrics, plots

@@ -8,23 +8,40 @@ Loss: per-pixel MSE between the reconstruction and the clean image in [0, 1], pl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 
 from augment import Corruption
-from pipeline.config import JobConfig, one_of
+from augment.corrupt import CorruptionKind
 from pipeline.losses import kl_sparsity, l1_sparsity
-from pipeline.methods.base import ReconstructionMethod
-from pipeline.models import EncoderSpec
+from pipeline.methods.base import MethodOptions, ReconstructionMethod
+from pipeline.models import EncoderSpec, ModelConfig, build_encoder
 
-SPARSITY = ("none", "l1", "kl")
+
+@dataclass
+class AutoEncoderOptions(MethodOptions):
+    name: ClassVar[str] = "autoencoder"
+    bottleneck: Annotated[int, Gt(0), "code size k"] = 32
+    sparsity: Annotated[Literal["none", "l1", "kl"], "`l1` on the codes, or `kl` of each unit's mean sigmoid "
+                        "activation to `sparsity_target` (allows k above the pixels)"] = "none"
+    sparsity_weight: Annotated[float, Ge(0), "weight of the sparsity penalty"] = 1.0e-3
+    sparsity_target: Annotated[float, Interval(gt=0, lt=1), "kl sparsity: target firing rate"] = 0.05
+    corruption: Annotated[CorruptionKind | None, "makes it a denoising autoencoder: the input corrupted, the "
+                                                 "target clean"] = None
+    corruption_amount: Annotated[float, Interval(ge=0, le=1), "noise std (gaussian) or pixel fraction"] = 0.3
 
 
 class AutoEncoder(ReconstructionMethod):
-    def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
-        options = config.method
-        sparsity = one_of("method.sparsity", options.sparsity, SPARSITY)
-        super().__init__(spec, options.bottleneck, "sigmoid" if sparsity == "kl" else "none")
+    Options = AutoEncoderOptions
+
+    def __init__(self, options: AutoEncoderOptions, spec: EncoderSpec, model: ModelConfig) -> None:
+        super().__init__(spec, options.bottleneck, "sigmoid" if options.sparsity == "kl" else "none")
+        self.encoder, _ = build_encoder(self.spec)
+        self.build_decoder()
         self.corruption = Corruption(options.corruption, options.corruption_amount) if options.corruption else None
         self.sparsity, self.sparsity_weight, self.sparsity_target = (
             options.sparsity, options.sparsity_weight, options.sparsity_target,

@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
 import torch
+from annotated_types import Interval
 from torch import nn
 
-from pipeline.config import JobConfig
 from pipeline.losses import byol_loss
-from pipeline.methods.base import Method
-from pipeline.models import EncoderSpec, mlp_head
+from pipeline.methods.base import Method, MethodOptions
+from pipeline.models import EncoderSpec, ModelConfig, build_encoder, mlp_head
 from pipeline.schedules import ema_momentum
 
 
+@dataclass
+class BYOLOptions(MethodOptions):
+    name: ClassVar[str] = "byol"
+    ema_base: Annotated[float, Interval(ge=0, lt=1), "target momentum at step 0, rising to 1 on a cosine"] = 0.99
+
+
 class BYOL(Method):
-    def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
+    Options = BYOLOptions
+    model_keys = ("head_hidden", "head_dim")
+    needs_augmentation = True  # identical views make the regression trivial
+
+    def __init__(self, options: BYOLOptions, spec: EncoderSpec, model: ModelConfig) -> None:
         super().__init__(spec)
-        self.projector = mlp_head(self.dim, config.model.head_hidden, config.model.head_dim)
-        self.predictor = mlp_head(config.model.head_dim, config.model.head_hidden, config.model.head_dim)
+        self.encoder, dim = build_encoder(spec)
+        self.projector = mlp_head(dim, model.head_hidden, model.head_dim)
+        self.predictor = mlp_head(model.head_dim, model.head_hidden, model.head_dim)
         self.target = copy.deepcopy(nn.Sequential(self.encoder, self.projector)).requires_grad_(False)
-        self.ema_base = config.method.ema_base
-        self.tau = config.method.ema_base
+        self.ema_base = options.ema_base
+        self.tau = options.ema_base
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """Views ``(B, C, H, W)`` -> symmetrised ``byol_loss(p1, z2') + byol_loss(p2, z1')``."""

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
-from pipeline.config import JobConfig
+import torch
+from annotated_types import Gt
+
 from pipeline.losses import nt_xent
-from pipeline.methods.base import Method
-from pipeline.models import EncoderSpec, mlp_head
+from pipeline.methods.base import Method, MethodOptions
+from pipeline.models import EncoderSpec, ModelConfig, build_encoder, mlp_head
+
+
+@dataclass
+class SimCLROptions(MethodOptions):
+    name: ClassVar[str] = "simclr"
+    temperature: Annotated[float, Gt(0), "NT-Xent temperature"] = 0.5
 
 
 class SimCLR(Method):
-    def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
+    Options = SimCLROptions
+    model_keys = ("head_hidden", "head_dim")
+    needs_augmentation = True  # identical views make a trivial positive pair
+
+    def __init__(self, options: SimCLROptions, spec: EncoderSpec, model: ModelConfig) -> None:
         super().__init__(spec)
-        self.projector = mlp_head(self.dim, config.model.head_hidden, config.model.head_dim)
-        self.temperature = config.method.temperature
+        self.encoder, dim = build_encoder(spec)
+        self.projector = mlp_head(dim, model.head_hidden, model.head_dim)
+        self.temperature = options.temperature
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """Views ``(B, C, H, W)`` -> scalar NT-Xent of their projections."""

@@ -1,8 +1,8 @@
-"""VAE and beta-VAE: the encoder gives a Gaussian posterior's mean and log-variance, a reparameterised sample
-``z = mu + sigma * eps`` is decoded, and the loss is ``-ELBO`` (reconstruction summed over pixels plus ``beta``
-times the KL summed over latent dimensions, averaged over the batch). The KL weight ramps from 0 to ``beta`` over
-``method.kl_anneal_steps`` steps against posterior collapse; its step counter is a buffer, so it is checkpointed.
-The exported encoder gives the posterior mean ``(B, k)``.
+"""VAE and beta-VAE: the encoder's features feed two linear heads, the Gaussian posterior's mean and
+log-variance; a reparameterised sample ``z = mu + sigma * eps`` is decoded, and the loss is ``-ELBO``
+(reconstruction summed over pixels plus ``beta`` times the KL summed over latent dimensions, averaged over the
+batch). The KL weight ramps from 0 to ``beta`` over ``method.kl_anneal_steps`` steps against posterior collapse;
+its step counter is a buffer, so it is checkpointed. The exported encoder gives the posterior mean ``(B, k)``.
 
 Collapse is watched while training: each epoch reports the KL of every latent dimension (``train_kl_dim_j``,
 nats per image), their sum ``train_kl`` and ``train_active_units`` (see :func:`active_units`) over the epoch's
@@ -11,41 +11,67 @@ images, and warns when fewer than half of the units are active.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 
-from pipeline.config import JobConfig, one_of
 from pipeline.distributed import world
 from pipeline.losses import active_units, bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
-from pipeline.methods.base import ReconstructionMethod
-from pipeline.models import EncoderSpec
+from pipeline.methods.base import MethodOptions, ReconstructionMethod
+from pipeline.models import EncoderSpec, ModelConfig
+from pipeline.models.encoders import build_features
 from pipeline.schedules import kl_weight
 
-LIKELIHOODS = ("bernoulli", "gaussian")
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class VAEOptions(MethodOptions):
+    name: ClassVar[str] = "vae"
+    bottleneck: Annotated[int, Gt(0), "latent size k"] = 32
+    beta: Annotated[float, Ge(0), "KL weight (beta-VAE when above 1)"] = 1.0
+    kl_anneal_steps: Annotated[int, Ge(0), "steps over which the KL weight ramps from 0 to beta"] = 0
+    free_bits: Annotated[float, Ge(0), "nats per latent dimension that cost nothing"] = 0.0
+    likelihood: Annotated[Literal["bernoulli", "gaussian"], "`bernoulli` (pixels in [0, 1]) or `gaussian` "
+                                                            "(std `decoder_std`)"] = "bernoulli"
+    decoder_std: Annotated[float, Gt(0), "gaussian likelihood: the decoder's std"] = 0.1
+
+
 class VAE(ReconstructionMethod):
-    def __init__(self, config: JobConfig, spec: EncoderSpec) -> None:
-        options = config.method
-        one_of("method.likelihood", options.likelihood, LIKELIHOODS)
-        super().__init__(spec, options.bottleneck)  # the encoder ends ... -> features -> Linear: the posterior mean
-        self.logvar = nn.Linear(self.encoder[-1].in_features, options.bottleneck)
+    Options = VAEOptions
+
+    def __init__(self, options: VAEOptions, spec: EncoderSpec, model: ModelConfig) -> None:
+        super().__init__(spec, options.bottleneck)
+        self.features, dim = build_features(dataclasses.replace(self.spec, bottleneck=0))
+        self.mean = nn.Linear(dim, options.bottleneck)
+        self.build_decoder()  # the order of the old layout, so a seed gives the same initial weights
+        self.logvar = nn.Linear(dim, options.bottleneck)
         self.beta, self.anneal_steps, self.free_bits = options.beta, options.kl_anneal_steps, options.free_bits
         self.likelihood, self.decoder_std = options.likelihood, options.decoder_std
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
         self._epoch_sums: torch.Tensor | None = None  # per dimension: KL, mu, mu^2 (3, k); not checkpointed
         self._epoch_count = 0
 
+    @property
+    def encoder(self) -> nn.Sequential:
+        """Images -> posterior mean ``(B, k)``: a view of the features and the mean head (the layout ``self.spec``
+        builds), made on each access so that it holds the modules as they are now (e.g. after SyncBatchNorm)."""
+        view = nn.Sequential(*self.features, self.mean)
+        view.training = self.training  # the container's flag only: the modules keep their own
+        return view
+
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(B, k)``."""
-        features = self.encoder[:-1](x)
-        return self.encoder[-1](features), self.logvar(features)
+        features = self.features(x)
+        return self.mean(features), self.logvar(features)
 
-    def terms(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(nll (B,), kl (B, k), mu (B, k))``; ``sample=False`` decodes the mean."""
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
@@ -62,7 +88,7 @@ class VAE(ReconstructionMethod):
         return kl_weight(int(self.anneal_step), self.anneal_steps, self.beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nll, kl, mu = self.terms(x)
+        nll, kl, mu = self.elbo_terms(x)
         if self.training:
             sums = torch.stack([kl.sum(0), mu.sum(0), mu.pow(2).sum(0)]).detach().float()
             self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums

@@ -8,14 +8,19 @@ from pipeline.errors import ConfigError
 from pipeline.models.encoders import EncoderSpec
 
 
+def check_decodable(spec: EncoderSpec) -> None:
+    """Raise naming the image size when the decoder of ``spec`` cannot produce it."""
+    if spec.arch != "linear" and spec.image_size % 4:
+        raise ConfigError(f"the conv decoder needs an image size divisible by 4, got {spec.image_size}")
+
+
 def build_decoder(spec: EncoderSpec) -> nn.Module:
     """The mirror of ``build_encoder(spec)``: a linear map for ``linear`` (no nonlinearity, so the pair spans the
     PCA subspace under MSE), else a transposed-conv decoder ending in a sigmoid (images in [0, 1])."""
     channels, size, k = spec.channels, spec.image_size, spec.bottleneck
     if spec.arch == "linear":
         return nn.Sequential(nn.Linear(k, channels * size * size), nn.Unflatten(1, (channels, size, size)))
-    if size % 4:
-        raise ConfigError(f"the conv decoder needs an image size divisible by 4, got {size}")
+    check_decodable(spec)
     width, start = spec.width, size // 4
     return nn.Sequential(
         nn.Linear(k, 4 * width * start * start), nn.ReLU(inplace=True), nn.Unflatten(1, (4 * width, start, start)),

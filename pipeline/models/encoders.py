@@ -6,16 +6,19 @@ encoder takes plain [0, 1] images and needs no preprocessing code.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torchvision
 from torch import nn
 
+from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
+from pipeline.models.options import Encoder, ModelConfig
 
-ENCODERS = ("small_cnn", "resnet18", "resnet50", "linear")
-CODE_ACTIVATIONS = ("none", "sigmoid")
+ENCODERS = typing.get_args(Encoder)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class EncoderSpec:
     embed_dim: int = 256
     cifar_stem: bool = True
     bottleneck: int = 0  # > 0: a linear layer to this many units ends the encoder (autoencoders)
-    code_activation: str = "none"  # or "sigmoid": codes in (0, 1), as KL sparsity needs
+    code_activation: Literal["none", "sigmoid"] = "none"  # sigmoid: codes in (0, 1), as KL sparsity needs
     flatten: bool = False  # small_cnn: flatten the last feature map instead of pooling it (keeps where things are)
 
     def to_dict(self) -> dict:
@@ -40,6 +43,16 @@ class EncoderSpec:
     @classmethod
     def from_dict(cls, raw: dict) -> EncoderSpec:
         return cls(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+
+
+def encoder_spec(model: ModelConfig, manifest: Manifest) -> EncoderSpec:
+    """The spec of ``model``'s encoder for the (square) images of ``manifest``, normalised with their channel
+    statistics."""
+    channels, height, _ = manifest.image_shape
+    return EncoderSpec(
+        arch=model.encoder, channels=channels, image_size=height, mean=manifest.channel_mean, std=manifest.channel_std,
+        width=model.width, embed_dim=model.embed_dim, cifar_stem=model.cifar_stem,
+    )
 
 
 class Normalize(nn.Module):
@@ -84,23 +97,25 @@ def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
     return model, dim
 
 
-def build_encoder(spec: EncoderSpec) -> tuple[nn.Module, int]:
-    """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)`` (``D = bottleneck`` if set).
-    ``linear`` is a single linear map of the flattened pixels (needs a bottleneck)."""
+def build_features(spec: EncoderSpec) -> tuple[nn.Sequential, int]:
+    """``(features, D)``: normalisation and the encoder's body, ``(B, C, H, W)`` in [0, 1] -> ``(B, D)``, before
+    any bottleneck. ``linear`` is the flattened pixels (a bottleneck makes it one linear map)."""
     if spec.arch == "small_cnn":
         body, dim = small_cnn(spec.channels, spec.image_size, spec.width, spec.embed_dim, spec.flatten)
     elif spec.arch in ("resnet18", "resnet50"):
         body, dim = resnet(spec.arch, spec.channels, spec.cifar_stem)
-    elif spec.arch == "linear" and spec.bottleneck > 0:
+    elif spec.arch == "linear":
         body, dim = nn.Flatten(), spec.channels * spec.image_size**2
     else:
-        raise ConfigError(
-            f"model.encoder: unknown encoder {spec.arch!r}; choose one of {', '.join(ENCODERS)} (linear needs an "
-            "autoencoder's method.bottleneck)"
-        )
-    if spec.code_activation not in CODE_ACTIVATIONS:
-        raise ConfigError(f"code activation {spec.code_activation!r}: choose one of {', '.join(CODE_ACTIVATIONS)}")
-    layers = [Normalize(spec.mean, spec.std), body]
+        raise ConfigError(f"model.encoder: unknown encoder {spec.arch!r}; choose one of {', '.join(ENCODERS)}")
+    return nn.Sequential(Normalize(spec.mean, spec.std), body), dim
+
+
+def build_encoder(spec: EncoderSpec) -> tuple[nn.Sequential, int]:
+    """``(encoder, D)``: the encoder maps ``(B, C, H, W)`` in [0, 1] to ``(B, D)``: :func:`build_features`, then
+    a linear layer to ``spec.bottleneck`` units if set (``D = bottleneck``) and the code activation."""
+    features, dim = build_features(spec)
+    layers = [*features]
     if spec.bottleneck:
         layers.append(nn.Linear(dim, spec.bottleneck))
         dim = spec.bottleneck

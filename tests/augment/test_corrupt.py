@@ -44,3 +44,11 @@ def test_bad_corruptions():
         Corruption("blur", 0.1)
     with pytest.raises(ConfigError, match="corruption amount for 'mask' out of range: 1.5"):
         Corruption("mask", 1.5)
+
+
+def test_the_declared_corruptions_are_the_implemented_ones():
+    from typing import get_args
+
+    from augment.corrupt import CORRUPTIONS, CorruptionKind
+
+    assert set(get_args(CorruptionKind)) == set(CORRUPTIONS)  # what the config accepts is what corrupt() does

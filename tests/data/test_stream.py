@@ -8,7 +8,8 @@ import torch
 from pipeline.data import ShardLoader
 from pipeline.data.plan import assign_shards, batches_per_rank
 from pipeline.errors import ConfigError, ShardError
-from pipeline.data.stream import shuffled_batches, world_position
+from pipeline.data.stream import shuffled_batches
+from pipeline.distributed import position, world
 from tests.conftest import synthetic_labels
 
 
@@ -133,7 +134,8 @@ def test_shuffled_batches_keeps_every_sample():
 def test_world_position_from_environment(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert world_position() == (3, 4)
+    assert position() == (3, 4)
+    assert world() == (0, 1)  # no process group: collectives and losses stay local
 
 
 def test_len_matches_plan(synthetic_shards):

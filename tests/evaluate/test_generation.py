@@ -1,17 +1,15 @@
 import torch
 from PIL import Image
 
-from pipeline.config import JobConfig
 from pipeline.evaluate.generation import interpolations, prior_samples
 from pipeline.evaluate.plots import latent_scatter_png
-from pipeline.methods import build_method
-from pipeline.models import EncoderSpec
+from pipeline.methods import METHODS, build_method
+from pipeline.models import EncoderSpec, ModelConfig
 
 
 def _method(name):
-    config = JobConfig()
-    config.method.name, config.method.bottleneck = name, 3
-    return build_method(config, EncoderSpec("small_cnn", 1, 28, (0.0,), (1.0,), width=4, embed_dim=8)).eval()
+    spec = EncoderSpec("small_cnn", 1, 28, (0.0,), (1.0,), width=4, embed_dim=8)
+    return build_method(METHODS[name].Options(bottleneck=3), spec, ModelConfig()).eval()
 
 
 def test_prior_samples_are_images_and_seeded():

@@ -9,6 +9,7 @@ from pipeline.evaluate.online import OnlineKnn
 
 def test_online_knn_votes_with_a_fixed_train_slice(synthetic_shards):
     online = OnlineKnn(str(synthetic_shards), 400, k=20, temperature=0.1)
+    assert "_slice" not in vars(online)  # made where the job is configured, it reads its images where it runs
     assert online.images.shape == (500, 1, 28, 28) and online.bank_size == 400
     ordered = ShardLoader(synthetic_shards, "train", 500, rank=0, world_size=1, shuffle=False, drop_last=False)
     images, labels, _ = next(iter(ordered))  # the same first 500 training images
@@ -16,7 +17,7 @@ def test_online_knn_votes_with_a_fixed_train_slice(synthetic_shards):
     pixels = (images.float() / 255).flatten(1).numpy()
     encoder = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(784, affine=False)).train()
     encoder[1].running_mean.zero_()  # eval mode: identity, so the features are the pixels
-    accuracy = online(encoder, torch.device("cpu"))
+    accuracy = online(encoder, torch.device("cpu"))["online_knn_accuracy"]
     assert accuracy == knn_accuracy(pixels[:400], labels[:400].numpy(), pixels[400:], labels[400:].numpy(), 20, 0.1)
     assert accuracy > 0.5 and encoder.training  # gratings are separable in pixel space; train mode restored
 

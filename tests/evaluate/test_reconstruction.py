@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import JobConfig
 from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_errors, reconstruct_split
 from pipeline.methods import build_method
-from pipeline.models import EncoderSpec
+from pipeline.methods.vae import VAEOptions
+from pipeline.models import EncoderSpec, ModelConfig
 
 
 def test_pca_errors_are_zero_at_full_rank_and_positive_below():
@@ -46,9 +46,8 @@ def test_identity_reconstructs_perfectly(even_shards):
 
 
 def test_vae_metrics(even_shards):
-    config = JobConfig()
-    config.method.name, config.method.bottleneck = "vae", 4
-    vae = build_method(config, EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8))
+    vae = build_method(VAEOptions(bottleneck=4), EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8),
+                       ModelConfig())
     metrics = reconstruct_split(vae, str(even_shards), 64, torch.device("cpu")).metrics
     assert set(metrics) == {"recon_mse", "elbo", "kl", "active_units"}
     assert metrics["elbo"] < 0 and metrics["kl"] >= 0 and 0 <= metrics["active_units"] <= 4

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
-from pipeline.config import JobConfig
+from pipeline.config import OptimConfig
 from pipeline.losses import byol_loss
 from pipeline.methods import build_method
-from pipeline.models import EncoderSpec
+from pipeline.methods.byol import BYOLOptions
+from pipeline.models import EncoderSpec, ModelConfig
 from pipeline.optim import build_optimizer
 from pipeline.schedules import ema_momentum
 
@@ -27,16 +28,15 @@ def test_momentum_schedule():
 
 
 def _byol():
-    config = JobConfig()
-    config.method.name = "byol"
-    config.model.head_hidden, config.model.head_dim = 32, 16
-    return config, build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=4, embed_dim=8))
+    options = BYOLOptions()
+    spec = EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=4, embed_dim=8)
+    return options, build_method(options, spec, ModelConfig(head_hidden=32, head_dim=16))
 
 
 def test_target_is_outside_the_optimizer_and_follows_the_ema():
     torch.manual_seed(0)
-    config, method = _byol()
-    optimizer = build_optimizer(method, config.optim, 256)
+    options, method = _byol()
+    optimizer = build_optimizer(method, OptimConfig(), 256)
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in method.target.parameters()}
     assert all(not p.requires_grad for p in method.target.parameters())
@@ -49,7 +49,7 @@ def test_target_is_outside_the_optimizer_and_follows_the_ema():
     assert all(torch.equal(a, b) for a, b in zip(target_before, method.target.parameters()))  # optimizer: no touch
 
     method.after_step(3, 10)
-    tau = ema_momentum(3, 10, config.method.ema_base)
+    tau = ema_momentum(3, 10, options.ema_base)
     online = [*method.encoder.parameters(), *method.projector.parameters()]
     for before, after, source in zip(target_before, method.target.parameters(), online):
         torch.testing.assert_close(after, tau * before + (1 - tau) * source)

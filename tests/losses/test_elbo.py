@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from pipeline.config import JobConfig
 from pipeline.losses import active_units, bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
 from pipeline.methods import build_method
-from pipeline.models import EncoderSpec
+from pipeline.methods.vae import VAEOptions
+from pipeline.models import EncoderSpec, ModelConfig
 from pipeline.schedules import kl_weight
 
 
@@ -42,13 +42,12 @@ def test_annealing_schedule():
 
 
 def test_vae_counter_is_checkpointed_and_the_encoder_gives_the_mean():
-    config = JobConfig()
-    config.method.name, config.method.kl_anneal_steps, config.method.bottleneck = "vae", 10, 3
+    options = VAEOptions(kl_anneal_steps=10, bottleneck=3)
     spec = EncoderSpec("small_cnn", 1, 28, (0.0,), (1.0,), width=4, embed_dim=16)
-    vae = build_method(config, spec)
+    vae = build_method(options, spec, ModelConfig())
     for step in range(1, 4):
         vae.after_step(step, 100)
-    restored = build_method(config, spec)
+    restored = build_method(options, spec, ModelConfig())
     restored.load_state_dict(vae.state_dict())
     assert restored.current_beta() == pytest.approx(0.3)
     x = torch.rand(2, 1, 28, 28)
@@ -56,7 +55,7 @@ def test_vae_counter_is_checkpointed_and_the_encoder_gives_the_mean():
     torch.manual_seed(0)
     loss = vae(x)
     torch.manual_seed(0)
-    nll, kl, _ = vae.terms(x)  # the same reparameterised sample
+    nll, kl, _ = vae.elbo_terms(x)  # the same reparameterised sample
     torch.testing.assert_close(loss, negative_elbo(nll, kl, 0.3))
 
 
@@ -66,9 +65,8 @@ def test_active_units_by_hand():
 
 
 def _vae(bottleneck=3):
-    config = JobConfig()
-    config.method.name, config.method.bottleneck = "vae", bottleneck
-    return build_method(config, EncoderSpec("small_cnn", 1, 28, (0.0,), (1.0,), width=4, embed_dim=16))
+    spec = EncoderSpec("small_cnn", 1, 28, (0.0,), (1.0,), width=4, embed_dim=16)
+    return build_method(VAEOptions(bottleneck=bottleneck), spec, ModelConfig())
 
 
 def test_vae_reports_kl_per_dimension_and_active_units_of_its_training_epoch():
@@ -94,7 +92,7 @@ def test_vae_reports_kl_per_dimension_and_active_units_of_its_training_epoch():
 def test_a_collapsed_posterior_is_reported_with_a_warning(caplog):
     vae = _vae(bottleneck=4)
     with torch.no_grad():
-        vae.encoder[-1].weight.zero_()  # mu no longer depends on the image: every unit inactive
+        vae.mean.weight.zero_()  # mu no longer depends on the image: every unit inactive
     vae(torch.rand(16, 1, 28, 28))
     metrics = vae.epoch_metrics(lambda t: t)
     assert metrics["train_active_units"] == 0.0

@@ -4,21 +4,19 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-from pipeline.config import JobConfig
-from pipeline.optim import build_optimizer
-from pipeline.schedules import warmup_cosine
+from pipeline.config import OptimConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
-from pipeline.models import EncoderSpec
+from pipeline.methods.autoencoder import AutoEncoderOptions
+from pipeline.models import EncoderSpec, ModelConfig
+from pipeline.optim import build_optimizer
+from pipeline.schedules import warmup_cosine
 from tests.helpers import read_split
 
 
 def _autoencoder(arch="small_cnn", size=28, **method):
-    config = JobConfig()
-    config.method.name = "autoencoder"
-    for key, value in method.items():
-        setattr(config.method, key, value)
-    return build_method(config, EncoderSpec(arch, 1, size, (0.0,), (1.0,), width=4, embed_dim=16))
+    spec = EncoderSpec(arch, 1, size, (0.0,), (1.0,), width=4, embed_dim=16)
+    return build_method(AutoEncoderOptions(**method), spec, ModelConfig(encoder=arch))
 
 
 def test_conv_autoencoder_shapes_and_exported_code():
@@ -82,11 +80,9 @@ def test_linear_autoencoder_matches_pca_on_fashion_mnist(fashion_shards):
     pca = PCA(32, random_state=0).fit(train.flatten(1).numpy())
     pca_mse = np.mean((pca.inverse_transform(pca.transform(test.flatten(1).numpy())) - test.flatten(1).numpy()) ** 2)
     torch.manual_seed(0)
-    config = JobConfig()
-    config.method.name, config.method.bottleneck, config.model.encoder = "autoencoder", 32, "linear"
-    config.optim.lr, config.optim.weight_decay = 2e-2, 0.0
-    method = build_method(config, EncoderSpec("linear", 1, 28, (0.286,), (0.353,)))
-    optimizer = build_optimizer(method, config.optim, 256)
+    method = build_method(AutoEncoderOptions(bottleneck=32), EncoderSpec("linear", 1, 28, (0.286,), (0.353,)),
+                          ModelConfig(encoder="linear"))
+    optimizer = build_optimizer(method, OptimConfig(lr=2e-2, weight_decay=0.0), 256)
     epochs, per_epoch = 20, len(train) // 256
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, epochs * per_epoch, per_epoch))
     for _ in range(epochs):
@@ -106,7 +102,5 @@ def test_linear_autoencoder_matches_pca_on_fashion_mnist(fashion_shards):
 def test_bad_sparsity_and_linear_without_bottleneck():
     with pytest.raises(ConfigError, match="method.sparsity: 'l2'; choose one of none, l1, kl"):
         _autoencoder(sparsity="l2")
-    config = JobConfig()
-    config.model.encoder = "linear"
     with pytest.raises(ConfigError, match="linear needs an autoencoder's method.bottleneck"):
-        build_method(config, EncoderSpec("linear", 1, 28, (0.0,), (1.0,)))
+        load_config(None, ["model.encoder=linear"])

@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ def test_export_files_and_load_encoder_round_trip(tmp_path):
     encoder = _trained_like_encoder()
     paths = export_encoder(encoder, SPEC, tmp_path, {"method": "simclr", "manifest_sha256": "abc"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "encoder.pt2", "encoder.safetensors"]
-    meta = json.loads(paths["meta"].read_text())
+    meta = json.loads(Path(paths["meta"]).read_text())
     assert meta["embedding_dim"] == 32 and meta["spec"]["arch"] == "small_cnn" and meta["method"] == "simclr"
     assert meta["input"]["shape"] == ["B", 1, 28, 28]
     loaded = load_encoder(tmp_path)
@@ -45,7 +46,7 @@ def test_a_damaged_export_is_caught_before_registration(tmp_path):
     save_file(weights, paths["weights"])
     with pytest.raises(SslpipeError, match=re.escape(f"{paths['weights']}: the exported encoder does not reproduce")):
         verify_export(encoder, tmp_path, example)
-    paths["pt2"].write_bytes(paths["pt2"].read_bytes()[:200])  # truncated
+    Path(paths["pt2"]).write_bytes(Path(paths["pt2"]).read_bytes()[:200])  # truncated
     with pytest.raises(SslpipeError, match=re.escape(f"{paths['pt2']}: the export does not load")):
         verify_export(encoder, tmp_path, example)
 
@@ -72,3 +73,14 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_an_export_to_a_url_loads_back_from_it():
+    encoder = _trained_like_encoder()
+    location = "memory://sslpipe-test/exports/run"
+    paths = export_encoder(encoder, SPEC, location, {"method": "simclr"})
+    assert paths == {"pt2": f"{location}/encoder.pt2", "weights": f"{location}/encoder.safetensors",
+                     "meta": f"{location}/encoder.json"}
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(location).eval()(x), encoder(x))

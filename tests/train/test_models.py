@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from pipeline.config import JobConfig
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
-from pipeline.models import EncoderSpec, build_encoder
+from pipeline.methods.simclr import SimCLROptions
+from pipeline.models import EncoderSpec, ModelConfig, build_encoder
+from pipeline.models.encoders import ENCODERS
 
 
 @pytest.mark.parametrize(("arch", "channels", "size", "dim"), [("small_cnn", 1, 28, 256), ("resnet18", 3, 32, 512)])
@@ -23,8 +25,8 @@ def test_normalisation_is_inside_the_encoder():
 
 
 def test_simclr_loss_is_finite_and_trains():
-    config = JobConfig()
-    method = build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=8, embed_dim=16))
+    method = build_method(SimCLROptions(), EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=8, embed_dim=16),
+                          ModelConfig())
     views = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
     loss = method(*views)
     loss.backward()
@@ -34,7 +36,12 @@ def test_simclr_loss_is_finite_and_trains():
 def test_unknown_encoder_and_method():
     with pytest.raises(ConfigError, match="model.encoder: unknown encoder 'vit'"):
         build_encoder(EncoderSpec("vit", 3, 32, (0.5,) * 3, (0.5,) * 3))
-    config = JobConfig()
-    config.method.name = "moco"
     with pytest.raises(ConfigError, match="method.name: unknown method 'moco'; choose one of simclr"):
-        build_method(config, EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,)))
+        load_config(None, ["method.name=moco"])
+
+
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_every_encoder_the_config_accepts_builds(arch):
+    spec = EncoderSpec(arch, 1, 32, (0.5,), (0.25,), width=4, embed_dim=8, bottleneck=4)
+    encoder, dim = build_encoder(spec)
+    assert dim == 4 and encoder(torch.rand(2, 1, 32, 32)).shape == (2, 4)

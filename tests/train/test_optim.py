@@ -37,3 +37,14 @@ def test_warmup_cosine_values():
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
     assert warmup_cosine(32, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 90)))
+
+
+def test_lars_step_with_weight_decay_follows_its_docstring():
+    """The trust ratio of You et al. (2017): eta ||w|| / (||g|| + wd ||w||), applied to g + wd w."""
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    w.grad = torch.tensor([0.0, 2.0])  # ||g|| = 2
+    optimizer = LARS([{"params": [w]}], lr=1.0, momentum=0.9, weight_decay=0.1, eta=0.01)
+    optimizer.step()
+    trust = 0.01 * 5 / (2 + 0.1 * 5)  # 0.02; eta ||w|| / ||g + wd w|| would be 0.0207
+    expected = torch.tensor([3.0, 4.0]) - trust * torch.tensor([0.0 + 0.1 * 3.0, 2.0 + 0.1 * 4.0])
+    torch.testing.assert_close(w.detach(), expected)

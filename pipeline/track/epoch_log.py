@@ -18,17 +18,19 @@ from typing import Any
 
 from ray.train import Checkpoint, UserCallback
 
+from pipeline.data import storage
 from pipeline.errors import SslpipeError
-from pipeline.track import Tracker, check_reachable
-from pipeline.train import NODES_KEY, NODES_TAG
+from pipeline.track.tracker import Tracker, check_reachable
+from pipeline.train.loop import WORKER_NODES
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0  # how long a probe of the server may take before an epoch is kept for later
+NODES_TAG = "sslpipe.worker_nodes"  # the Ray node of every rank, comma-separated; set again when they change
 
 
 class Outbox:
-    """Epochs ``{"step", "metrics", "tags"}`` not yet in MLflow, mirrored to ``path`` (written to a temp name and
-    renamed) so that nothing is lost when the process holding them ends."""
+    """Epochs ``{"step", "metrics", "tags"}`` not yet in MLflow, mirrored to ``path`` (written atomically) so that
+    nothing is lost when the process holding them ends."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -48,10 +50,8 @@ class Outbox:
                 tracker.set_tags(run_id, entry["tags"])
                 self.entries.pop(0)
         except Exception as exn:  # noqa: BLE001 - connection, HTTP and MLflow errors all mean "not now"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries))
-            tmp.replace(self.path)
+            with storage.atomic_writer(self.path.parent, self.path.name) as handle:
+                handle.write(json.dumps(self.entries).encode())
             log.warning("MLflow at %s unreachable (%s): %d epoch(s) kept in %s, sent when it answers again",
                         tracker.uri, exn, len(self.entries), self.path)
             return False
@@ -60,6 +60,10 @@ class Outbox:
 
 
 class EpochMetricsToMlflow(UserCallback):
+    """Ray Train callback: logs rank 0's report of each epoch to MLflow run ``run_id`` at step ``epoch``, and the
+    ranks' nodes (the checkpoint's metadata) as the tag :data:`NODES_TAG`; what the server cannot take waits in
+    the outbox file ``unsent``."""
+
     def __init__(self, tracking_uri: str, run_id: str, unsent: str) -> None:
         self.tracking_uri, self.run_id, self.unsent = tracking_uri, run_id, unsent
         self._tracker: Tracker | None = None  # made on the controller, after pickling
@@ -67,14 +71,13 @@ class EpochMetricsToMlflow(UserCallback):
         self._nodes: str | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
-        """``metrics[r]`` is rank ``r``'s report; rank 0's epoch metrics are logged at step ``epoch``."""
+        """``metrics[r]`` is rank ``r``'s report."""
         if self._tracker is None:
             self._tracker, self._outbox = Tracker(self.tracking_uri), Outbox(self.unsent)
-        report = dict(metrics[0])
-        nodes = report.pop(NODES_KEY, None)
+        nodes = ",".join(checkpoint.get_metadata().get(WORKER_NODES, [])) if checkpoint else None
         tags = {NODES_TAG: nodes} if nodes and nodes != self._nodes else {}
         self._nodes = nodes or self._nodes
-        self._outbox.add(int(report["epoch"]), report, tags)
+        self._outbox.add(int(metrics[0]["epoch"]), metrics[0], tags)
         self._outbox.send(self._tracker, self.run_id)
 
 

@@ -3,9 +3,9 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.epoch_log import Outbox, send_unsent
 from pipeline.errors import SslpipeError
 from pipeline.track import Tracker
+from pipeline.track.epoch_log import Outbox, send_unsent
 from tests.processes import free_port
 
 

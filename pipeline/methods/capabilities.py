@@ -1,0 +1,36 @@
+"""What evaluation can ask of a method beyond its encoder, as declared interfaces: a method that implements one
+gets the evaluation that goes with it (``isinstance(method, Reconstructs)``)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from pipeline.models import EncoderSpec
+
+
+@runtime_checkable
+class Reconstructs(Protocol):
+    """Images to a ``spec.bottleneck``-unit code and back: evaluation reports reconstruction error beside PCA's
+    with the same k, reconstructions, interpolations between codes and anomaly scores."""
+
+    spec: EncoderSpec
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(B, C, H, W)`` in [0, 1] -> ``(reconstruction (B, C, H, W), code (B, k))``."""
+        ...
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, k)`` -> images ``(B, C, H, W)``."""
+        ...
+
+
+@runtime_checkable
+class Generative(Reconstructs, Protocol):
+    """A likelihood and a standard normal prior over the code: evaluation reports the ELBO and decodes samples
+    of the prior."""
+
+    def elbo_terms(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(nll (B,), kl (B, k), mu (B, k))`` of images ``(B, C, H, W)``; ``sample=False`` decodes the mean."""
+        ...
