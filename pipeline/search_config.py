@@ -124,17 +124,15 @@ def check_space(space: Any, config: JobConfig, manifest: Manifest | None = None)
         raise ConfigError("search.space: expected a mapping of config keys to e.g. {grid: [0.1, 0.5]}")
     branches = space.get(BRANCHES)
     plain = {key: spec for key, spec in space.items() if key != BRANCHES}
-    if branches is not None:
-        if not isinstance(branches, dict) or not branches:
-            raise ConfigError("search.space.method: expected one branch per method, e.g. {simclr: "
-                              "{method.temperature: {grid: [0.1, 0.5]}}, byol: {}}")
-        if any(key.startswith("method.") for key in plain):
-            method_key = next(key for key in plain if key.startswith("method."))
-            raise ConfigError(f"search.space.{method_key}: with method branches, a method's options go in its "
-                              "branch")
     if branches is None:
         _check_entries(plain, config, "search.space", manifest)
-    for name, branch in (branches or {}).items():
+        return space
+    if not isinstance(branches, dict) or not branches:
+        raise ConfigError("search.space.method: expected one branch per method, e.g. {simclr: "
+                          "{method.temperature: {grid: [0.1, 0.5]}}, byol: {}}")
+    if method_keys := [key for key in plain if key.startswith("method.")]:
+        raise ConfigError(f"search.space.{method_keys[0]}: with method branches, a method's options go in its branch")
+    for name, branch in branches.items():
         where = f"search.space.method.{name}"
         if name not in METHODS:
             raise ConfigError(f"{where}: unknown method {name!r}; choose one of {', '.join(METHODS)}")
