@@ -109,14 +109,23 @@ def _holding_export(folder: Path, location: str) -> str:
 
 def _load(location: str) -> nn.Module:
     try:
-        meta = json.loads(storage.read_bytes(storage.join(location, META)))
-        spec = EncoderSpec.from_dict(meta["spec"])
-        weights = load_safetensors(storage.read_bytes(storage.join(location, WEIGHTS)))
+        files = exported_files(location)
     except FileNotFoundError:
         raise SslpipeError(f"{location}: no {META} and {WEIGHTS} here; pass an export folder or an sslpipe model "
                            "URI") from None
-    except (OSError, ValueError, KeyError, TypeError) as exn:
+    except OSError as exn:
+        raise SslpipeError(f"{location}: unreadable export ({exn}); export the encoder again") from None
+    return encoder_from_files(files, location)[0]
+
+
+def encoder_from_files(files: dict[str, bytes], location: str) -> tuple[nn.Module, EncoderSpec]:
+    """``(encoder in train mode, its spec)`` rebuilt from the contents of an export's ``encoder.json`` and
+    ``encoder.safetensors`` (read from ``location``, which errors name)."""
+    try:
+        spec = EncoderSpec.from_dict(json.loads(files[META])["spec"])
+        weights = load_safetensors(files[WEIGHTS])
+    except (ValueError, KeyError, TypeError) as exn:
         raise SslpipeError(f"{location}: unreadable export ({exn}); export the encoder again") from None
     encoder, _ = build_encoder(spec)
     encoder.load_state_dict(weights)
-    return encoder.train()
+    return encoder.train(), spec

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import tempfile
 import time
@@ -28,8 +27,7 @@ from pipeline.config import JobConfig, dump_config, validate, with_values
 from pipeline.data import read_manifest, storage
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.plots import search_png
-from pipeline.export import META, example_input, exported_files, load_encoder
-from pipeline.models import EncoderSpec
+from pipeline.export import encoder_from_files, example_input, exported_files
 from pipeline.pretrain import pretrain, resolve_paths, run_params
 from pipeline.search_config import SearchConfig, grid_points, trial_values, tune_space, validate_search
 from pipeline.track import Tracker, check_reachable, tracking_uri
@@ -199,9 +197,9 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
                 model_uri = tags["sslpipe.best_model"]
             else:
                 files = exported_files(best["export_dir"])
-                spec = EncoderSpec.from_dict(json.loads(files[META])["spec"])
-                model_uri = tracker.log_encoder(best["mlflow_run_id"], load_encoder(best["export_dir"]),
-                                                example_input(spec), files, config.track.registered_model)
+                encoder, spec = encoder_from_files(files, best["export_dir"])
+                model_uri = tracker.log_encoder(best["mlflow_run_id"], encoder, example_input(spec), files,
+                                                config.track.registered_model)
             tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
             best_params = {key: best[key] for key in search.keys() if best[key] is not None}
             tracker.log_text(parent, yaml.safe_dump(best_params), "best_params.yaml")
