@@ -2,6 +2,7 @@
 
 from augment.corrupt import CORRUPTIONS, Corruption, corrupt
 from augment.presets import PRESETS, ViewAugmenter
-from augment.preview import save_image_grid, save_view_grid
+from augment.preview import preview_batch, save_image_grid, save_view_grid
 
-__all__ = ["CORRUPTIONS", "PRESETS", "Corruption", "ViewAugmenter", "corrupt", "save_image_grid", "save_view_grid"]
+__all__ = ["CORRUPTIONS", "PRESETS", "Corruption", "ViewAugmenter", "corrupt", "preview_batch", "save_image_grid",
+           "save_view_grid"]

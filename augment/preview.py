@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from augment.presets import to_unit_float
+from augment.presets import ViewAugmenter, to_unit_float
+from pipeline.data import ShardLoader
 
 MIN_CELL = 96  # small images are enlarged (nearest neighbour) so a person can see them
 
@@ -29,3 +30,16 @@ def save_image_grid(rows: list[torch.Tensor], path: str | Path) -> Path:
 def save_view_grid(originals: torch.Tensor, views: list[torch.Tensor], path: str | Path) -> Path:
     """Write ``originals`` ``(N, C, H, W)`` (uint8 or [0, 1] float) above each view ``(N, C, h, w)`` to ``path``."""
     return save_image_grid([originals, *views], path)
+
+
+def preview_batch(
+    loader: ShardLoader, preset: str, num_views: int, photo_size: int, seed: int, path: str | Path
+) -> Path:
+    """Write the first batch of ``loader`` above its ``num_views`` views of ``preset`` to ``path``. The loader
+    crops photos (random-resized crops of ``photo_size``: the first crop stands for the photo); arrays are cropped
+    here, as in training."""
+    images = next(iter(loader))[0]
+    photos = loader.manifest.photos
+    size = photo_size if photos else loader.manifest.image_shape[1]
+    augmenter = ViewAugmenter(preset, size, loader.manifest.channels, num_views, seed=seed, crop=not photos)
+    return save_view_grid(images[:, 0] if photos else images, augmenter(images), path)

@@ -13,19 +13,35 @@ from pipeline.errors import SslpipeError
 
 def _shard(args: argparse.Namespace) -> None:
     from pipeline.data import open_source, write_shards
+    from pipeline.data.photo_shards import write_photo_shards
+    from pipeline.data.photos import photo_files
 
-    source = open_source(
-        args.source, args.root, download=not args.no_download, image_size=args.image_size, channels=args.channels,
-        num_train=args.num_train, num_test=args.num_test, num_classes=args.num_classes,
-        test_fraction=args.test_fraction, seed=args.seed,
-    )
-    manifest = write_shards(
-        source, args.out, samples_per_shard=args.samples_per_shard, encoding=args.encoding,
-        images_per_member=args.images_per_member, seed=args.seed, overwrite=args.overwrite,
-    )
+    if args.source.startswith("list:") or (args.source.startswith("folder:") and not args.image_size):
+        files, classes = photo_files(args.source, unlabeled=args.unlabeled, test_fraction=args.test_fraction,
+                                     seed=args.seed)
+        manifest = write_photo_shards(
+            files, classes, args.out, source={"name": args.source}, samples_per_shard=args.samples_per_shard or 1000,
+            max_side=args.max_side, lossless=args.lossless, seed=args.seed, workers=args.workers,
+            use_ray=args.ray, overwrite=args.overwrite,
+        )
+        sizes = manifest.image_sizes
+        shape = f"photos, height {sizes['height']} and width {sizes['width']} (min, median, max)"
+    else:
+        source = open_source(
+            args.source, args.root, download=not args.no_download, image_size=args.image_size,
+            channels=args.channels, num_train=args.num_train, num_test=args.num_test, num_classes=args.num_classes,
+            test_fraction=args.test_fraction, seed=args.seed,
+        )
+        manifest = write_shards(
+            source, args.out, samples_per_shard=args.samples_per_shard or 4096, encoding=args.encoding,
+            images_per_member=args.images_per_member, seed=args.seed, overwrite=args.overwrite,
+        )
+        shape = f"image shape {list(manifest.image_shape)}"
     for name, split in manifest.splits.items():
         print(f"{name}: {split.num_samples} samples in {len(split.shards)} shards")
-    print(f"wrote {args.out}/manifest.json (image shape {list(manifest.image_shape)}, sha256 {manifest.digest()[:12]})")
+    if manifest.rejects:
+        print(f"left out {len(manifest.rejects)} unreadable files (listed under rejects in the manifest)")
+    print(f"wrote {args.out}/manifest.json ({shape}, sha256 {manifest.digest()[:12]})")
 
 
 def _verify(args: argparse.Namespace) -> None:
@@ -38,14 +54,13 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _preview(args: argparse.Namespace) -> None:
-    from augment import ViewAugmenter, save_view_grid
+    from augment import preview_batch
     from pipeline.data import ShardLoader
+    from pipeline.data.decode import PhotoViews
 
-    loader = ShardLoader(args.location, args.split, args.count, rank=0, world_size=1, num_workers=0, seed=args.seed)
-    images = next(iter(loader))[0]
-    channels, height, _ = loader.manifest.image_shape
-    views = ViewAugmenter(args.preset, height, channels, num_views=args.views, seed=args.seed)(images)
-    print(f"wrote {save_view_grid(images, views, args.out)}")
+    loader = ShardLoader(args.location, args.split, args.count, rank=0, world_size=1, num_workers=0, seed=args.seed,
+                         views=PhotoViews(args.image_size, args.views, random=True))
+    print(f"wrote {preview_batch(loader, args.preset, args.views, args.image_size, args.seed, args.out)}")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -107,16 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     shard = commands.add_parser("shard", help="write a data set as WebDataset tar shards + manifest.json")
-    shard.add_argument("source", help="fashion-mnist, mnist, cifar10, folder:PATH or synthetic")
+    shard.add_argument("source", help="fashion-mnist, mnist, cifar10, synthetic, folder:PATH (photos: one subfolder "
+                       "per class, or a flat folder of unlabeled photos) or list:FILE (a path or URL per line, "
+                       "optionally TAB and a class)")
     shard.add_argument("--out", required=True, help="output folder (or object-store URL prefix)")
     shard.add_argument("--root", type=Path, help="where the source's files are (searched first)")
-    shard.add_argument("--samples-per-shard", type=int, default=4096)
+    shard.add_argument("--samples-per-shard", type=int, help="default 4096 (arrays), 1000 (photos)")
     shard.add_argument("--encoding", choices=("png", "npy"), default="png")
     shard.add_argument("--images-per-member", type=int, help="images per tar member (default: 256 up to 64x64x3, else 1)")
     shard.add_argument("--seed", type=int, default=0, help="seed of the sample order (and of synthetic data)")
     shard.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     shard.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing data set")
-    shard.add_argument("--image-size", type=int, help="folder: resize + center-crop to N px; synthetic: side")
+    shard.add_argument("--image-size", type=int, help="folder: resize + center-crop to N px arrays instead of "
+                       "keeping photos; synthetic: side")
+    shard.add_argument("--max-side", type=int, default=512, help="photos: longer sides are resized to this once")
+    shard.add_argument("--lossless", action="store_true", help="photos: store converted images as PNG, not JPEG")
+    shard.add_argument("--unlabeled", action="store_true", help="photos: ignore subfolders as classes")
+    shard.add_argument("--workers", type=int, default=1, help="photos: processes writing shards in parallel")
+    shard.add_argument("--ray", action="store_true", help="photos: write each shard as a Ray task on the cluster "
+                       "($RAY_ADDRESS or a local Ray)")
     shard.add_argument("--channels", type=int, choices=(1, 3), help="folder (default 3) and synthetic (default 1)")
     shard.add_argument("--num-train", type=int, default=2048, help="synthetic: train samples")
     shard.add_argument("--num-test", type=int, default=512, help="synthetic: test samples")
@@ -136,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--count", type=int, default=8, help="images (columns)")
     preview.add_argument("--views", type=int, default=2, help="views per image (rows)")
     preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--image-size", type=int, default=224, help="photos: side of the crops")
     preview.set_defaults(run=_preview)
     validate = commands.add_parser("validate", help="check a job or search file (and its shards' manifest) without "
                                    "running it; print the resolved job")

@@ -21,7 +21,8 @@ from annotated_types import Ge, Gt, Interval
 
 from augment.presets import PRESETS, Preset
 from pipeline import options
-from pipeline.data import ShardLoader
+from pipeline.data import ShardLoader, read_manifest
+from pipeline.data.decode import PhotoViews
 from pipeline.data.manifest import Manifest
 from pipeline.data.plan import Mode
 from pipeline.errors import ConfigError
@@ -30,6 +31,9 @@ from pipeline.methods.base import ReconstructionMethod
 from pipeline.methods.simclr import SimCLROptions
 from pipeline.models import ModelConfig, encoder_spec
 from pipeline.models.decoders import check_decodable
+
+
+DEFAULT_PHOTO_SIZE = 224
 
 
 @dataclass
@@ -42,10 +46,21 @@ class DataConfig:
     holdout_class: Annotated[int | None, Ge(0), "a label left out of pretraining: evaluation scores it as the "
                                                 "anomaly"] = None
     skip_bad_samples: Annotated[bool, "skip and count samples that cannot be decoded instead of failing"] = False
+    image_size: Annotated[int | None, Gt(0), "photo shards: side of the training crops and evaluation center crops "
+                                             "(default 224); array shards keep their own size"] = None
 
     @property
     def exclude_classes(self) -> tuple[int, ...]:
         return () if self.holdout_class is None else (self.holdout_class,)
+
+    @property
+    def crop_size(self) -> int:
+        """The side photos are cropped to."""
+        return self.image_size or DEFAULT_PHOTO_SIZE
+
+    def training_views(self, num_views: int) -> PhotoViews:
+        """How training crops photos: ``num_views`` random-resized crops of :attr:`crop_size`."""
+        return PhotoViews(self.crop_size, num_views, random=True)
 
 
 @dataclass
@@ -89,6 +104,8 @@ class EvalConfig:
     baselines: Annotated[bool, "also probe raw pixels and a randomly initialised encoder"] = True
     online_knn: Annotated[int, Ge(0), "> 0: each epoch, online_knn_accuracy of the first n train images voting "
                                       "for the next n/4"] = 0
+    shards: Annotated[str | None, "labeled shards that evaluation reads (train split: probe fit and kNN bank, test "
+                                  "split: scores); default data.shards"] = None
 
 
 @dataclass
@@ -123,6 +140,10 @@ class JobConfig:
         raw["method"] = {"name": self.method.name, **raw["method"]}
         raw["model"] = {key: value for key, value in raw["model"].items() if _applies(key, self.method.name)}
         return raw
+
+    @property
+    def evaluation_shards(self) -> str:
+        return self.eval.shards or self.data.shards
 
     def flat(self) -> dict[str, Any]:
         """``{"section.key": value}`` for every key that applies to this job (see :meth:`to_dict`)."""
@@ -203,18 +224,32 @@ def check_run_name(name: str | None, key: str) -> None:
 
 
 def _validate_data(config: JobConfig, manifest: Manifest) -> None:
-    """Images square with 1 or 3 channels, decodable by a reconstructing method's decoder; the training split
-    enough for every rank (the epoch plan) and any held-out class one of its classes."""
-    channels, height, width = manifest.image_shape
-    if height != width:
-        raise ConfigError(f"{config.data.shards}: images are {height}x{width}; encoders expect square images")
-    if channels not in (1, 3):
-        raise ConfigError(f"{config.data.shards}: images have {channels} channels; augmentation takes 1 or 3")
+    """Images square with 1 or 3 channels (arrays) or photos, decodable by a reconstructing method's decoder; the
+    training split enough for every rank (the epoch plan) and any held-out class one of its classes; labeled
+    evaluation shards with train and test splits."""
+    if not manifest.photos:
+        channels, height, width = manifest.image_shape
+        if height != width:
+            raise ConfigError(f"{config.data.shards}: images are {height}x{width}; encoders expect square images")
+        if channels not in (1, 3):
+            raise ConfigError(f"{config.data.shards}: images have {channels} channels; augmentation takes 1 or 3")
+        if config.data.image_size not in (None, height):
+            raise ConfigError(f"data.image_size applies to photo shards; {config.data.shards} holds {height}x{width} "
+                              "arrays (re-shard the source as photos to train at another size)")
     if issubclass(METHODS[config.method.name], ReconstructionMethod):
-        check_decodable(encoder_spec(config.model, manifest))
+        check_decodable(encoder_spec(config.model, manifest, config.data.crop_size))
     ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=config.train.num_workers,
                 mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-                manifest=manifest, exclude_classes=config.data.exclude_classes)
+                manifest=manifest, exclude_classes=config.data.exclude_classes,
+                views=config.data.training_views(METHODS[config.method.name].num_views))
+    evaluation = read_manifest(config.eval.shards) if config.eval.shards else manifest
+    where = "eval.shards" if config.eval.shards else "data.shards"
+    if not evaluation.labeled:
+        raise ConfigError(f"{where}: {config.evaluation_shards} holds unlabeled images; evaluation needs labels: set "
+                          "eval.shards to labeled shards (e.g. `sslpipe shard folder:LABELED --out DIR`)")
+    if missing := [split for split in ("train", "test") if split not in evaluation.splits]:
+        raise ConfigError(f"{where}: {config.evaluation_shards} has no {missing[0]!r} split; evaluation fits on "
+                          "train and scores on test")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

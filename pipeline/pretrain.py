@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from augment import ViewAugmenter, save_view_grid
+from augment import preview_batch
 from pipeline import cluster
 from pipeline.config import JobConfig, dump_config, validate
 from pipeline.data import Manifest, ShardLoader, read_manifest, storage
@@ -65,6 +65,7 @@ def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
     return dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, shards=storage.absolute(config.data.shards)),
+        eval=dataclasses.replace(config.eval, shards=config.eval.shards and storage.absolute(config.eval.shards)),
         train=dataclasses.replace(config.train, name=run_name,
                                   storage_path=storage.absolute(config.train.storage_path)),
         export=dataclasses.replace(config.export, out_dir=storage.absolute(config.export.out_dir)),
@@ -83,11 +84,9 @@ def preview(config: JobConfig, path: Path) -> Path:
     """Grid of 8 training images above their augmented views."""
     loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
                          mode=config.data.mode, url_template=config.data.url_template,
-                         exclude_classes=config.data.exclude_classes, skip_bad_samples=config.data.skip_bad_samples)
-    images = next(iter(loader))[0]
-    channels, size, _ = loader.manifest.image_shape
-    views = ViewAugmenter(config.augment.preset, size, channels, seed=config.train.seed)(images)
-    return save_view_grid(images, views, path)
+                         exclude_classes=config.data.exclude_classes, skip_bad_samples=config.data.skip_bad_samples,
+                         views=config.data.training_views(2))
+    return preview_batch(loader, config.augment.preset, 2, config.data.crop_size, config.train.seed, path)
 
 
 def run_params(config: JobConfig, manifest: Manifest) -> dict[str, Any]:
@@ -99,8 +98,8 @@ def monitors(config: JobConfig) -> list[OnlineKnn]:
     """What rank 0 measures after every epoch: the online kNN when ``eval.online_knn`` asks for it."""
     if config.eval.online_knn <= 0:
         return []
-    return [OnlineKnn(config.data.shards, config.eval.online_knn, config.eval.knn_k, config.eval.knn_temperature,
-                      config.data.url_template, config.data.skip_bad_samples)]
+    return [OnlineKnn(config.evaluation_shards, config.eval.online_knn, config.eval.knn_k, config.eval.knn_temperature,
+                      config.data.url_template, config.data.skip_bad_samples, config.data.crop_size)]
 
 
 def pretrain(
@@ -130,7 +129,7 @@ def pretrain(
             if SIGTERM_RECEIVED.is_set():  # Ray Train aborted the run; its last checkpoint is where a rerun resumes
                 raise RunStopped("stopped by SIGTERM")
             send_unsent(tracker, run_id, unsent, config.track.server_wait_s)
-            method = trained_method(config.method, config.model, manifest, state)
+            method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
             metrics, plots = evaluate_method(method, config, manifest, work)
             tracker.log_metrics(run_id, metrics, step=config.train.epochs)
             for plot in plots:

@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.photo_folder import make_photo_folder
 from pipeline.data import open_source, write_shards
+from pipeline.data.photo_shards import write_photo_shards
+from pipeline.data.photos import photo_files
 from pipeline.data.sources import _IDX_SETS
 
 FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
@@ -37,6 +40,30 @@ def fashion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fashion")
     write_shards(open_source("fashion-mnist", download=False), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photos: 12 train and 4 test crops (256-640 px) of each of 8 photographs, in class subfolders."""
+    return make_photo_folder(tmp_path_factory.mktemp("photo-folder"), 12, 4, classes=8, max_side=640)
+
+
+def _photo_shards(out: Path, spec: str, unlabeled: bool) -> Path:
+    files, classes = photo_files(spec, unlabeled=unlabeled)
+    write_photo_shards(files, classes, out, source={"name": spec}, samples_per_shard=24, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def labeled_photo_shards(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``photo_folder`` as labeled photo shards (train and test splits)."""
+    return _photo_shards(tmp_path_factory.mktemp("labeled-photos"), f"folder:{photo_folder}", unlabeled=False)
+
+
+@pytest.fixture(scope="session")
+def unlabeled_photo_shards(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train photos of ``photo_folder`` as unlabeled photo shards (one split, no classes)."""
+    return _photo_shards(tmp_path_factory.mktemp("unlabeled-photos"), f"folder:{photo_folder / 'train'}", True)
 
 
 @pytest.fixture(scope="session")

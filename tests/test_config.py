@@ -136,6 +136,26 @@ def test_validate_rechecks_a_config_changed_in_python(synthetic_shards):
         validate(config, read_manifest(synthetic_shards))
 
 
+def test_photo_jobs_need_labeled_evaluation_shards_and_array_jobs_keep_their_size(
+    unlabeled_photo_shards, labeled_photo_shards, synthetic_shards
+):
+    photos = load_config(None, [f"data.shards={unlabeled_photo_shards}", "data.batch_size=8"])
+    with pytest.raises(ConfigError, match=re.escape(f"data.shards: {unlabeled_photo_shards} holds unlabeled images; "
+                                                    "evaluation needs labels: set eval.shards")):
+        validate(photos, read_manifest(unlabeled_photo_shards))
+    photos.eval.shards = str(unlabeled_photo_shards)
+    with pytest.raises(ConfigError, match=r"eval.shards: .* holds unlabeled images"):
+        validate(photos, read_manifest(unlabeled_photo_shards))
+    photos.eval.shards = str(labeled_photo_shards)
+    assert validate(photos, read_manifest(unlabeled_photo_shards)).data.crop_size == 224
+    assert photos.evaluation_shards == str(labeled_photo_shards)
+    arrays = load_config(None, [f"data.shards={synthetic_shards}", "data.image_size=64"])
+    with pytest.raises(ConfigError, match=r"data.image_size applies to photo shards; .* holds 28x28 arrays"):
+        validate(arrays, read_manifest(synthetic_shards))
+    arrays.data.image_size = 28  # the arrays' own size: harmless
+    validate(arrays, read_manifest(synthetic_shards))
+
+
 def test_the_readme_lists_every_key_as_declared():
     """The README's table of keys is `sslpipe options` verbatim: a key added, renamed or re-documented in code
     without the README (or the other way round) fails here."""

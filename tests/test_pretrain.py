@@ -1,6 +1,7 @@
 """End to end on a real local Ray and a real MLflow store: pretrain -> probe -> MLflow -> export."""
 
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -12,6 +13,8 @@ from pipeline.config import load_config, with_values
 from pipeline.export import load_encoder
 from pipeline.pretrain import pretrain
 from pipeline.train import NonFiniteLoss
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 @pytest.fixture
@@ -93,3 +96,29 @@ def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_m
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"latent_scatter.png", *extra_plots} <= artifacts
     assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, dim)
+
+
+@pytest.mark.slow
+def test_photos_pretrain_on_unlabeled_shards_and_evaluate_on_labeled_ones(
+    ray_local, unlabeled_photo_shards, labeled_photo_shards, tmp_path, monkeypatch
+):
+    """The photo path end to end: JPEG shards decoded and cropped in the loader workers, a ResNet-18 with the
+    ImageNet stem, the probe and kNN on a separate labeled set, the export at the crop size."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(JOBS / "simclr_photos.yaml", [
+        f"data.shards={unlabeled_photo_shards}", f"eval.shards={labeled_photo_shards}", "data.image_size=64",
+        "data.batch_size=16", "train.epochs=1", "train.max_steps_per_epoch=2", "train.name=photos",
+        "eval.baselines=false",
+    ])
+    summary = pretrain(config)
+    client = MlflowClient(summary.tracking_uri)
+    run = client.get_run(summary.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["eval.shards"] == str(labeled_photo_shards)
+    assert run.data.params["model.encoder"] == "resnet18" and run.data.params["data.image_size"] == "64"
+    assert summary.train_metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
+    # 8 photographs to tell apart from 64 px center crops of 256-640 px pieces: far above chance (0.125)
+    assert run.data.metrics["probe_accuracy"] > 0.5 and run.data.metrics["knn_accuracy"] > 0.3
+    artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
+    assert {"augmentation_preview.png", "probe_confusion.png", "export"} <= artifacts
+    assert load_encoder(summary.export_dir)(torch.rand(2, 3, 64, 64)).shape == (2, 512)

@@ -1,4 +1,5 @@
-"""Encoding of image groups as tar members, shared by the shard writer and the stream reader.
+"""Encoding of image groups as tar members, shared by the shard writer and the stream reader (photos: one
+``{key}.jpg`` or ``.png`` and an optional ``{key}.cls``, see :mod:`pipeline.data.photo_shards`).
 
 A tar sample holds ``n`` images of shape ``(H, W, C)``:
 
@@ -89,3 +90,17 @@ def decode_group(sample: dict, image_shape: tuple[int, int, int]) -> tuple[np.nd
     if not (len(images) == len(labels) == len(indices)):
         raise ValueError(f"{len(images)} images but {len(labels)} labels and {len(indices)} indices")
     return images, labels, indices
+
+
+def photo_group(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo sample as a group of one: ``(file bytes (1,) object, labels (1,) int64, -1 if unlabeled,
+    indices (1,) int64)``; raises ``ValueError`` when it has no ``.jpg``/``.png`` member."""
+    member = next((m for m in ("jpg", "png") if m in sample), None)
+    if member is None:
+        members = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"members {members}, expected a .jpg or .png photo")
+    data = np.empty(1, dtype=object)
+    data[0] = sample[member]
+    label = int(sample["cls"]) if "cls" in sample else -1
+    index = int(sample["__key__"].rsplit("-", 1)[1])
+    return data, np.array([label], dtype=np.int64), np.array([index], dtype=np.int64)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import fsspec
 
@@ -13,7 +14,9 @@ from pipeline.data import storage
 from pipeline.errors import ShardError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: arrays only, no layout, image sizes or rejects
+Layout = Literal["arrays", "photos"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,16 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Contents of a shard folder. ``image_shape`` is ``(C, H, W)``, as the loader yields images."""
+    """Contents of a shard folder.
+
+    ``layout``: ``arrays`` are fixed-size images, ``image_shape`` ``(C, H, W)`` as the loader yields them;
+    ``photos`` keep their (JPEG) file bytes, ``image_shape`` is ``(3,)`` and ``image_sizes`` summarises their
+    sizes; ``rejects`` lists the source files left out (``{"file", "reason"}``). No ``class_names``: unlabeled.
+    """
 
     source: dict
     splits: dict[str, SplitInfo]
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     encoding: str
     images_per_member: int
     class_names: tuple[str, ...]
@@ -63,6 +71,21 @@ class Manifest:
     writer_version: str
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+    layout: Layout = "arrays"
+    image_sizes: dict = field(default_factory=dict)
+    rejects: tuple[dict, ...] = ()
+
+    @property
+    def photos(self) -> bool:
+        return self.layout == "photos"
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.class_names)
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -96,8 +119,9 @@ class Manifest:
             manifest = cls(splits=splits, **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
         except (KeyError, TypeError) as exn:
             raise ShardError(f"{origin}: missing or unexpected field {exn}; re-run `sslpipe shard`") from exn
-        if manifest.format_version != FORMAT_VERSION:
-            raise ShardError(f"{origin}: format version {manifest.format_version}, this sslpipe reads {FORMAT_VERSION}")
+        if manifest.format_version not in READABLE_VERSIONS:
+            raise ShardError(f"{origin}: format version {manifest.format_version}, this sslpipe reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}; upgrade sslpipe or re-run `sslpipe shard`")
         return manifest
 
 

@@ -26,7 +26,8 @@ from pipeline.errors import ConfigError, ShardError
 
 SMALL_IMAGE_BYTES = 64 * 64 * 3  # images up to this size are stored in chunks of many images per tar member
 CHUNK = 256
-TAR_MTIME = 0.0  # fixed so that the same source and seed give byte-identical shards
+TAR_MTIME = 0  # fixed so that the same source and seed give byte-identical shards (an int: a float needs a
+# 1 KiB PAX header per member)
 
 
 def default_images_per_member(image_shape: tuple[int, int, int]) -> int:
@@ -53,7 +54,7 @@ class ChannelStats:
         return mean.round(6).tolist(), std.round(6).tolist()
 
 
-class _HashingWriter:
+class HashingWriter:
     """Write-through file wrapper that counts bytes and hashes them (sha256) on the way."""
 
     def __init__(self, handle: BinaryIO) -> None:
@@ -71,7 +72,7 @@ def _write_shard(
 ) -> ShardInfo:
     class_counts = np.zeros(num_classes, dtype=np.int64)
     with storage.atomic_writer(out, name) as handle:
-        hashing = _HashingWriter(handle)
+        hashing = HashingWriter(handle)
         with wds.TarWriter(hashing, encoder=False, mtime=TAR_MTIME) as writer:
             for first in range(0, len(order), per_member):
                 indices = order[first : first + per_member]
@@ -84,7 +85,7 @@ def _write_shard(
     return ShardInfo(name, len(order), hashing.size, hashing.digest.hexdigest(), tuple(class_counts.tolist()))
 
 
-def _clear_previous(out: str | Path, overwrite: bool) -> None:
+def clear_previous(out: str | Path, overwrite: bool) -> None:
     """Refuse to write over finished shards unless ``overwrite``; then remove the manifest first (so an
     interrupted rewrite never looks whole), old shards and temporary files, in a folder or under a URL prefix."""
     if storage.names(out, MANIFEST):
@@ -112,7 +113,7 @@ def write_shards(
         raise ConfigError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     image_shape = source.splits["train"].image_shape
     per_member = images_per_member or default_images_per_member(image_shape)
-    _clear_previous(out, overwrite)
+    clear_previous(out, overwrite)
     stats = ChannelStats(image_shape[-1])
     splits = {}
     total = sum(split.num_samples for split in source.splits.values())

@@ -1,5 +1,8 @@
 """Streaming loader: one training rank's uint8 batches from WebDataset shards.
 
+Photo shards (``manifest.photos``) become crops of :class:`PhotoViews` decoded in the loader workers, or, for
+decoding on a GPU (``decode_on_device``), batches of undecoded bytes (:class:`EncodedImages`).
+
 Shards are split by rank (:func:`pipeline.distributed.position`: ``torch.distributed``, else Ray Train's world
 rank, else ``RANK``/``WORLD_SIZE``), then by DataLoader worker; see :mod:`pipeline.data.plan` for the epoch
 semantics.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +24,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from pipeline.data import storage
-from pipeline.data.codec import decode_group
+from pipeline.data.codec import decode_group, photo_group
+from pipeline.data.decode import EncodedImages, PhotoViews, UndecodablePhoto, photo_views
 from pipeline.data.manifest import MANIFEST, Manifest, check_local_shards, read_manifest
 from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
 from pipeline.distributed import position
 from pipeline.errors import ConfigError, ShardError, SslpipeError
 
 log = logging.getLogger(__name__)
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Images = torch.Tensor | EncodedImages
+Batch = tuple[Images, torch.Tensor, torch.Tensor]
+Group = tuple[np.ndarray, np.ndarray, np.ndarray]
+Transform = Callable[[torch.Tensor], torch.Tensor]  # uint8 (b, count, 3, S, S) crops -> float views, same shape
 SHUFFLE_BUFFER_BYTES = 64 << 20
 REFILL_PASSES = 2  # skip mode: extra reads of a rank's shards to make up for skipped samples
 
@@ -46,9 +53,10 @@ class Skipped:
 
 
 def read_shard(
-    url: str, expected: int, image_shape: tuple[int, int, int], skipped: list[Skipped] | None = None
-) -> Iterator[tuple[np.ndarray, ...]]:
-    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of one shard.
+    url: str, expected: int, image_shape: tuple[int, ...], skipped: list[Skipped] | None = None
+) -> Iterator[Group]:
+    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of one shard; for photo shards
+    (``image_shape == (3,)``) ``images`` is ``(1,)`` object, the file's bytes.
 
     A shard that cannot be read, a sample that cannot be decoded (bad image bytes, a missing label) or a count
     other than the manifest's raises :class:`ShardError` naming the shard and the sample key. With a ``skipped``
@@ -60,7 +68,7 @@ def read_shard(
         for sample in tarfile_samples([{"url": url}]):
             key = sample.get("__key__", "?")
             try:
-                group = decode_group(sample, image_shape)
+                group = photo_group(sample) if len(image_shape) == 1 else decode_group(sample, image_shape)
             except Exception as exn:  # noqa: BLE001 - PIL, numpy and int() raise many types; all mean a bad sample
                 if skipped is None:
                     raise ShardError(
@@ -137,17 +145,44 @@ def _drain(skipped: list[Skipped] | None) -> Iterator[Skipped]:
         yield skipped.pop(0)
 
 
+def _rows(images: Images) -> int:
+    return len(images.lengths) if isinstance(images, EncodedImages) else len(images)
+
+
+def _concat(batches: Sequence[Batch]) -> Batch:
+    """One batch of ``batches`` (undecoded photos are re-padded to the longest file)."""
+    first, columns = batches[0][0], list(zip(*batches))
+    if isinstance(first, EncodedImages):
+        width = max(e.data.shape[1] for e in columns[0])
+        data = torch.cat([torch.nn.functional.pad(e.data, (0, width - e.data.shape[1])) for e in columns[0]])
+        images: Images = EncodedImages(data, torch.cat([e.lengths for e in columns[0]]))
+    else:
+        images = torch.cat(columns[0])
+    return images, *(torch.cat(column) for column in columns[1:])
+
+
+def _take(batch: Batch, rows: slice) -> Batch:
+    images = batch[0]
+    if isinstance(images, EncodedImages):
+        return EncodedImages(images.data[rows], images.lengths[rows]), *(t[rows] for t in batch[1:])
+    return tuple(t[rows] for t in batch)
+
+
 class ShardStream(IterableDataset):
-    """Batches ``(images uint8 (b, C, H, W), labels int64 (b,), indices int64 (b,))`` of one rank for one epoch;
-    ``b == batch_size`` except for the last batch of each DataLoader worker. Images use channels-last strides."""
+    """Batches ``(images, labels int64 (b,), indices int64 (b,))`` of one rank for one epoch; ``b == batch_size``
+    except for the last batch of each DataLoader worker. Images are uint8 ``(b, C, H, W)`` (channels-last
+    strides) for arrays; for photos ``(b, count, 3, size, size)`` random views, ``(b, 3, size, size)`` center
+    crops, or :class:`EncodedImages` when ``views`` is ``None``.
+    ``transform`` (optional) makes the views of photo crops in the worker: float ``(b, count, 3, size, size)``."""
 
     def __init__(
-        self, urls: Sequence[str], counts: Sequence[int], image_shape: tuple[int, int, int], *, batch_size: int,
+        self, urls: Sequence[str], counts: Sequence[int], image_shape: tuple[int, ...], *, batch_size: int,
         rank: int, world_size: int, mode: str, epoch: int, seed: int, shuffle: bool, shuffle_buffer: int,
         kept_counts: Sequence[int], exclude_classes: Sequence[int], skip_bad_samples: bool = False, refill: int = 0,
+        views: PhotoViews | None = None, transform: Transform | None = None,
     ) -> None:
         super().__init__()
-        self.skip_bad_samples, self.refill = skip_bad_samples, refill
+        self.skip_bad_samples, self.refill, self.views, self.transform = skip_bad_samples, refill, views, transform
         self.urls, self.counts, self.image_shape = list(urls), list(counts), image_shape
         self.kept_counts, self.exclude_classes = list(kept_counts), np.asarray(exclude_classes, dtype=np.int64)
         self.batch_size, self.rank, self.world_size, self.mode = batch_size, rank, world_size, mode
@@ -173,17 +208,54 @@ class ShardStream(IterableDataset):
         )
         if len(self.exclude_classes):
             groups = (tuple(a[~np.isin(group[1], self.exclude_classes)] for a in group) for group in groups)
+        crops = np.random.default_rng([self.seed, self.epoch, self.rank, worker, *refill, 2])
         try:
             for images, labels, indices in shuffled_batches(groups, self.batch_size, self.shuffle_buffer, rng):
                 yield from _drain(skipped)
-                yield torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), torch.from_numpy(indices)
+                if len(self.image_shape) == 1:
+                    yield from self._photos(images, labels, indices, crops)
+                else:
+                    images = torch.from_numpy(images).permute(0, 3, 1, 2)
+                    yield images, torch.from_numpy(labels), torch.from_numpy(indices)
             yield from _drain(skipped)
         except SslpipeError as exn:
             yield _WorkerFailure(str(exn))
 
+    def _photos(
+        self, blobs: np.ndarray, labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator
+    ) -> Iterator[Batch | Skipped]:
+        """A batch of photos as crops (dropping, in skip mode, photos that cannot be decoded) or as bytes."""
+        labels, indices = torch.from_numpy(labels), torch.from_numpy(indices)
+        if self.views is None:
+            yield EncodedImages.pack(blobs), labels, indices
+            return
+        tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+        keep = list(range(len(tensors)))
+        while True:
+            try:
+                crops = photo_views([tensors[i] for i in keep], self.views, rng, torch.device("cpu"))
+                break
+            except UndecodablePhoto as exn:
+                bad = keep[exn.position]
+                reason = f"photo {int(indices[bad])} cannot be decoded ({exn.reason})"
+                if not self.skip_bad_samples:
+                    raise ShardError(f"{reason}; re-create the shards with `sslpipe shard`, or set "
+                                     "data.skip_bad_samples=true to skip and count bad samples") from None
+                keep.remove(bad)
+                yield Skipped(1, reason)
+        if self.transform is not None:
+            crops = self.transform(crops)
+        crops = crops if self.views.random else crops[:, 0]
+        yield crops, labels[keep], indices[keep]
+
 
 class ShardLoader:
-    """One rank's epoch of batches ``(images uint8 (B, C, H, W), labels (B,), indices (B,))`` from a shard folder.
+    """One rank's epoch of batches ``(images, labels (B,), indices (B,))`` from a shard folder: images uint8
+    ``(B, C, H, W)``; for photo shards crops of ``views`` (see :class:`ShardStream`; labels ``-1`` when unlabeled),
+    or undecoded :class:`EncodedImages` with ``decode_on_device`` (the training process decodes them on its GPU).
+    A ``transform`` (CPU training: the augmentation) turns each batch of photo crops into its views in the loader
+    processes, which then yield them as float ``(B, count, 3, S, S)``; its random numbers come from torch's
+    generator, which the DataLoader seeds for each worker from the training process's.
 
     ``location`` is a shard folder or URL prefix holding ``manifest.json``; ``url_template`` (e.g.
     ``"pipe:aws s3 cp s3://bucket/shards/{name} -"``) overrides how shard names become URLs. Every rank yields
@@ -214,8 +286,14 @@ class ShardLoader:
         manifest: Manifest | None = None,
         exclude_classes: Sequence[int] = (),
         skip_bad_samples: bool = False,
+        views: PhotoViews | None = None,
+        decode_on_device: bool = False,
+        transform: Transform | None = None,
     ) -> None:
         self.manifest = manifest or read_manifest(location)
+        if self.manifest.photos and views is None:
+            raise ConfigError(f"{location} holds photos: give the size to crop them to (data.image_size)")
+        self.views = views if self.manifest.photos else None
         info = self.manifest.split(split)
         classes = self.manifest.class_names
         for label in exclude_classes:
@@ -234,10 +312,16 @@ class ShardLoader:
         self.world_size = detected[1] if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
-        channels, height, width = self.manifest.image_shape
-        self.image_shape = (height, width, channels)
+        if self.manifest.photos:
+            self.image_shape: tuple[int, ...] = (3,)
+            image_bytes = self.manifest.image_sizes["mean_bytes"]
+        else:
+            channels, height, width = self.manifest.image_shape
+            self.image_shape, image_bytes = (height, width, channels), channels * height * width
         self.batch_size, self.mode, self.shuffle, self.seed, self.drop_last = batch_size, mode, shuffle, seed, drop_last
-        self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, SHUFFLE_BUFFER_BYTES // (channels * height * width)))
+        self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, SHUFFLE_BUFFER_BYTES // image_bytes))
+        self.decode_on_device = decode_on_device and self.manifest.photos
+        self.transform = transform if self.manifest.photos and not self.decode_on_device else None
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.location, self.split, self.epoch = str(location), split, 0
         self.skip_bad_samples, self.skipped = skip_bad_samples, 0  # skipped: bad samples of the last epoch read
@@ -264,6 +348,7 @@ class ShardLoader:
             world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
             shuffle_buffer=self.shuffle_buffer, kept_counts=self.kept_counts, exclude_classes=self.exclude_classes,
             skip_bad_samples=self.skip_bad_samples, refill=refill,
+            views=None if self.decode_on_device else self.views, transform=self.transform,
         )
         yield from DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -311,26 +396,27 @@ class ShardLoader:
                 continue
             if emitted == limit:
                 continue
-            if len(item[0]) < self.batch_size:
+            if _rows(item[0]) < self.batch_size:
                 carry.append(item)
-                if sum(len(c[0]) for c in carry) < self.batch_size:
+                if sum(_rows(c[0]) for c in carry) < self.batch_size:
                     continue
-                merged = [torch.cat(column) for column in zip(*carry)]
-                item = tuple(t[: self.batch_size] for t in merged)
-                carry = [tuple(t[self.batch_size :] for t in merged)] if len(merged[0]) > self.batch_size else []
+                merged = _concat(carry)
+                item = _take(merged, slice(None, self.batch_size))
+                carry = [_take(merged, slice(self.batch_size, None))] if _rows(merged[0]) > self.batch_size else []
             emitted += 1
             yield item
             if emitted == limit and not drain:
                 return
         if carry and not self.drop_last and emitted < limit:
-            yield tuple(torch.cat(column) for column in zip(*carry))
+            yield _concat(carry)
 
 
 def evaluation_loader(
-    location: str | Path, split: str, batch_size: int, *, url_template: str | None = None,
-    skip_bad_samples: bool = False, num_workers: int = 1,
+    location: str | Path, split: str, batch_size: int, *, image_size: int | None = None,
+    url_template: str | None = None, skip_bad_samples: bool = False, num_workers: int = 1,
 ) -> ShardLoader:
     """Evaluation's loader: every (readable) sample of ``split`` once, in shard order, in this process alone,
-    the last batch partial."""
+    the last batch partial; photos are center crops of ``image_size``."""
+    views = PhotoViews(image_size) if image_size else None
     return ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=num_workers, shuffle=False,
-                       drop_last=False, url_template=url_template, skip_bad_samples=skip_bad_samples)
+                       drop_last=False, url_template=url_template, skip_bad_samples=skip_bad_samples, views=views)

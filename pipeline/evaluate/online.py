@@ -25,15 +25,17 @@ class OnlineKnn:
     configured, it reads its images (kept in memory as uint8) where it first runs, on rank 0."""
 
     def __init__(self, location: str, bank_size: int, k: int, temperature: float,
-                 url_template: str | None = None, skip_bad_samples: bool = False) -> None:
+                 url_template: str | None = None, skip_bad_samples: bool = False,
+                 image_size: int | None = None) -> None:
         self.location, self.requested, self.k, self.temperature = location, bank_size, k, temperature
-        self.url_template, self.skip_bad_samples = url_template, skip_bad_samples
+        self.url_template, self.skip_bad_samples, self.image_size = url_template, skip_bad_samples, image_size
 
     @functools.cached_property
     def _slice(self) -> tuple[torch.Tensor, np.ndarray]:
         total = self.requested + self.requested // QUERY_FRACTION
-        loader = evaluation_loader(self.location, "train", CHUNK, url_template=self.url_template,
-                                   skip_bad_samples=self.skip_bad_samples, num_workers=0)
+        loader = evaluation_loader(self.location, "train", CHUNK, image_size=self.image_size,
+                                   url_template=self.url_template, skip_bad_samples=self.skip_bad_samples,
+                                   num_workers=0)
         batches = list(itertools.islice(loader, -(-total // CHUNK)))
         return torch.cat([b[0] for b in batches])[:total], torch.cat([b[1] for b in batches])[:total].numpy()
 

@@ -44,11 +44,11 @@ class Reconstructions:
 @torch.no_grad()
 def reconstruct_split(
     method: Reconstructs, location: str, batch_size: int, device: torch.device, url_template: str | None = None,
-    skip_bad_samples: bool = False,
+    skip_bad_samples: bool = False, image_size: int | None = None,
 ) -> Reconstructions:
     """Run ``method.reconstruct`` (and, for a :class:`Generative` method, its ``elbo_terms``) over the test split,
     in order, seeded."""
-    loader = evaluation_loader(location, "test", batch_size, url_template=url_template,
+    loader = evaluation_loader(location, "test", batch_size, image_size=image_size, url_template=url_template,
                                skip_bad_samples=skip_bad_samples)
     method.eval().to(device)
     generative = isinstance(method, Generative)

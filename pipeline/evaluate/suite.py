@@ -11,7 +11,7 @@ from torch import nn
 
 from augment import save_image_grid
 from pipeline.config import JobConfig
-from pipeline.data.manifest import Manifest
+from pipeline.data.manifest import Manifest, read_manifest
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.generation import interpolations, prior_samples
@@ -35,12 +35,13 @@ def evaluate_method(
     encoder, spec = method.encoder, method.spec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     options = dict(batch_size=config.eval.batch_size, device=device, url_template=config.data.url_template,
-                   skip_bad_samples=config.data.skip_bad_samples)
-    classes = list(manifest.class_names)
+                   skip_bad_samples=config.data.skip_bad_samples, image_size=config.data.crop_size)
+    location = config.evaluation_shards
+    classes = list((read_manifest(location) if config.eval.shards else manifest).class_names)
 
     def features(model: nn.Module | None):
-        train = extract_features(model, config.data.shards, "train", **options)
-        test = extract_features(model, config.data.shards, "test", **options)
+        train = extract_features(model, location, "train", **options)
+        test = extract_features(model, location, "test", **options)
         return train, test
 
     (train_x, train_y), (test_x, test_y) = features(encoder)
@@ -69,8 +70,8 @@ def evaluate_method(
             train_x, train_y, test_x, test_y, config.eval.probe_max_iter
         ).accuracy
     if reconstructs:
-        result = reconstruct_split(method, config.data.shards, config.eval.batch_size, device, config.data.url_template,
-                                   config.data.skip_bad_samples)
+        result = reconstruct_split(method, location, config.eval.batch_size, device, config.data.url_template,
+                                   config.data.skip_bad_samples, config.data.crop_size)
         seen = ~np.isin(pixels_train_y, config.data.exclude_classes)  # PCA fits what the method trained on
         pca_errors = pca_reconstruction_errors(pixels_train[seen], pixels_test, spec.bottleneck)
         metrics |= result.metrics | {"pca_recon_mse": float(pca_errors.mean())}

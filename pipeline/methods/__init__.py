@@ -22,9 +22,12 @@ def build_method(method_options: MethodOptions, spec: EncoderSpec, model: ModelC
     return METHODS[method_options.name](method_options, spec, model)
 
 
-def trained_method(method_options: MethodOptions, model: ModelConfig, manifest: Manifest, state: dict) -> Method:
-    """The method of ``method_options`` for the images of ``manifest``, with the weights of checkpoint ``state``."""
-    method = build_method(method_options, encoder_spec(model, manifest), model)
+def trained_method(
+    method_options: MethodOptions, model: ModelConfig, manifest: Manifest, state: dict, photo_size: int | None = None
+) -> Method:
+    """The method of ``method_options`` for the images of ``manifest`` (photos cropped to ``photo_size``), with
+    the weights of checkpoint ``state``."""
+    method = build_method(method_options, encoder_spec(model, manifest, photo_size), model)
     method.load_state_dict(state["model"])
     return method
 

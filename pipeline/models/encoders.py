@@ -45,13 +45,18 @@ class EncoderSpec:
         return cls(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
 
 
-def encoder_spec(model: ModelConfig, manifest: Manifest) -> EncoderSpec:
-    """The spec of ``model``'s encoder for the (square) images of ``manifest``, normalised with their channel
-    statistics."""
-    channels, height, _ = manifest.image_shape
+def encoder_spec(model: ModelConfig, manifest: Manifest, photo_size: int | None = None) -> EncoderSpec:
+    """The spec of ``model``'s encoder for the (square) images of ``manifest``, or its photos cropped to
+    ``photo_size``, normalised with their channel statistics."""
+    if manifest.photos:
+        if photo_size is None:
+            raise ConfigError("photo shards need the size to crop them to (data.image_size)")
+        size = photo_size
+    else:
+        size = manifest.image_shape[1]
     return EncoderSpec(
-        arch=model.encoder, channels=channels, image_size=height, mean=manifest.channel_mean, std=manifest.channel_std,
-        width=model.width, embed_dim=model.embed_dim, cifar_stem=model.cifar_stem,
+        arch=model.encoder, channels=manifest.channels, image_size=size, mean=manifest.channel_mean,
+        std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim, cifar_stem=model.cifar_stem,
     )
 
 

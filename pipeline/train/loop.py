@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from augment import ViewAugmenter
 from pipeline.config import JobConfig
-from pipeline.data import ShardLoader
+from pipeline.data import ShardLoader, read_manifest
 from pipeline.distributed import gather_objects, mean_across_ranks, sum_across_ranks, world
 from pipeline.errors import SslpipeError
-from pipeline.methods import build_method
+from pipeline.methods import METHODS, build_method
 from pipeline.models import encoder_spec
 from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
 from pipeline.train.checkpoint import CHECKPOINT_FILE, restore_state, rng_state, save_checkpoint, set_rng_state
+from pipeline.train.views import TrainingViews
 
 log = logging.getLogger(__name__)
 WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
@@ -75,20 +75,20 @@ def train_worker(payload: dict) -> None:
     torch.set_num_threads(config.train.cpus_per_worker)
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank (BYOL's target included)
 
+    manifest = read_manifest(config.data.shards)
+    views = TrainingViews(config, manifest, METHODS[config.method.name].num_views, device, rank)
     loader = ShardLoader(
         config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
         mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
         pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes,
-        skip_bad_samples=config.data.skip_bad_samples,
+        skip_bad_samples=config.data.skip_bad_samples, manifest=manifest, **views.loader_options(),
     )
-    spec = encoder_spec(config.model, loader.manifest)
+    spec = encoder_spec(config.model, manifest, config.data.crop_size)
     method = build_method(config.method, spec, config.model).to(memory_format=torch.channels_last)
     torch.manual_seed(config.train.seed + 1 + rank)
     if config.train.sync_batchnorm and world_size > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     model = ray.train.torch.prepare_model(method)  # moves to device, wraps in DDP when world_size > 1
-    augmenter = ViewAugmenter(config.augment.preset, spec.image_size, spec.channels, method.num_views,
-                              seed=config.train.seed * 1000 + rank)
     optimizer = build_optimizer(method, config.optim, config.data.batch_size * world_size)
     per_epoch = steps_in(loader, config.train.epochs, config.train.max_steps_per_epoch)
     total_steps = sum(per_epoch)
@@ -104,7 +104,7 @@ def train_worker(payload: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
-        augmenter.calls = step  # continue the augmentation stream instead of replaying it
+        views.augmenter.calls = step  # continue the augmentation stream instead of replaying it
         saved = state.get("rng", [])  # (none in checkpoints of sslpipe 0.1)
         if len(saved) == world_size:
             set_rng_state(saved[rank], device)
@@ -119,8 +119,9 @@ def train_worker(payload: dict) -> None:
         model.train()
         started, loss_sum, images_seen = time.perf_counter(), 0.0, 0
         capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
-        for images, _, _ in itertools.islice(loader, per_epoch[epoch]) if capped else loader:
-            value = train_step(model, optimizer, augmenter(images.to(device, non_blocking=True)), autocast)
+        views.set_epoch(epoch)
+        for images, labels, _ in itertools.islice(loader, per_epoch[epoch]) if capped else loader:
+            value = train_step(model, optimizer, views(images), autocast)
             if not math.isfinite(value):  # the epoch's checkpoint is never written
                 raise NonFiniteLoss(
                     f"loss is {value} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
@@ -130,7 +131,7 @@ def train_worker(payload: dict) -> None:
             step += 1
             method.after_step(step, total_steps)
             loss_sum += value
-            images_seen += len(images)
+            images_seen += len(labels)
         elapsed = time.perf_counter() - started
         epoch_images, skipped = sum_across_ranks(torch.tensor([images_seen, loader.skipped], device=device)).tolist()
         metrics = {

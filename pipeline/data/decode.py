@@ -1,0 +1,135 @@
+"""Photo bytes -> uint8 image crops, on the device that trains: CUDA decodes a whole batch at once (nvJPEG, via
+``torchvision.io.decode_jpeg(device="cuda")``); on CPUs loader workers decode one photo at a time with
+libjpeg-turbo (``torchvision.io``: 1.6x PIL's decode and within 10% of simplejpeg on 256-1024 px photos,
+``benchmarks/photos.py``), so a batch of full-size photos never sits in memory.
+
+Every photo gives ``count`` crops resized to ``size`` (bilinear, antialiased): random-resized crops for training
+(:func:`random_boxes`, torchvision's ``RandomResizedCrop`` sampling) or the usual evaluation crop
+(:func:`center_boxes`: resize the short side to ``size / 0.875``, keep the central ``size`` square). Boxes are
+``(top, left, height, width)`` in pixels of the decoded photo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torchvision.io as tio
+import torchvision.transforms.v2.functional as TF
+
+CENTER_FRACTION = 0.875  # 224 / 256
+JPEG_MAGIC = b"\xff\xd8"
+ATTEMPTS = 10
+
+
+class UndecodablePhoto(ValueError):
+    """Photo ``position`` of a batch cannot be decoded, for ``reason``."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        super().__init__(f"photo {position} of the batch cannot be decoded ({reason})")
+        self.position, self.reason = position, reason
+
+
+@dataclass(frozen=True)
+class PhotoViews:
+    """How a photo becomes training or evaluation input: ``count`` crops of ``size`` px; ``random``:
+    random-resized crops of ``scale`` (fraction of the area) and ``ratio`` (width / height), else one center crop."""
+
+    size: int
+    count: int = 1
+    random: bool = False
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+class EncodedImages(NamedTuple):
+    """A batch of undecoded photos: ``data`` uint8 ``(B, L)``, each row a file's bytes zero-padded to the
+    longest, and ``lengths`` int64 ``(B,)``."""
+
+    data: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def pack(cls, blobs: Sequence[bytes]) -> EncodedImages:
+        lengths = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
+        data = torch.zeros((len(blobs), int(lengths.max()) if len(blobs) else 0), dtype=torch.uint8)
+        for row, blob in enumerate(blobs):
+            data[row, : len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        return cls(data, lengths)
+
+    def blobs(self) -> list[torch.Tensor]:
+        """Each photo's bytes, uint8 ``(L_i,)`` views of ``data``."""
+        return [row[:length] for row, length in zip(self.data, self.lengths.tolist())]
+
+
+def random_boxes(
+    sizes: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """Random-resized-crop boxes int64 ``(n, 4)`` for images of ``sizes`` ``(n, 2)`` (height, width): an area of
+    ``scale`` times the image's and an aspect ratio log-uniform in ``ratio``, up to 10 tries per image; images
+    where every try fails get the largest central box whose ratio is within ``ratio``."""
+    heights, widths = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
+    n = len(sizes)
+    box_h, box_w, found = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
+    for _ in range(ATTEMPTS):
+        area = heights * widths * rng.uniform(scale[0], scale[1], n)
+        aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), n))
+        w, h = np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
+        ok = ~found & (w > 0) & (h > 0) & (w <= widths) & (h <= heights)
+        box_h[ok], box_w[ok] = h[ok], w[ok]
+        found |= ok
+    aspect = widths / heights
+    fallback_w = np.where(aspect < ratio[0], widths, np.where(aspect > ratio[1], np.round(heights * ratio[1]), widths))
+    fallback_h = np.where(aspect < ratio[0], np.round(widths / ratio[0]), heights)
+    box_h[~found], box_w[~found] = fallback_h[~found], fallback_w[~found]
+    top = np.floor(rng.random(n) * (heights - box_h + 1)).astype(np.int64)
+    left = np.floor(rng.random(n) * (widths - box_w + 1)).astype(np.int64)
+    return np.stack([top, left, box_h, box_w], axis=1)
+
+
+def center_boxes(sizes: np.ndarray, fraction: float = CENTER_FRACTION) -> np.ndarray:
+    """Central square boxes int64 ``(n, 4)`` of side ``fraction`` times each image's short side."""
+    side = np.maximum(1, np.round(sizes.min(axis=1) * fraction)).astype(np.int64)
+    return np.stack([(sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2, side, side], axis=1)
+
+
+def _decode_cpu(blob: torch.Tensor) -> torch.Tensor:
+    if bytes(blob[:2]) == JPEG_MAGIC:
+        return tio.decode_jpeg(blob, mode=tio.ImageReadMode.RGB)
+    return tio.decode_image(blob, mode=tio.ImageReadMode.RGB)
+
+
+def decode_images(blobs: Sequence[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    """uint8 ``(3, H_i, W_i)`` images of ``blobs`` (uint8 ``(L_i,)`` file bytes on the CPU) on ``device``: on
+    CUDA the batch's JPEGs are decoded together (other formats on the CPU); elsewhere one at a time, lazily."""
+    if device.type != "cuda":
+        yield from map(_decode_cpu, blobs)
+        return
+    jpeg = [i for i, blob in enumerate(blobs) if bytes(blob[:2]) == JPEG_MAGIC]
+    decoded = dict(zip(jpeg, tio.decode_jpeg([blobs[i] for i in jpeg], mode=tio.ImageReadMode.RGB, device=device)))
+    for i, blob in enumerate(blobs):
+        yield decoded[i] if i in decoded else _decode_cpu(blob).to(device, non_blocking=True)
+
+
+def photo_views(
+    blobs: Sequence[torch.Tensor], views: PhotoViews, rng: np.random.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """uint8 ``(B, count, 3, size, size)`` crops of the photos ``blobs`` on ``device`` (``rng`` draws the
+    random boxes; center crops need none). A photo that cannot be decoded raises :class:`UndecodablePhoto`."""
+    out = torch.empty((len(blobs), views.count, 3, views.size, views.size), dtype=torch.uint8, device=device)
+    images = decode_images(blobs, device)
+    for i in range(len(blobs)):
+        try:
+            image = next(images)
+        except RuntimeError as exn:
+            raise UndecodablePhoto(i, str(exn).splitlines()[0]) from None
+        sizes = np.tile(image.shape[1:], (views.count, 1))
+        boxes = random_boxes(sizes, rng, views.scale, views.ratio) if views.random else center_boxes(sizes)
+        for v, (top, left, height, width) in enumerate(boxes.tolist()):
+            out[i, v] = TF.resized_crop(image, top, left, height, width, [views.size, views.size], antialias=True)
+    return out

@@ -1,0 +1,50 @@
+"""Where a training batch becomes its views, by data layout and device.
+
+* Arrays: the loader yields uint8 images; the training process augments them on its device (crop included).
+* Photos on a GPU: the loader yields undecoded bytes; the training process decodes the batch on the GPU (nvJPEG),
+  cuts the random-resized crops there and augments them.
+* Photos on CPUs: the loader processes decode, crop and augment (the training process's cores are busy with the
+  model; two loader processes made views 2x as fast as one training process augmenting, ``benchmarks/photos.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from augment import ViewAugmenter
+from pipeline.config import JobConfig
+from pipeline.data.decode import EncodedImages, photo_views
+from pipeline.data.manifest import Manifest
+
+
+class TrainingViews:
+    """``views = training_views(batch_images, epoch)``: ``num_views`` float ``(B, C, S, S)`` tensors on ``device``
+    for one loader batch; :meth:`loader_options` are what the :class:`~pipeline.data.ShardLoader` needs for it.
+    Random streams: the device-side augmenter is seeded per rank (``augmenter.calls`` continues it after a resume);
+    GPU crops per ``(seed, epoch, rank)``; loader-side augmentation from the DataLoader's per-worker seeds."""
+
+    def __init__(self, config: JobConfig, manifest: Manifest, num_views: int, device: torch.device, rank: int) -> None:
+        self.photos, self.device, self.rank, self.seed = manifest.photos, device, rank, config.train.seed
+        size = config.data.crop_size if manifest.photos else manifest.image_shape[1]
+        self.crops = config.data.training_views(num_views)
+        self.in_loader = manifest.photos and device.type != "cuda"
+        preset, channels = config.augment.preset, manifest.channels
+        self.augmenter = ViewAugmenter(preset, size, channels, num_views, seed=self.seed * 1000 + rank,
+                                       crop=not manifest.photos)
+        self.loader_augmenter = ViewAugmenter(preset, size, channels, num_views, crop=False) if self.in_loader else None
+        self.rng = np.random.default_rng([self.seed, 0, rank, 3])
+
+    def loader_options(self) -> dict:
+        transform = self.loader_augmenter.stacked if self.loader_augmenter else None
+        return {"views": self.crops, "decode_on_device": self.device.type == "cuda", "transform": transform}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.rng = np.random.default_rng([self.seed, epoch, self.rank, 3])
+
+    def __call__(self, images: torch.Tensor | EncodedImages) -> list[torch.Tensor]:
+        if self.in_loader:
+            return list(images.to(self.device).unbind(1))
+        if isinstance(images, EncodedImages):
+            images = photo_views(images.blobs(), self.crops, self.rng, self.device)
+        return self.augmenter(images.to(self.device, non_blocking=True))
