@@ -117,6 +117,9 @@ def test_photos_pretrain_on_unlabeled_shards_and_evaluate_on_labeled_ones(
     assert run.info.status == "FINISHED" and run.data.params["eval.shards"] == str(labeled_photo_shards)
     assert run.data.params["model.encoder"] == "resnet18" and run.data.params["data.image_size"] == "64"
     assert summary.train_metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
+    per_rank = [summary.train_metrics[f"images_per_s_rank_{r}"] for r in range(2)]
+    assert min(per_rank) > 0 and abs(sum(per_rank) / summary.train_metrics["images_per_s"] - 1) < 0.25
+    assert 0.0 <= run.data.metrics["data_wait_fraction"] < 1.0 and "images_per_s_rank_1" in run.data.metrics
     # 8 photographs to tell apart from 64 px center crops of 256-640 px pieces: far above chance (0.125)
     assert run.data.metrics["probe_accuracy"] > 0.5 and run.data.metrics["knn_accuracy"] > 0.3
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}

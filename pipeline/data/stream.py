@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ Batch = tuple[Images, torch.Tensor, torch.Tensor]
 Group = tuple[np.ndarray, np.ndarray, np.ndarray]
 Transform = Callable[[torch.Tensor], torch.Tensor]  # uint8 (b, count, 3, S, S) crops -> float views, same shape
 SHUFFLE_BUFFER_BYTES = 64 << 20
+SHARED_MEMORY = "/dev/shm"
 REFILL_PASSES = 2  # skip mode: extra reads of a rank's shards to make up for skipped samples
 
 
@@ -322,6 +324,7 @@ class ShardLoader:
         self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, SHUFFLE_BUFFER_BYTES // image_bytes))
         self.decode_on_device = decode_on_device and self.manifest.photos
         self.transform = transform if self.manifest.photos and not self.decode_on_device else None
+        self.shared_memory_checked = False
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.location, self.split, self.epoch = str(location), split, 0
         self.skip_bad_samples, self.skipped = skip_bad_samples, 0  # skipped: bad samples of the last epoch read
@@ -340,9 +343,36 @@ class ShardLoader:
             self.drop_last, self.rank,
         )
 
+    def batch_bytes(self) -> int:
+        """About how many bytes one batch takes as the loader processes hand it over."""
+        if not self.manifest.photos:
+            return self.batch_size * int(np.prod(self.image_shape))
+        if self.decode_on_device:
+            return self.batch_size * 2 * self.manifest.image_sizes["mean_bytes"]  # rows padded to the longest
+        pixels = self.batch_size * self.views.count * 3 * self.views.size**2
+        return pixels * (4 if self.transform is not None else 1)
+
+    def check_shared_memory(self, shm: str = SHARED_MEMORY) -> None:
+        """Loader processes hand batches over through ``shm``; in a container it is often 64 MiB, and running out
+        there kills a worker with a bus error. Refuse to start when the batches in flight would not fit."""
+        if not self.num_workers or not Path(shm).is_dir():
+            return
+        needed = self.batch_bytes() * self.num_workers * (self.prefetch_factor + 1)
+        free = shutil.disk_usage(shm).free
+        if needed > free:
+            raise ConfigError(
+                f"{shm} has {free >> 20} MiB free, but {self.num_workers} loader processes x {self.prefetch_factor + 1} "
+                f"batches of {self.batch_bytes() >> 20} MiB need {needed >> 20} MiB: give the container more shared "
+                "memory (docker run --shm-size=8g, or a memory-backed /dev/shm volume in Kubernetes) or lower "
+                "data.num_workers or data.batch_size"
+            )
+
     def _items(self, refill: int) -> Iterator[Batch | Skipped | _WorkerFailure]:
         """The DataLoader's items; closing this generator stops its workers at once (left to the garbage
         collector, their shutdown can wait out a 5 s timeout per worker)."""
+        if not self.shared_memory_checked:
+            self.check_shared_memory()
+            self.shared_memory_checked = True
         stream = ShardStream(
             self.urls, self.counts, self.image_shape, batch_size=self.batch_size, rank=self.rank,
             world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,

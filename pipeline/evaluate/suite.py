@@ -3,6 +3,9 @@ reconstruction (and anomaly detection) against PCA for methods that reconstruct.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,16 @@ from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_e
 from pipeline.methods import Method
 from pipeline.methods.capabilities import Generative, Reconstructs
 from pipeline.models import build_encoder
+from pipeline.train.progress import duration
+
+
+@contextlib.contextmanager
+def phase(what: str) -> Iterator[None]:
+    """Print ``evaluation: what`` and, when it ends, how long it took (evaluation can run for minutes)."""
+    started = time.perf_counter()
+    print(f"evaluation: {what} ...", flush=True)
+    yield
+    print(f"evaluation: {what} done in {duration(time.perf_counter() - started)}", flush=True)
 
 
 def evaluate_method(
@@ -39,17 +52,20 @@ def evaluate_method(
     location = config.evaluation_shards
     classes = list((read_manifest(location) if config.eval.shards else manifest).class_names)
 
-    def features(model: nn.Module | None):
-        train = extract_features(model, location, "train", **options)
-        test = extract_features(model, location, "test", **options)
+    def features(model: nn.Module | None, what: str):
+        with phase(f"features of {location} ({what})"):
+            train = extract_features(model, location, "train", **options)
+            test = extract_features(model, location, "test", **options)
         return train, test
 
-    (train_x, train_y), (test_x, test_y) = features(encoder)
-    probe = linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter)
-    metrics = {
-        "probe_accuracy": probe.accuracy,
-        "knn_accuracy": knn_accuracy(train_x, train_y, test_x, test_y, config.eval.knn_k, config.eval.knn_temperature),
-    }
+    (train_x, train_y), (test_x, test_y) = features(encoder, "the encoder")
+    with phase(f"linear probe and kNN on {len(train_x):,} + {len(test_x):,} images"):
+        probe = linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter)
+        metrics = {
+            "probe_accuracy": probe.accuracy,
+            "knn_accuracy": knn_accuracy(train_x, train_y, test_x, test_y, config.eval.knn_k,
+                                         config.eval.knn_temperature),
+        }
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [
         confusion_png(probe.confusion, classes, out_dir / "probe_confusion.png",
@@ -59,19 +75,22 @@ def evaluate_method(
     ]
     reconstructs = isinstance(method, Reconstructs)
     if config.eval.baselines or reconstructs:
-        (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None)
+        (pixels_train, pixels_train_y), (pixels_test, pixels_test_y) = features(None, "raw pixels")
     if config.eval.baselines:
-        metrics["baseline_pixels_probe_accuracy"] = linear_probe(
-            pixels_train, pixels_train_y, pixels_test, pixels_test_y, config.eval.probe_max_iter
-        ).accuracy
+        with phase("baseline: linear probe of raw pixels"):
+            metrics["baseline_pixels_probe_accuracy"] = linear_probe(
+                pixels_train, pixels_train_y, pixels_test, pixels_test_y, config.eval.probe_max_iter
+            ).accuracy
         torch.manual_seed(config.train.seed)
-        (train_x, train_y), (test_x, test_y) = features(build_encoder(spec)[0])
-        metrics["baseline_random_encoder_probe_accuracy"] = linear_probe(
-            train_x, train_y, test_x, test_y, config.eval.probe_max_iter
-        ).accuracy
+        (train_x, train_y), (test_x, test_y) = features(build_encoder(spec)[0], "a randomly initialised encoder")
+        with phase("baseline: linear probe of the random encoder"):
+            metrics["baseline_random_encoder_probe_accuracy"] = linear_probe(
+                train_x, train_y, test_x, test_y, config.eval.probe_max_iter
+            ).accuracy
     if reconstructs:
-        result = reconstruct_split(method, location, config.eval.batch_size, device, config.data.url_template,
-                                   config.data.skip_bad_samples, config.data.crop_size)
+        with phase("reconstructions of the test split"):
+            result = reconstruct_split(method, location, config.eval.batch_size, device, config.data.url_template,
+                                       config.data.skip_bad_samples, config.data.crop_size)
         seen = ~np.isin(pixels_train_y, config.data.exclude_classes)  # PCA fits what the method trained on
         pca_errors = pca_reconstruction_errors(pixels_train[seen], pixels_test, spec.bottleneck)
         metrics |= result.metrics | {"pca_recon_mse": float(pca_errors.mean())}

@@ -7,24 +7,30 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pipeline.losses.precision import in_float32
 
+
+@in_float32
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, I))`` per latent dimension, ``(B, k)``:
     ``0.5 (mu^2 + exp(logvar) - 1 - logvar)``."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
 
 
+@in_float32
 def bernoulli_nll(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``-log p(x | z)`` for pixels in [0, 1] under independent Bernoullis, summed over pixels: ``(B,)``."""
     return F.binary_cross_entropy(probs, x, reduction="none").flatten(1).sum(1)
 
 
+@in_float32
 def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, std: float) -> torch.Tensor:
     """``-log N(x; mean, std^2 I)`` summed over pixels: ``(B,)``."""
     squared = ((x - mean) / std).pow(2).flatten(1)
     return 0.5 * squared.sum(1) + squared.shape[1] * (math.log(std) + 0.5 * math.log(2 * math.pi))
 
 
+@in_float32
 def negative_elbo(nll: torch.Tensor, kl: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
     """``mean_b [nll_b + beta * sum_j kl_bj]`` from ``nll (B,)`` and ``kl (B, k)``. With ``free_bits`` (nats per
     dimension) a dimension's batch-mean KL below it costs ``free_bits``, so the encoder is not pushed to collapse

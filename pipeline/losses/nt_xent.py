@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.distributed import gather_with_grad, world
+from pipeline.losses.precision import in_float32
 
 
+@in_float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """Mean NT-Xent over the ``2B`` local embeddings ``z1, z2`` ``(B, D)`` (two views of the same ``B`` images).
 

@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.options import Encoder, ModelConfig
 
 ENCODERS = typing.get_args(Encoder)
+SMALL_STEM_MAX_SIZE = 64  # model.cifar_stem unset: the small-image stem up to this size, the ImageNet stem above
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ def encoder_spec(model: ModelConfig, manifest: Manifest, photo_size: int | None 
         size = photo_size
     else:
         size = manifest.image_shape[1]
+    small_stem = size <= SMALL_STEM_MAX_SIZE if model.cifar_stem is None else model.cifar_stem
     return EncoderSpec(
         arch=model.encoder, channels=manifest.channels, image_size=size, mean=manifest.channel_mean,
-        std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim, cifar_stem=model.cifar_stem,
+        std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim, cifar_stem=small_stem,
     )
 
 

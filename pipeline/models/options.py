@@ -17,6 +17,7 @@ class ModelConfig:
                                 "VAEs only"] = "small_cnn"
     width: Annotated[int, Gt(0), "small_cnn: channels of the first block"] = 24
     embed_dim: Annotated[int, Gt(0), "small_cnn: size of the representation"] = 256
-    cifar_stem: Annotated[bool, "resnets: 3x3 stem without max-pool, for 28-64 px images"] = True
+    cifar_stem: Annotated[bool | None, "resnets: 3x3 stem without max-pool (small images); unset: for images up "
+                                       "to 64 px, the ImageNet stem above"] = None
     head_hidden: Annotated[int, Gt(0), "hidden units of the projector (and predictor)"] = 512
     head_dim: Annotated[int, Gt(0), "output size of the projector (and predictor)"] = 128

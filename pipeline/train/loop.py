@@ -28,6 +28,7 @@ from pipeline.models import encoder_spec
 from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
 from pipeline.train.checkpoint import CHECKPOINT_FILE, restore_state, rng_state, save_checkpoint, set_rng_state
+from pipeline.train.progress import EpochClock, epoch_line, quiet_ray_train_reports
 from pipeline.train.views import TrainingViews
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,18 @@ def train_worker(payload: dict) -> None:
                         "restart from train.seed", len(saved), world_size)
     nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs (after a restart too)
     monitors = payload["monitors"] if rank == 0 else []
+    quiet_ray_train_reports()
+    run_started, run_first_step = time.perf_counter(), step
 
     for epoch in range(start_epoch, config.train.epochs):
         loader.set_epoch(epoch)
         model.train()
-        started, loss_sum, images_seen = time.perf_counter(), 0.0, 0
+        loss_sum = 0.0
+        clock = EpochClock(epoch, config.train.epochs, total_steps, run_started, run_first_step,
+                           show=log.info if rank == 0 else None)  # Ray Train's worker logging shows INFO
         capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
         views.set_epoch(epoch)
-        for images, labels, _ in itertools.islice(loader, per_epoch[epoch]) if capped else loader:
+        for images, labels, _ in clock.batches(itertools.islice(loader, per_epoch[epoch]) if capped else loader):
             value = train_step(model, optimizer, views(images), autocast)
             if not math.isfinite(value):  # the epoch's checkpoint is never written
                 raise NonFiniteLoss(
@@ -131,9 +136,10 @@ def train_worker(payload: dict) -> None:
             step += 1
             method.after_step(step, total_steps)
             loss_sum += value
-            images_seen += len(labels)
-        elapsed = time.perf_counter() - started
-        epoch_images, skipped = sum_across_ranks(torch.tensor([images_seen, loader.skipped], device=device)).tolist()
+            clock.step(len(labels), step)
+        elapsed = clock.elapsed
+        epoch_images, skipped = sum_across_ranks(torch.tensor([clock.images, loader.skipped], device=device)).tolist()
+        rates = gather_objects(clock.images_per_s)
         metrics = {
             "epoch": epoch,
             "step": step,
@@ -142,9 +148,14 @@ def train_worker(payload: dict) -> None:
             "lr": scheduler.get_last_lr()[0],
             "images": epoch_images,
             "images_per_s": epoch_images / elapsed,
+            **{f"images_per_s_rank_{r}": rate for r, rate in enumerate(rates)},
+            "data_wait_fraction": max(gather_objects(clock.wait_fraction)),  # the rank that waited most
             "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
             **method.epoch_metrics(sum_across_ranks),
         }
+        if rank == 0:
+            log.info(epoch_line(epoch, config.train.epochs, metrics["loss"], metrics["images_per_s"],
+                                metrics["data_wait_fraction"], elapsed))
         for monitor in monitors:  # on rank 0 only: it must not draw from the streams a resumed run restores
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 metrics |= monitor(method.encoder, device)

@@ -2,6 +2,7 @@
 
 import io
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -180,3 +181,19 @@ def test_augmenter_without_crop_makes_view_i_from_crop_i():
     dark, bright = ViewAugmenter("simclr", 16, 3, num_views=2, seed=0, crop=False)(crops)
     assert dark.shape == bright.shape == (4, 3, 16, 16)
     assert dark.mean() < 0.5 < bright.mean()
+
+
+def test_a_shared_memory_too_small_for_the_batches_in_flight_is_one_clear_line(photo_shards, tmp_path):
+    loader = ShardLoader(photo_shards, "train", 32, rank=0, world_size=1, num_workers=2, prefetch_factor=4,
+                         views=PhotoViews(224, 2, random=True), transform=lambda crops: crops.float())
+    assert loader.batch_bytes() == 32 * 2 * 3 * 224 * 224 * 4  # float views: 38 MB a batch
+    small = tmp_path / "shm"
+    small.mkdir()
+    with mock.patch("shutil.disk_usage", return_value=shutil._ntuple_diskusage(64 << 20, 0, 64 << 20)):
+        with pytest.raises(ConfigError, match=r"shm has 64 MiB free, but 2 loader processes x 5 batches of 36 MiB "
+                                              r"need 367 MiB: give the container more shared memory"):
+            loader.check_shared_memory(str(small))
+    loader.check_shared_memory(str(tmp_path / "absent"))  # no such folder (not Linux): nothing to check
+    on_gpu = ShardLoader(photo_shards, "train", 32, rank=0, world_size=1, num_workers=2,
+                         views=PhotoViews(224, 2, random=True), decode_on_device=True)
+    assert on_gpu.batch_bytes() < 32 * 2 * 100_000  # undecoded bytes only
