@@ -10,3 +10,11 @@ def connect() -> None:
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), configure_logging=False)
+
+
+def resources() -> dict[str, float]:
+    """What the cluster has (``CPU``, ``GPU``, memory, ...), joining or starting Ray first."""
+    import ray
+
+    connect()
+    return ray.cluster_resources()

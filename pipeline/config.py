@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +35,7 @@ from pipeline.models.decoders import check_decodable
 
 
 DEFAULT_PHOTO_SIZE = 224
+CPU_WORKERS = 2  # train.num_workers unset, without GPUs
 
 
 @dataclass
@@ -80,7 +82,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: Annotated[int, Gt(0), "passes over the training split"] = 5
-    num_workers: Annotated[int, Gt(0), "Ray Train workers (DDP ranks)"] = 2
+    num_workers: Annotated[int | None, Gt(0), "Ray Train workers (DDP ranks); unset: one per GPU Ray sees with "
+                                              "use_gpu, else 2"] = None
     use_gpu: Annotated[bool, "one GPU per worker, DDP over nccl"] = False
     cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
     sync_batchnorm: Annotated[bool, "BatchNorm statistics over all ranks"] = False
@@ -216,6 +219,20 @@ def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
     return config
 
 
+def with_workers(config: JobConfig, resources: Mapping[str, float]) -> JobConfig:
+    """``config`` with ``train.num_workers`` decided: as set, else one worker per GPU in ``resources`` (Ray's
+    ``cluster_resources()``) with ``train.use_gpu``, else :data:`CPU_WORKERS`."""
+    if config.train.num_workers is not None:
+        return config
+    workers = CPU_WORKERS
+    if config.train.use_gpu:
+        workers = int(resources.get("GPU", 0))
+        if workers < 1:
+            raise ConfigError("train.use_gpu: Ray sees no GPU in this cluster; start Ray on GPU nodes, or set "
+                              "train.use_gpu=false")
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, num_workers=workers))
+
+
 def check_run_name(name: str | None, key: str) -> None:
     """A run name MLflow can look up: its filters quote a name with ``'`` or ``"`` and read ``\\`` as an escape."""
     if name and (("'" in name and '"' in name) or "\\" in name):
@@ -238,7 +255,8 @@ def _validate_data(config: JobConfig, manifest: Manifest) -> None:
                               "arrays (re-shard the source as photos to train at another size)")
     if issubclass(METHODS[config.method.name], ReconstructionMethod):
         check_decodable(encoder_spec(config.model, manifest, config.data.crop_size))
-    ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=config.train.num_workers,
+    ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
+    ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,
                 mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
                 manifest=manifest, exclude_classes=config.data.exclude_classes,
                 views=config.data.training_views(METHODS[config.method.name].num_views))

@@ -14,7 +14,7 @@ from typing import Any
 
 from augment import preview_batch
 from pipeline import cluster
-from pipeline.config import JobConfig, dump_config, validate
+from pipeline.config import JobConfig, dump_config, validate, with_workers
 from pipeline.data import Manifest, ShardLoader, read_manifest, storage
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.online import OnlineKnn
@@ -114,6 +114,7 @@ def pretrain(
     manifest = read_manifest(config.data.shards)
     validate(config, manifest)
     tracker = Tracker(check_reachable(tracking_uri(config.track)))
+    config = with_workers(config, cluster.resources())  # starts or joins Ray; the run's params record how many
     run_id = tracker.start(config.track.experiment, run_name, run_params(config, manifest), dump_config(config),
                            parent_run_id=parent_run_id)
     previous_handler = None
@@ -121,7 +122,6 @@ def pretrain(
         with tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder:
             work = Path(folder)
             tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
-            cluster.connect()
             previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
             unsent = unsent_path(config, run_id)
             epoch_log = EpochMetricsToMlflow(tracker.uri, run_id, str(unsent))

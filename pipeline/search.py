@@ -16,6 +16,7 @@ import dataclasses
 import math
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from pipeline import cluster
-from pipeline.config import JobConfig, dump_config, validate, with_values
+from pipeline.config import JobConfig, TrainConfig, dump_config, validate, with_values, with_workers
 from pipeline.data import read_manifest, storage
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.plots import search_png
@@ -117,9 +118,16 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
     return sorted(rows, key=lambda row: row["trial"])  # a stable order: ties go to the earlier trial
 
 
+def trials_that_fit(train: TrainConfig, resources: Mapping[str, float]) -> int:
+    """How many trials run at once: as many as the cluster's CPUs (and, with ``use_gpu``, GPUs) hold, at least 1."""
+    fits = resources.get("CPU", 1) // (train.num_workers * train.cpus_per_worker)
+    if train.use_gpu:
+        fits = min(fits, resources.get("GPU", 0) // train.num_workers)
+    return max(1, int(fits))
+
+
 def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     """Run (or resume) the search; returns its table, best trial and registered model."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -128,6 +136,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     manifest = read_manifest(config.data.shards)
     validate_search(validate(config, manifest), search, manifest)  # fail here, not in every trial
     tracker = Tracker(check_reachable(tracking_uri(config.track)))
+    config = with_workers(config, cluster.resources())  # starts or joins Ray; every trial gets this many
     online_knn = config.eval.online_knn
     if search.early_stop_metric == "online_knn_accuracy" and online_knn <= 0:
         online_knn = DEFAULT_ONLINE_KNN
@@ -142,9 +151,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
                            tags={SEARCH_TAG: "parent"})
     tracker.log_text(parent, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
 
-    cluster.connect()
-    trial_cpus = config.train.num_workers * config.train.cpus_per_worker
-    concurrent = search.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // trial_cpus))
+    concurrent = search.max_concurrent_trials or trials_that_fit(config.train, cluster.resources())
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config.to_dict(), parent_run_id=parent, search_name=name),
         # the trial only drives; its Ray Train workers ask for their own CPUs. Not even 0.01 CPU: 2 workers of

@@ -164,3 +164,22 @@ def test_the_readme_lists_every_key_as_declared():
     assert begin in readme and end in readme, "the README lost its generated table of keys"
     table = readme.split(begin, 1)[1].split(end, 1)[0]
     assert table == reference(), "README's table of keys is stale: paste the output of `sslpipe options` into it"
+
+
+def test_gpu_jobs_use_every_gpu_ray_sees_unless_told():
+    from pipeline.config import with_workers
+    from pipeline.search import trials_that_fit
+
+    gpu = load_config(None, ["train.use_gpu=true", "train.cpus_per_worker=4"])
+    assert gpu.train.num_workers is None
+    assert with_workers(gpu, {"CPU": 32.0, "GPU": 4.0}).train.num_workers == 4
+    assert with_workers(load_config(None, ["train.use_gpu=true", "train.num_workers=2"]), {"GPU": 8.0}).train.num_workers == 2
+    assert with_workers(load_config(None), {"CPU": 2.0}).train.num_workers == 2  # CPUs: the old default
+    with pytest.raises(ConfigError, match="train.use_gpu: Ray sees no GPU in this cluster"):
+        with_workers(gpu, {"CPU": 16.0})
+    # a search sizes its concurrency by GPUs too: 8 GPUs and 64 CPUs hold 4 trials of 2 workers x 4 CPUs
+    two = with_workers(load_config(None, ["train.use_gpu=true", "train.num_workers=2", "train.cpus_per_worker=4"]), {})
+    assert trials_that_fit(two.train, {"CPU": 64.0, "GPU": 8.0}) == 4
+    assert trials_that_fit(two.train, {"CPU": 64.0, "GPU": 1.0}) == 1  # at least one: it waits for its GPUs
+    cpu = with_workers(load_config(None), {"CPU": 8.0})
+    assert trials_that_fit(cpu.train, {"CPU": 8.0}) == 4

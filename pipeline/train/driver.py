@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, with_workers
 from pipeline.data import storage
 from pipeline.errors import SslpipeError
 from pipeline.train.checkpoint import load_checkpoint
@@ -27,14 +27,17 @@ def _user_error(error: Exception) -> SslpipeError | None:
 
 
 def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), monitors: Sequence[Monitor] = ()) -> dict:
-    """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers; returns the final
+    """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers (unset: see
+    :func:`~pipeline.config.with_workers`); returns the final
     checkpoint's state (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``rng``, ``config``,
     ``spec`` and the last epoch's ``metrics``). ``callbacks`` are Ray Train callbacks, run on its controller after
     every epoch's report; ``monitors`` (picklable) run on rank 0 after every epoch, their metrics reported with the
     epoch's."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    config = with_workers(config, ray.cluster_resources())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config.to_dict(), "monitors": list(monitors)},

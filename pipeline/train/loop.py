@@ -33,6 +33,7 @@ from pipeline.train.views import TrainingViews
 
 log = logging.getLogger(__name__)
 WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
+LOSS_READ_EVERY = 25  # steps between reads of the loss (a host sync on GPUs), each checking it is finite
 Monitor = Callable[[nn.Module, torch.device], dict[str, float]]  # rank 0, after each epoch: encoder -> metrics
 
 
@@ -51,16 +52,29 @@ def steps_in(loader: ShardLoader, epochs: int, cap: int | None = None) -> list[i
 
 def train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor], autocast: bool
-) -> float:
-    """One optimizer step of ``model`` (a method or its DDP wrapper) on augmented ``views``; returns the loss
-    (``loss.item()``: the step's one host sync)."""
+) -> torch.Tensor:
+    """One optimizer step of ``model`` (a method or its DDP wrapper) on augmented ``views``; returns the loss,
+    detached, where it was computed (reading it waits for the device: the loop reads every
+    :data:`LOSS_READ_EVERY` steps)."""
     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=autocast):
         loss = model(*views)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss.detach()
+
+
+def check_finite(
+    loss_sum: torch.Tensor, last: torch.Tensor, epoch: int, step: int, rank: int, config: JobConfig
+) -> None:
+    """Raise :class:`NonFiniteLoss` once the epoch's running loss is NaN or infinite (so the epoch's checkpoint
+    is never written)."""
+    if not math.isfinite(loss_sum.item()):
+        raise NonFiniteLoss(
+            f"loss is {last.item()} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
+            f"(now {config.optim.lr}) or check the data in {config.data.shards}"
+        )
 
 
 def train_worker(payload: dict) -> None:
@@ -120,23 +134,21 @@ def train_worker(payload: dict) -> None:
     for epoch in range(start_epoch, config.train.epochs):
         loader.set_epoch(epoch)
         model.train()
-        loss_sum = 0.0
+        loss_sum = value = torch.zeros((), device=device)
         clock = EpochClock(epoch, config.train.epochs, total_steps, run_started, run_first_step,
                            show=log.info if rank == 0 else None)  # Ray Train's worker logging shows INFO
         capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
         views.set_epoch(epoch)
         for images, labels, _ in clock.batches(itertools.islice(loader, per_epoch[epoch]) if capped else loader):
             value = train_step(model, optimizer, views(images), autocast)
-            if not math.isfinite(value):  # the epoch's checkpoint is never written
-                raise NonFiniteLoss(
-                    f"loss is {value} at epoch {epoch}, step {step} (rank {rank}); lower optim.lr "
-                    f"(now {config.optim.lr}) or check the data in {config.data.shards}"
-                )
+            loss_sum += value.float()
             scheduler.step()
             step += 1
             method.after_step(step, total_steps)
-            loss_sum += value
             clock.step(len(labels), step)
+            if step % LOSS_READ_EVERY == 0:
+                check_finite(loss_sum, value, epoch, step, rank, config)
+        check_finite(loss_sum, value, epoch, step, rank, config)
         elapsed = clock.elapsed
         epoch_images, skipped = sum_across_ranks(torch.tensor([clock.images, loader.skipped], device=device)).tolist()
         rates = gather_objects(clock.images_per_s)
@@ -144,13 +156,14 @@ def train_worker(payload: dict) -> None:
             "epoch": epoch,
             "step": step,
             "start_epoch": start_epoch,
-            "loss": mean_across_ranks(loss_sum / max(1, per_epoch[epoch]), device),
+            "loss": mean_across_ranks(loss_sum.item() / max(1, per_epoch[epoch]), device),
             "lr": scheduler.get_last_lr()[0],
             "images": epoch_images,
             "images_per_s": epoch_images / elapsed,
             **{f"images_per_s_rank_{r}": rate for r, rate in enumerate(rates)},
             "data_wait_fraction": max(gather_objects(clock.wait_fraction)),  # the rank that waited most
             "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
+            **({"photos_decoded_on_device": float(views.decode_on_device)} if manifest.photos else {}),
             **method.epoch_metrics(sum_across_ranks),
         }
         if rank == 0:

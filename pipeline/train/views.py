@@ -29,6 +29,7 @@ class TrainingViews:
         size = config.data.crop_size if manifest.photos else manifest.image_shape[1]
         self.crops = config.data.training_views(num_views)
         self.in_loader = manifest.photos and device.type != "cuda"
+        self.decode_on_device = manifest.photos and device.type == "cuda"
         preset, channels = config.augment.preset, manifest.channels
         self.augmenter = ViewAugmenter(preset, size, channels, num_views, seed=self.seed * 1000 + rank,
                                        crop=not manifest.photos)
@@ -37,7 +38,7 @@ class TrainingViews:
 
     def loader_options(self) -> dict:
         transform = self.loader_augmenter.stacked if self.loader_augmenter else None
-        return {"views": self.crops, "decode_on_device": self.device.type == "cuda", "transform": transform}
+        return {"views": self.crops, "decode_on_device": self.decode_on_device, "transform": transform}
 
     def set_epoch(self, epoch: int) -> None:
         self.rng = np.random.default_rng([self.seed, epoch, self.rank, 3])

@@ -57,3 +57,16 @@ def test_ray_trains_report_dumps_are_quieted():
     for name in RAY_TRAIN_REPORT_MODULES:
         logger = logging.getLogger(importlib.import_module(name).__file__)
         assert not logger.isEnabledFor(logging.INFO)
+
+
+def test_a_non_finite_running_loss_stops_the_epoch_naming_the_step():
+    import pytest
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.train.loop import NonFiniteLoss, check_finite
+
+    config = load_config(None, ["optim.lr=0.5"])
+    check_finite(torch.tensor(12.5), torch.tensor(0.5), 0, 25, 0, config)  # finite: nothing happens
+    with pytest.raises(NonFiniteLoss, match=r"^loss is nan at epoch 1, step 50 \(rank 1\); lower optim.lr \(now 0.5\)"):
+        check_finite(torch.tensor(float("nan")), torch.tensor(float("nan")), 1, 50, 1, config)

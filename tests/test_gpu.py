@@ -1,0 +1,57 @@
+"""`make gpu-check`: every method end to end on a GPU, photos at 224 px decoded on the device. Skipped without
+CUDA; on a GPU machine it runs in a few minutes and prints images/s and data wait per method."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from benchmarks.photo_folder import make_photo_folder
+from pipeline.config import load_config, with_values
+from pipeline.data.photo_shards import write_photo_shards
+from pipeline.data.photos import photo_files
+from pipeline.export import load_encoder
+from pipeline.pretrain import pretrain
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+METHODS = {  # overrides; SimCLR with the ResNet-50 of the papers
+    "simclr": {"model.encoder": "resnet50"},
+    "byol": {"method.name": "byol", "augment.preset": "byol", "model.encoder": "resnet18"},
+    "autoencoder": {"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 64},
+    "vae": {"method.name": "vae", "augment.preset": "none", "method.bottleneck": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def gpu_photos(tmp_path_factory):
+    folder = make_photo_folder(tmp_path_factory.mktemp("folder"), 40, 10, max_side=1024)
+    out = tmp_path_factory.mktemp("shards")
+    files, classes = photo_files(f"folder:{folder}")
+    write_photo_shards(files, classes, out, source={"name": "gpu-check"}, samples_per_shard=64, workers=4,
+                       progress=False)
+    return out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_on_gpu(ray_local, gpu_photos, tmp_path, monkeypatch, name):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, [
+        f"data.shards={gpu_photos}", "data.image_size=224", "data.batch_size=64", "data.num_workers=4",
+        "train.use_gpu=true", "train.epochs=3", "train.max_steps_per_epoch=12", "train.cpus_per_worker=4",
+        f"train.name=gpu-{name}", "eval.baselines=false", "eval.batch_size=256",
+    ])
+    summary = pretrain(with_values(config, METHODS[name], "gpu-check"))
+    client = MlflowClient(summary.tracking_uri)
+    losses = [m.value for m in sorted(client.get_metric_history(summary.run_id, "loss"), key=lambda m: m.step)]
+    metrics = summary.train_metrics
+    print(f"\n{name}: {metrics['images_per_s']:,.0f} images/s, data wait {100 * metrics['data_wait_fraction']:.0f}%,"
+          f" loss {' -> '.join(f'{v:.4f}' for v in losses)}, probe {summary.metrics['probe_accuracy']:.4f}")
+    assert losses[-1] < losses[0], f"{name}: the loss did not fall: {losses}"
+    assert metrics["photos_decoded_on_device"] == 1.0  # nvJPEG in the training process, not the loader
+    encoder = load_encoder(summary.export_dir).eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        on_cpu = encoder(x)
+        on_gpu = encoder.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
