@@ -104,3 +104,16 @@ def photo_group(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     label = int(sample["cls"]) if "cls" in sample else -1
     index = int(sample["__key__"].rsplit("-", 1)[1])
     return data, np.array([label], dtype=np.int64), np.array([index], dtype=np.int64)
+
+
+def group_labels(sample: dict) -> np.ndarray:
+    """The labels ``(n,)`` of a tar sample of any layout, without decoding its images (``-1``: unlabeled photo);
+    raises ``ValueError`` when they cannot be read."""
+    if "labels.npy" in sample:
+        return _load_npy(sample["labels.npy"]).astype(np.int64)
+    if "cls" in sample:
+        return np.array([int(sample["cls"])], dtype=np.int64)
+    if "jpg" in sample or "png" in sample:
+        return np.array([-1], dtype=np.int64)
+    members = sorted(k for k in sample if not k.startswith("__"))
+    raise ValueError(f"members {members}, expected an image with .cls or a chunk")

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from pipeline.data import storage
-from pipeline.data.codec import decode_group, photo_group
+from pipeline.data.codec import decode_group, group_labels, photo_group
 from pipeline.data.decode import EncodedImages, PhotoViews, UndecodablePhoto, photo_views
 from pipeline.data.manifest import MANIFEST, Manifest, check_local_shards, read_manifest
-from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
+from pipeline.data.plan import Piece, batches_per_rank, rank_pieces, worker_pieces
 from pipeline.distributed import position
 from pipeline.errors import ConfigError, ShardError, SslpipeError
 
@@ -39,7 +39,7 @@ Group = tuple[np.ndarray, np.ndarray, np.ndarray]
 Transform = Callable[[torch.Tensor], torch.Tensor]  # uint8 (b, count, 3, S, S) crops -> float views, same shape
 SHUFFLE_BUFFER_BYTES = 64 << 20
 SHARED_MEMORY = "/dev/shm"
-REFILL_PASSES = 2  # skip mode: extra reads of a rank's shards to make up for skipped samples
+REFILL_PASSES = 2  # skip mode: extra reads (of the next ranks' stretches) to make up for skipped samples
 
 
 def _reason(exn: BaseException) -> str:
@@ -55,21 +55,36 @@ class Skipped:
 
 
 def read_shard(
-    url: str, expected: int, image_shape: tuple[int, ...], skipped: list[Skipped] | None = None
+    url: str, expected: int, image_shape: tuple[int, ...], skipped: list[Skipped] | None = None, *,
+    start: int = 0, stop: int | None = None, exclude: np.ndarray | None = None, group_size: int = 1,
 ) -> Iterator[Group]:
-    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of one shard; for photo shards
-    (``image_shape == (3,)``) ``images`` is ``(1,)`` object, the file's bytes.
+    """Groups ``(images (n, H, W, C), labels (n,), indices (n,))`` of samples ``[start, stop)`` of one shard,
+    counting only samples whose class is not in ``exclude`` (``expected`` of them in the whole shard); for photo
+    shards (``image_shape == (3,)``) ``images`` is ``(1,)`` object, the file's bytes. Samples before ``start``
+    are passed over without decoding their images; reading stops at ``stop``, or at the shard's end, whose sample
+    count is then checked. A sample whose labels cannot be read counts as ``group_size`` samples (the
+    manifest's images per member), so the pieces after it stay where the plan put them.
 
     A shard that cannot be read, a sample that cannot be decoded (bad image bytes, a missing label) or a count
     other than the manifest's raises :class:`ShardError` naming the shard and the sample key. With a ``skipped``
     list, bad samples (and the rest of a shard that breaks off) are left out instead and one :class:`Skipped`
-    per damaged shard is appended, counting every sample the manifest promised but the shard did not deliver.
+    per damaged piece is appended, counting every sample of the piece that the shard did not deliver.
     """
-    seen, key, problems = 0, None, []
+    stop = expected if stop is None else stop
+    exclude = np.zeros(0, dtype=np.int64) if exclude is None else exclude
+    position, delivered, key, problems = 0, 0, None, []
     try:
         for sample in tarfile_samples([{"url": url}]):
+            if position >= stop and stop < expected:
+                break
             key = sample.get("__key__", "?")
+            count = min(group_size, expected - position)
             try:
+                kept = ~np.isin(group_labels(sample), exclude)
+                count = int(kept.sum())
+                if position + count <= start or position >= stop:
+                    position += count
+                    continue
                 group = photo_group(sample) if len(image_shape) == 1 else decode_group(sample, image_shape)
             except Exception as exn:  # noqa: BLE001 - PIL, numpy and int() raise many types; all mean a bad sample
                 if skipped is None:
@@ -78,8 +93,12 @@ def read_shard(
                         "`sslpipe shard`, or set data.skip_bad_samples=true to skip and count bad samples"
                     ) from None
                 problems.append(f"sample {key!r}: {_reason(exn)}")
+                position += count
                 continue
-            seen += len(group[0])
+            lo, hi = max(0, start - position), min(count, stop - position)
+            position += count
+            group = tuple(a[kept][lo:hi] for a in group)
+            delivered += len(group[0])
             yield group
     except SslpipeError:
         raise
@@ -91,13 +110,15 @@ def read_shard(
                 "`sslpipe shard`"
             ) from None
         problems.append(f"unreadable{where} ({_reason(exn)})")
-    if seen > expected or (seen < expected and skipped is None):
+    whole = stop >= expected  # read to the end: the count can be checked
+    if (whole and position > expected) or (position < min(stop, expected) and skipped is None and not problems):
         raise ShardError(
-            f"{url}: holds {seen} samples but the manifest says {expected}; the shard is truncated or was replaced, "
-            "re-create it with `sslpipe shard`"
+            f"{url}: holds {position} samples but the manifest says {expected}; the shard is truncated or was "
+            "replaced, re-create it with `sslpipe shard`"
         )
-    if seen < expected:
-        skipped.append(Skipped(expected - seen, f"{url}: {'; '.join(problems) or 'ends early'}"))
+    missing = (stop - start) - delivered
+    if missing > 0 and skipped is not None:
+        skipped.append(Skipped(missing, f"{url}: {'; '.join(problems) or 'ends early'}"))
 
 
 def shuffled_batches(
@@ -181,22 +202,27 @@ class ShardStream(IterableDataset):
         self, urls: Sequence[str], counts: Sequence[int], image_shape: tuple[int, ...], *, batch_size: int,
         rank: int, world_size: int, mode: str, epoch: int, seed: int, shuffle: bool, shuffle_buffer: int,
         kept_counts: Sequence[int], exclude_classes: Sequence[int], skip_bad_samples: bool = False, refill: int = 0,
-        views: PhotoViews | None = None, transform: Transform | None = None,
+        views: PhotoViews | None = None, transform: Transform | None = None, drop_last: bool = True,
+        group_size: int = 1,
     ) -> None:
         super().__init__()
         self.skip_bad_samples, self.refill, self.views, self.transform = skip_bad_samples, refill, views, transform
+        self.drop_last, self.group_size = drop_last, group_size
         self.urls, self.counts, self.image_shape = list(urls), list(counts), image_shape
         self.kept_counts, self.exclude_classes = list(kept_counts), np.asarray(exclude_classes, dtype=np.int64)
         self.batch_size, self.rank, self.world_size, self.mode = batch_size, rank, world_size, mode
         self.epoch, self.seed, self.shuffle, self.shuffle_buffer = epoch, seed, shuffle, shuffle_buffer
 
-    def _shards(self, worker: int, num_workers: int) -> Iterator[int]:
+    def _pieces(self, worker: int, num_workers: int) -> Iterator[Piece]:
         if self.mode == "resampled":
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
             while True:
-                yield int(rng.integers(len(self.urls)))
-        ranks = assign_shards(self.kept_counts, self.world_size, self.epoch, self.seed, self.shuffle)
-        yield from worker_shards(ranks[self.rank], num_workers, worker)
+                shard = int(rng.integers(len(self.urls)))
+                yield Piece(shard, 0, self.kept_counts[shard])
+        rank = (self.rank + self.refill) % self.world_size  # a refill pass reads a neighbour's stretch
+        pieces = rank_pieces(self.kept_counts, self.world_size, rank, self.batch_size, self.epoch, self.seed,
+                             self.shuffle, self.drop_last)
+        yield from worker_pieces(pieces, self.batch_size, num_workers, worker)
 
     def __iter__(self) -> Iterator[Batch | Skipped | _WorkerFailure]:
         info = get_worker_info()
@@ -205,11 +231,10 @@ class ShardStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, *refill]) if self.shuffle else None
         skipped: list[Skipped] | None = [] if self.skip_bad_samples else None
         groups = (
-            group for shard in self._shards(worker, num_workers)
-            for group in read_shard(self.urls[shard], self.counts[shard], self.image_shape, skipped)
+            group for shard, start, stop in self._pieces(worker, num_workers)
+            for group in read_shard(self.urls[shard], self.kept_counts[shard], self.image_shape, skipped,
+                                    start=start, stop=stop, exclude=self.exclude_classes, group_size=self.group_size)
         )
-        if len(self.exclude_classes):
-            groups = (tuple(a[~np.isin(group[1], self.exclude_classes)] for a in group) for group in groups)
         crops = np.random.default_rng([self.seed, self.epoch, self.rank, worker, *refill, 2])
         try:
             for images, labels, indices in shuffled_batches(groups, self.batch_size, self.shuffle_buffer, rng):
@@ -338,10 +363,7 @@ class ShardLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return batches_per_rank(
-            self.kept_counts, self.world_size, self.batch_size, self.mode, self.epoch, self.seed, self.shuffle,
-            self.drop_last, self.rank,
-        )
+        return batches_per_rank(self.kept_counts, self.world_size, self.batch_size, self.mode, self.drop_last)
 
     def batch_bytes(self) -> int:
         """About how many bytes one batch takes as the loader processes hand it over."""
@@ -378,7 +400,8 @@ class ShardLoader:
             world_size=self.world_size, mode=self.mode, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
             shuffle_buffer=self.shuffle_buffer, kept_counts=self.kept_counts, exclude_classes=self.exclude_classes,
             skip_bad_samples=self.skip_bad_samples, refill=refill,
-            views=None if self.decode_on_device else self.views, transform=self.transform,
+            views=None if self.decode_on_device else self.views, transform=self.transform, drop_last=self.drop_last,
+            group_size=self.manifest.images_per_member,
         )
         yield from DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -387,8 +410,9 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         """``len(self)`` batches. With ``skip_bad_samples`` and ``drop_last`` (training), a rank that came up short
-        because samples were skipped reads its shards again, in another order, for the missing batches: every
-        rank still yields the same number of batches, so DDP never waits on a rank that ran dry."""
+        because samples were skipped reads the next rank's stretch of the epoch (its own again with one rank), in
+        another order, for the missing batches: every rank still yields the same number of batches, so DDP never
+        waits on a rank that ran dry (some samples are then read twice in that epoch)."""
         limit, emitted = len(self), 0
         self.skipped = 0
         passes = 1 + (REFILL_PASSES if self.skip_bad_samples and self.drop_last else 0)

@@ -1,53 +1,66 @@
 import pytest
 
-from pipeline.data.plan import assign_shards, batches_per_rank, worker_shards
-from pipeline.errors import ConfigError, ShardError
+from pipeline.data.plan import Piece, batches_per_rank, rank_pieces, samples_per_rank, shard_order, worker_pieces
+from pipeline.errors import ConfigError
 
 COUNTS = [700, 700, 700, 700, 200]
 
 
-def test_every_shard_goes_to_exactly_one_rank():
-    ranks = assign_shards(COUNTS, 2, epoch=0, seed=0)
-    assert sorted(s for shards in ranks for s in shards) == list(range(len(COUNTS)))
+def _samples(pieces):
+    return [(shard, i) for shard, start, stop in pieces for i in range(start, stop)]
 
 
-def test_greedy_dealing_balances_samples():
-    for epoch in range(10):
-        loads = [sum(COUNTS[s] for s in shards) for shards in assign_shards(COUNTS, 2, epoch, seed=0)]
-        assert sorted(loads) == [1400, 1600]  # best possible split of 4x700 + 200
+def test_ranks_read_disjoint_stretches_of_whole_batches():
+    # 3000 samples, 2 ranks x 64: floor(3000 / 128) = 23 batches, 1472 samples each
+    assert samples_per_rank(COUNTS, 2, 64) == 1472
+    for epoch in range(5):
+        ranks = [rank_pieces(COUNTS, 2, r, 64, epoch, seed=0) for r in range(2)]
+        samples = [_samples(pieces) for pieces in ranks]
+        assert [len(s) for s in samples] == [1472, 1472]
+        assert not set(samples[0]) & set(samples[1])
+        assert all(0 <= i < COUNTS[shard] for shard, i in samples[0] + samples[1])
 
 
-def test_epochs_reshuffle_and_repeat_deterministically():
-    counts = [100] * 8
-    first = assign_shards(counts, 2, epoch=0, seed=0)
-    assert first == assign_shards(counts, 2, epoch=0, seed=0)
-    assert any(assign_shards(counts, 2, epoch=e, seed=0) != first for e in range(1, 5))
+def test_the_stretches_follow_the_epochs_shard_order():
+    order = shard_order(5, epoch=3, seed=0)
+    first = rank_pieces(COUNTS, 2, 0, 64, epoch=3, seed=0)
+    assert first[0] == Piece(order[0], 0, COUNTS[order[0]]) and [p.shard for p in first] == order[: len(first)]
+    assert rank_pieces(COUNTS, 2, 0, 64, epoch=3, seed=0) == first  # every rank computes the same plan
+    assert any(rank_pieces(COUNTS, 2, 0, 64, epoch=e, seed=0) != first for e in range(4, 8))
+    assert [p.shard for p in rank_pieces([10, 10, 10, 10], 1, 0, 8, epoch=3, seed=9, shuffle=False)] == [0, 1, 2, 3]
 
 
-def test_no_shuffle_deals_in_order():
-    assert assign_shards([10, 10, 10, 10], 2, epoch=3, seed=9, shuffle=False) == [[0, 2], [1, 3]]
+def test_cifar_sized_set_is_covered_on_8_ranks_with_4_workers_each():
+    """13 shards of 4,096 (CIFAR-10's 50,000): at least 98% of the samples every epoch, each at most once, every
+    loader worker with something to read."""
+    counts = [4096] * 12 + [50000 - 12 * 4096]
+    for epoch in range(3):
+        seen = []
+        for rank in range(8):
+            pieces = rank_pieces(counts, 8, rank, 256, epoch, seed=0)
+            per_worker = [worker_pieces(pieces, 256, 4, w) for w in range(4)]
+            assert all(per_worker) and sum(len(_samples(w)) for w in per_worker) == len(_samples(pieces))
+            assert sorted(s for w in per_worker for s in _samples(w)) == sorted(_samples(pieces))
+            seen += _samples(pieces)
+        assert len(seen) == len(set(seen)) == 8 * 24 * 256
+        assert len(seen) / 50000 >= 0.98
+    assert batches_per_rank(counts, 8, 256, "exact") == 24
 
 
-def test_worker_split():
-    assert worker_shards([4, 1, 3, 0, 2], 2, 0) == [4, 3, 2]
-    assert worker_shards([4, 1, 3, 0, 2], 2, 1) == [1, 0]
-    assert worker_shards([5], 3, 2) == []
+def test_workers_split_a_rank_at_batch_boundaries():
+    pieces = [Piece(4, 100, 700), Piece(1, 0, 300)]  # 900 samples: 15 batches of 60
+    parts = [worker_pieces(pieces, 60, 2, w) for w in range(2)]
+    assert parts == [[Piece(4, 100, 520)], [Piece(4, 520, 700), Piece(1, 0, 300)]]  # 7 and 8 batches
+    assert worker_pieces([Piece(0, 0, 10)], 8, 3, 0) == [] and worker_pieces([Piece(0, 0, 10)], 8, 3, 2)
 
 
 def test_batches_per_rank_hand_computed():
-    # ranks hold 1400 and 1600 samples: min(1400 // 64, 1600 // 64) = 21
-    assert batches_per_rank(COUNTS, 2, 64, "exact", epoch=0, seed=0) == 21
-    # resampled: floor(3000 / (2 * 64)) = 23
-    assert batches_per_rank(COUNTS, 2, 64, "resampled", epoch=0, seed=0) == 23
-    # single process evaluation keeps the partial batch: ceil(3000 / 64) = 47
-    assert batches_per_rank(COUNTS, 1, 64, "exact", epoch=0, seed=0, drop_last=False) == 47
-
-
-def test_too_few_shards_for_ranks():
-    with pytest.raises(ShardError, match="2 shards cannot feed 3 ranks.*--samples-per-shard"):
-        assign_shards([10, 10], 3, epoch=0, seed=0)
+    assert batches_per_rank(COUNTS, 2, 64, "exact") == 23  # floor(3000 / 128)
+    assert batches_per_rank(COUNTS, 2, 64, "resampled") == 23  # floor(3000 / (2 * 64))
+    assert batches_per_rank(COUNTS, 1, 64, "exact", drop_last=False) == 47  # ceil(3000 / 64): evaluation
+    assert batches_per_rank([10, 10], 3, 2, "exact") == 3  # fewer shards than ranks is fine
 
 
 def test_unknown_mode():
     with pytest.raises(ConfigError, match="unknown loader mode 'random'"):
-        batches_per_rank(COUNTS, 1, 8, "random", epoch=0, seed=0)
+        batches_per_rank(COUNTS, 1, 8, "random")
