@@ -20,20 +20,25 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step for all parameters of a group at once (``torch._foreach_*``: a few kernels per group, not a
+        few per parameter)."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if not group["lars_exclude"]:
-                    w_norm, g_norm = torch.linalg.norm(p), torch.linalg.norm(grad)
-                    ratio = group["eta"] * w_norm / (g_norm + group["weight_decay"] * w_norm)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
-                    grad = grad.add(p, alpha=group["weight_decay"]) * trust
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buffer.mul_(group["momentum"]).add_(grad)
-                p.add_(buffer, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                w_norms = torch.stack(torch._foreach_norm(params))
+                g_norms = torch.stack(torch._foreach_norm(grads))
+                ratio = group["eta"] * w_norms / (g_norms + group["weight_decay"] * w_norms)
+                trust = torch.where((w_norms > 0) & (g_norms > 0), ratio, 1.0)
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                torch._foreach_mul_(grads, list(trust.unbind()))
+            buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, final_fraction: float = 0.0) -> float:
     """Multiplier of the base LR: linear from ``1 / warmup_steps`` to 1 over the warm-up, then half a cosine to
@@ -20,9 +22,11 @@ def ema_momentum(step: int, total_steps: int, base: float) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
-def kl_weight(step: int, anneal_steps: int, beta: float) -> float:
+def kl_weight(step: int | torch.Tensor, anneal_steps: int, beta: float) -> float | torch.Tensor:
     """KL annealing against posterior collapse: the KL weight ramps linearly from 0 to ``beta`` over
-    ``anneal_steps`` steps (``beta`` at once when ``anneal_steps`` is 0)."""
+    ``anneal_steps`` steps (``beta`` at once when ``anneal_steps`` is 0). A tensor ``step`` (a counter on the
+    training device) gives a tensor, so reading the weight inside a step does not wait for the device."""
     if anneal_steps <= 0:
         return beta
-    return beta * min(1.0, step / anneal_steps)
+    ramp = step / anneal_steps
+    return beta * (ramp.clamp(max=1.0) if isinstance(ramp, torch.Tensor) else min(1.0, ramp))

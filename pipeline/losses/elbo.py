@@ -18,9 +18,10 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 @in_float32
-def bernoulli_nll(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``-log p(x | z)`` for pixels in [0, 1] under independent Bernoullis, summed over pixels: ``(B,)``."""
-    return F.binary_cross_entropy(probs, x, reduction="none").flatten(1).sum(1)
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``-log p(x | z)`` for pixels in [0, 1] under independent Bernoullis of ``sigmoid(logits)``, summed over
+    pixels: ``(B,)``. From logits: exact where a sigmoid saturates, and an op autocast allows."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
 @in_float32

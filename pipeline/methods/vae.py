@@ -75,8 +75,12 @@ class VAE(ReconstructionMethod):
         """``(nll (B,), kl (B, k), mu (B, k))``; ``sample=False`` decodes the mean."""
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
-        decoded = self.decoder(z)
-        nll = bernoulli_nll(decoded, x) if self.likelihood == "bernoulli" else gaussian_nll(decoded, x, self.decoder_std)
+        squashed = isinstance(self.decoder[-1], nn.Sigmoid)  # conv decoders end in a sigmoid, linear ones do not
+        logits = self.decoder[:-1](z) if squashed else self.decoder(z)
+        if self.likelihood == "bernoulli":
+            nll = bernoulli_nll(logits, x)
+        else:
+            nll = gaussian_nll(torch.sigmoid(logits) if squashed else logits, x, self.decoder_std)
         return nll, gaussian_kl(mu, logvar), mu
 
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +89,7 @@ class VAE(ReconstructionMethod):
         return self.decoder(mu), mu
 
     def current_beta(self) -> float:
-        return kl_weight(int(self.anneal_step), self.anneal_steps, self.beta)
+        return float(kl_weight(int(self.anneal_step), self.anneal_steps, self.beta))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nll, kl, mu = self.elbo_terms(x)
@@ -93,7 +97,7 @@ class VAE(ReconstructionMethod):
             sums = torch.stack([kl.sum(0), mu.sum(0), mu.pow(2).sum(0)]).detach().float()
             self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
             self._epoch_count += len(x)
-        return negative_elbo(nll, kl, self.current_beta(), self.free_bits)
+        return negative_elbo(nll, kl, kl_weight(self.anneal_step, self.anneal_steps, self.beta), self.free_bits)
 
     def epoch_metrics(self, total: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
         """``kl_weight`` (the annealed beta after the epoch's last step) and ``train_kl``, ``train_kl_dim_j`` and

@@ -88,6 +88,7 @@ def train_worker(payload: dict) -> None:
     rank, world_size = world()
     device = ray.train.torch.get_device()
     torch.set_num_threads(config.train.cpus_per_worker)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank (BYOL's target included)
 
     manifest = read_manifest(config.data.shards)

@@ -22,7 +22,9 @@ def test_kl_closed_form_on_a_tiny_case():
 def test_likelihoods_hand_computed():
     x = torch.tensor([[[[1.0, 0.0]]]])
     probs = torch.tensor([[[[0.8, 0.25]]]])
-    assert bernoulli_nll(probs, x).item() == pytest.approx(-math.log(0.8) - math.log(0.75), rel=1e-6)
+    assert bernoulli_nll(torch.logit(probs), x).item() == pytest.approx(-math.log(0.8) - math.log(0.75), rel=1e-6)
+    saturated = torch.full((1, 1, 1, 2), 40.0)  # sigmoid(40) is 1.0 in float32: the loss stays finite and right
+    assert bernoulli_nll(saturated, torch.zeros(1, 1, 1, 2)).item() == pytest.approx(80.0, rel=1e-6)
     mean = torch.tensor([[[[0.9, 0.0]]]])
     expected = 0.5 * (0.1 / 0.1) ** 2 + 2 * (math.log(0.1) + 0.5 * math.log(2 * math.pi))
     assert gaussian_nll(mean, x, 0.1).item() == pytest.approx(expected, rel=1e-6)
@@ -57,6 +59,20 @@ def test_vae_counter_is_checkpointed_and_the_encoder_gives_the_mean():
     torch.manual_seed(0)
     nll, kl, _ = vae.elbo_terms(x)  # the same reparameterised sample
     torch.testing.assert_close(loss, negative_elbo(nll, kl, 0.3))
+
+
+def test_the_vae_scores_its_decoders_logits_as_bce_of_its_reconstruction():
+    """The likelihood runs on the logits before the decoder's sigmoid (autocast-safe); it equals the binary
+    cross-entropy of the reconstruction the decoder outputs, and works under bf16 autocast."""
+    vae = _vae().eval()
+    x = torch.rand(4, 1, 28, 28)
+    nll, _, mu = vae.elbo_terms(x, sample=False)
+    reconstruction = vae.decoder(mu)
+    expected = torch.nn.functional.binary_cross_entropy(reconstruction, x, reduction="none").flatten(1).sum(1)
+    torch.testing.assert_close(nll, expected, rtol=1e-4, atol=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = vae.elbo_terms(x, sample=False)[0]
+    assert under_autocast.dtype == torch.float32 and torch.isfinite(under_autocast).all()
 
 
 def test_active_units_by_hand():

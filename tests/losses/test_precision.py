@@ -18,7 +18,7 @@ LOSSES = {
     "kl_sparsity": lambda: kl_sparsity(CODES, 0.05),
     "l1_sparsity": lambda: l1_sparsity(Z1),
     "gaussian_kl": lambda: gaussian_kl(Z1[:, :8], Z2[:, :8]),
-    "bernoulli_nll": lambda: bernoulli_nll(PROBS, PIXELS),
+    "bernoulli_nll": lambda: bernoulli_nll(torch.logit(PROBS), PIXELS),
     "gaussian_nll": lambda: gaussian_nll(PROBS, PIXELS, 0.1),
     "negative_elbo": lambda: negative_elbo(Z1[:, 0].abs(), Z2[:, :8].abs(), beta=4.0, free_bits=0.1),
 }
