@@ -137,7 +137,8 @@ def train_worker(payload: dict) -> None:
         model.train()
         loss_sum = value = torch.zeros((), device=device)
         clock = EpochClock(epoch, config.train.epochs, total_steps, run_started, run_first_step,
-                           show=log.info if rank == 0 else None)  # Ray Train's worker logging shows INFO
+                           show=log.info if rank == 0 else None,  # Ray Train's worker logging shows INFO
+                           world_size=world_size)
         capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
         views.set_epoch(epoch)
         for images, labels, _ in clock.batches(itertools.islice(loader, per_epoch[epoch]) if capped else loader):

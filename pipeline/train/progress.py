@@ -47,13 +47,15 @@ def progress_line(
 class EpochClock:
     """Times one epoch of one rank: ``for batch in clock.batches(loader)`` measures the wait for each batch,
     ``clock.step(images, step)`` counts a finished step and, on a printing rank, prints :func:`progress_line`
-    every ``interval_s``. The ETA runs from the steps this run has done (a resumed run counts from its start)."""
+    every ``interval_s``, its images/s this rank's times ``world_size`` (ranks step together). The ETA runs from
+    the steps this run has done (a resumed run counts from its start)."""
 
     def __init__(
         self, epoch: int, epochs: int, total_steps: int, run_started: float, run_first_step: int,
-        interval_s: float = PROGRESS_INTERVAL_S, show: Callable[[str], None] | None = None,
+        interval_s: float = PROGRESS_INTERVAL_S, show: Callable[[str], None] | None = None, world_size: int = 1,
     ) -> None:
         self.epoch, self.epochs, self.total_steps, self.show = epoch, epochs, total_steps, show
+        self.world_size = world_size
         self.run_started, self.run_first_step, self.interval_s = run_started, run_first_step, interval_s
         self.started = self.last_shown = time.perf_counter()
         self.waited, self.images = 0.0, 0
@@ -89,8 +91,8 @@ class EpochClock:
         self.last_shown = now
         done = step - self.run_first_step
         eta = (self.total_steps - step) * (now - self.run_started) / done if done > 0 else None
-        self.show(progress_line(self.epoch, self.epochs, step, self.total_steps, self.images_per_s,
-                                self.wait_fraction, eta))
+        self.show(progress_line(self.epoch, self.epochs, step, self.total_steps,
+                                self.images_per_s * self.world_size, self.wait_fraction, eta))
 
 
 def epoch_line(epoch: int, epochs: int, loss: float, images_per_s: float, wait_fraction: float, seconds: float) -> str:

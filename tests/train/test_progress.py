@@ -35,6 +35,15 @@ def test_the_clock_measures_waiting_for_batches_not_the_step():
     assert shown[-1].endswith("ETA 0s")  # 5 more steps of about 40 ms
 
 
+def test_the_line_shows_all_ranks_images_per_s():
+    shown = []
+    clock = EpochClock(0, 1, 10, time.perf_counter(), 0, interval_s=0.0, show=shown.append, world_size=4)
+    clock.started -= 1.0  # one second in
+    clock.step(100, 1)
+    rate = float(shown[-1].split("  ")[2].split(" img/s")[0].replace(",", ""))
+    assert 380 < rate <= 400  # 100 images a second on this rank, 4 ranks
+
+
 def test_a_resumed_run_counts_its_eta_from_its_own_first_step():
     shown = []
     clock = EpochClock(3, 6, 100, time.perf_counter() - 10.0, 40, interval_s=0.0, show=shown.append)
