@@ -88,6 +88,7 @@ class TrainConfig:
     cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
     sync_batchnorm: Annotated[bool, "BatchNorm statistics over all ranks"] = False
     amp: Annotated[bool, "bf16 autocast, on GPUs only"] = True
+    compile: Annotated[bool, "torch.compile the model (opt-in: on CPUs it does not pay, see Performance)"] = False
     seed: Annotated[int, Ge(0), "initial weights, data order, augmentation and noise streams"] = 0
     name: Annotated[str | None, "run name; rerunning with the same name and storage resumes (default: "
                                 "method and time)"] = None

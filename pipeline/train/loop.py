@@ -105,6 +105,8 @@ def train_worker(payload: dict) -> None:
     if config.train.sync_batchnorm and world_size > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     model = ray.train.torch.prepare_model(method)  # moves to device, wraps in DDP when world_size > 1
+    if config.train.compile:
+        model = torch.compile(model)  # the first steps compile; checkpoints keep the plain method's weights
     optimizer = build_optimizer(method, config.optim, config.data.batch_size * world_size)
     per_epoch = steps_in(loader, config.train.epochs, config.train.max_steps_per_epoch)
     total_steps = sum(per_epoch)
