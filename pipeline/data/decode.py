@@ -111,7 +111,8 @@ def decode_images(blobs: Sequence[torch.Tensor], device: torch.device) -> Iterat
         yield from map(_decode_cpu, blobs)
         return
     jpeg = [i for i, blob in enumerate(blobs) if bytes(blob[:2]) == JPEG_MAGIC]
-    decoded = dict(zip(jpeg, tio.decode_jpeg([blobs[i] for i in jpeg], mode=tio.ImageReadMode.RGB, device=device)))
+    batch = tio.decode_jpeg([blobs[i] for i in jpeg], mode=tio.ImageReadMode.RGB, device=device) if jpeg else []
+    decoded = dict(zip(jpeg, batch))
     for i, blob in enumerate(blobs):
         yield decoded[i] if i in decoded else _decode_cpu(blob).to(device, non_blocking=True)
 
