@@ -115,6 +115,8 @@ def jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, applied:
     for start in range(0, len(chosen), chunk):
         rows = slice(start, start + chunk)
         images[rows] = _apply(images[rows], post[0][rows], post[1][rows])
+    if len(chosen) == len(x):  # ``images`` is already a copy of the whole batch
+        return images
     out = x.clone()
     out[chosen.to(x.device)] = images
     return out

@@ -97,7 +97,9 @@ def read_shard(
                 continue
             lo, hi = max(0, start - position), min(count, stop - position)
             position += count
-            group = tuple(a[kept][lo:hi] for a in group)
+            if not kept.all():  # (a mask copies the images: only when a class is left out)
+                group = tuple(a[kept] for a in group)
+            group = tuple(a[lo:hi] for a in group)
             delivered += len(group[0])
             yield group
     except SslpipeError:
@@ -111,7 +113,7 @@ def read_shard(
             ) from None
         problems.append(f"unreadable{where} ({_reason(exn)})")
     whole = stop >= expected  # read to the end: the count can be checked
-    if (whole and position > expected) or (position < min(stop, expected) and skipped is None and not problems):
+    if (whole and position > expected) or (position < min(stop, expected) and skipped is None):
         raise ShardError(
             f"{url}: holds {position} samples but the manifest says {expected}; the shard is truncated or was "
             "replaced, re-create it with `sslpipe shard`"
