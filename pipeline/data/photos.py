@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.data import storage
+from pipeline.data.sources import hold_out
 from pipeline.errors import SourceError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -111,13 +112,6 @@ def read_list_file(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
     return [(where(row[0]), index[row[1]] if classes else -1) for row in rows], classes
 
 
-def _read(location: str) -> bytes:
-    if "://" not in location:
-        return Path(location).read_bytes()
-    with fsspec.open(location, "rb") as handle:
-        return handle.read()
-
-
 def _stats(image: Image.Image, height: int, width: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Channel sums of a reduced decode, weighted as the ``height x width`` pixels of the stored photo."""
     pixels = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
@@ -138,7 +132,7 @@ def prepare_photo(location: str, max_side: int, lossless: bool = False) -> Prepa
     """The sample for one source file (see the module docstring); raises :class:`PhotoError` saying why a file
     cannot be used."""
     try:
-        data = _read(location)
+        data = storage.read_bytes(location)
     except OSError as exn:
         raise PhotoError(f"cannot read ({exn.strerror or exn})") from None
     try:
@@ -186,8 +180,5 @@ def photo_files(
             files, classes = list_folder(path, unlabeled)
             splits = {"train": files}
     if classes and len(splits) == 1 and test_fraction > 0:
-        order = np.random.default_rng(seed).permutation(len(files))
-        held = set(order[: int(round(len(files) * test_fraction))].tolist())
-        splits = {"train": [f for i, f in enumerate(files) if i not in held],
-                  "test": [f for i, f in enumerate(files) if i in held]}
+        splits = hold_out(files, test_fraction, seed)
     return splits, classes

@@ -147,6 +147,14 @@ def _load_image(path: str, mode: str, size: int | None, expected: tuple[int, int
     return array[..., None] if array.ndim == 2 else array
 
 
+def hold_out(items: list, fraction: float, seed: int) -> dict[str, list]:
+    """``{"train": ..., "test": ...}``: a seeded ``fraction`` of ``items`` held out as the test split, both in
+    their original order."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_test = int(round(len(order) * fraction))
+    return {"train": [items[i] for i in sorted(order[n_test:])], "test": [items[i] for i in sorted(order[:n_test])]}
+
+
 def folder_source(path: Path, image_size: int | None, channels: int, test_fraction: float, seed: int) -> Source:
     """An ImageFolder tree (label = subfolder); ``PATH/train`` and ``PATH/test`` (or ``val``) give the splits,
     else a seeded ``test_fraction`` of the tree is held out as the test split."""
@@ -163,10 +171,7 @@ def folder_source(path: Path, image_size: int | None, channels: int, test_fracti
     except (FileNotFoundError, OSError) as exn:
         raise SourceError(f"folder:{path}: {exn}") from exn
     if len(split_dirs) == 1:
-        order = np.random.default_rng(seed).permutation(len(items["train"]))
-        n_test = int(round(len(order) * test_fraction))
-        every = items["train"]
-        items = {"train": [every[i] for i in sorted(order[n_test:])], "test": [every[i] for i in sorted(order[:n_test])]}
+        items = hold_out(items["train"], test_fraction, seed)
     mode = {1: "L", 3: "RGB"}[channels]
     first = _load_image(items["train"][0][0], mode, image_size, None)
     height, width = first.shape[:2]
