@@ -1,4 +1,6 @@
-"""Optimizers: Adam/AdamW and LARS, with weight decay (and LARS adaptation) off for BatchNorm and biases."""
+"""Optimizers: Adam/AdamW and LARS, with weight decay (and LARS adaptation) off for normalisation layers, biases
+and the parameters a model names in ``no_weight_decay()`` (timm's convention: a ViT's position embedding and
+class token)."""
 
 from __future__ import annotations
 
@@ -42,12 +44,23 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Names of the parameters that submodules of ``model`` exempt from decay with ``no_weight_decay()``."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if callable(exempt := getattr(module, "no_weight_decay", None)):
+            names |= {f"{prefix}.{name}" if prefix else name for name in exempt()}
+    return names
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights of conv/linear layers with decay; BatchNorm parameters and biases (1-d) without."""
+    """Two groups: weights of conv/linear layers with decay; normalisation parameters and biases (1-d) and the
+    :func:`no_weight_decay` ones without."""
+    exempt = no_weight_decay(model)
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+            (no_decay if parameter.ndim <= 1 or name in exempt else decay).append(parameter)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},

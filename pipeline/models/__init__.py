@@ -1,7 +1,7 @@
 """Encoders (the representation), decoders and heads (projection, predictor), and the ``model`` section."""
 
-from pipeline.models.encoders import EncoderSpec, build_encoder, encoder_spec
+from pipeline.models.encoders import EncoderSpec, build_encoder, check_encoder, encoder_spec
 from pipeline.models.heads import mlp_head
 from pipeline.models.options import ModelConfig
 
-__all__ = ["EncoderSpec", "ModelConfig", "build_encoder", "encoder_spec", "mlp_head"]
+__all__ = ["EncoderSpec", "ModelConfig", "build_encoder", "check_encoder", "encoder_spec", "mlp_head"]

@@ -6,19 +6,21 @@ encoder takes plain [0, 1] images and needs no preprocessing code.
 
 from __future__ import annotations
 
-import typing
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
-import torchvision
 from torch import nn
 
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
-from pipeline.models.options import Encoder, ModelConfig
+from pipeline.models.backbones import (
+    ALIASES, check_name, constructor_args, has_resnet_stem, library_backbone, library_model,
+)
+from pipeline.models.options import ModelConfig
 
-ENCODERS = typing.get_args(Encoder)
+BUILT_IN = ("small_cnn", "linear")
+ENCODERS = (*BUILT_IN, *ALIASES, "torchvision:<name>", "timm:<name>")  # what model.encoder accepts
 SMALL_STEM_MAX_SIZE = 64  # model.cifar_stem unset: the small-image stem up to this size, the ImageNet stem above
 
 
@@ -26,7 +28,7 @@ SMALL_STEM_MAX_SIZE = 64  # model.cifar_stem unset: the small-image stem up to t
 class EncoderSpec:
     """Everything needed to rebuild an encoder without its training code."""
 
-    arch: str
+    arch: str  # small_cnn, linear, torchvision:<name> or timm:<name> (resnet18 and resnet50: torchvision's)
     channels: int
     image_size: int
     mean: tuple[float, ...]
@@ -37,6 +39,7 @@ class EncoderSpec:
     bottleneck: int = 0  # > 0: a linear layer to this many units ends the encoder (autoencoders)
     code_activation: Literal["none", "sigmoid"] = "none"  # sigmoid: codes in (0, 1), as KL sparsity needs
     flatten: bool = False  # small_cnn: flatten the last feature map instead of pooling it (keeps where things are)
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # a library backbone's constructor arguments
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,11 +58,32 @@ def encoder_spec(model: ModelConfig, manifest: Manifest, photo_size: int | None 
         size = photo_size
     else:
         size = manifest.image_shape[1]
-    small_stem = size <= SMALL_STEM_MAX_SIZE if model.cifar_stem is None else model.cifar_stem
+    library = check_encoder(model)
+    small_stem = has_resnet_stem(model.encoder) and (
+        size <= SMALL_STEM_MAX_SIZE if model.cifar_stem is None else model.cifar_stem)
+    args = constructor_args(*library, manifest.channels, size, model.backbone_args) if library else {}
     return EncoderSpec(
-        arch=model.encoder, channels=manifest.channels, image_size=size, mean=manifest.channel_mean,
-        std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim, cifar_stem=small_stem,
+        arch=ALIASES.get(model.encoder, model.encoder), channels=manifest.channels, image_size=size,
+        mean=manifest.channel_mean, std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim,
+        cifar_stem=small_stem, backbone_args=args,
     )
+
+
+def check_encoder(model: ModelConfig) -> tuple[str, str] | None:
+    """Raise naming the key when ``model``'s encoder, its ``backbone_args`` or ``cifar_stem`` cannot be built;
+    returns ``(library, name)`` of a library backbone, ``None`` for a built-in encoder."""
+    library = library_model(model.encoder)
+    if library is None and model.encoder not in BUILT_IN:
+        raise ConfigError(f"model.encoder: unknown encoder {model.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if library is None and model.backbone_args:
+        raise ConfigError(f"model.backbone_args: {model.encoder} is built in and takes none; they are for "
+                          "torchvision:<name> and timm:<name>")
+    if model.cifar_stem and library is not None and not has_resnet_stem(model.encoder):
+        raise ConfigError(f"model.cifar_stem: {model.encoder} has no ResNet stem to replace; unset it (timm models "
+                          "take their own options in model.backbone_args)")
+    if library is not None:
+        check_name(*library)
+    return library
 
 
 class Normalize(nn.Module):
@@ -91,26 +115,15 @@ def small_cnn(channels: int, image_size: int, width: int, embed_dim: int, flatte
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), embed_dim
 
 
-def resnet(arch: str, channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
-    """torchvision ResNet without its classifier; the CIFAR stem is a 3x3 stride-1 conv and no max-pool."""
-    model = getattr(torchvision.models, arch)(weights=None)
-    if cifar_stem:
-        model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-    elif channels != 3:
-        model.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
-    dim = model.fc.in_features
-    model.fc = nn.Identity()
-    return model, dim
-
-
 def build_features(spec: EncoderSpec) -> tuple[nn.Sequential, int]:
     """``(features, D)``: normalisation and the encoder's body, ``(B, C, H, W)`` in [0, 1] -> ``(B, D)``, before
-    any bottleneck. ``linear`` is the flattened pixels (a bottleneck makes it one linear map)."""
-    if spec.arch == "small_cnn":
+    any bottleneck. ``linear`` is the flattened pixels (a bottleneck makes it one linear map); library backbones
+    are :func:`~pipeline.models.backbones.library_backbone` (the body, ``features[1]``, keeps the library's keys)."""
+    library = library_model(spec.arch)
+    if library is not None:
+        body, dim = library_backbone(*library, spec.channels, spec.cifar_stem, spec.backbone_args)
+    elif spec.arch == "small_cnn":
         body, dim = small_cnn(spec.channels, spec.image_size, spec.width, spec.embed_dim, spec.flatten)
-    elif spec.arch in ("resnet18", "resnet50"):
-        body, dim = resnet(spec.arch, spec.channels, spec.cifar_stem)
     elif spec.arch == "linear":
         body, dim = nn.Flatten(), spec.channels * spec.image_size**2
     else:

@@ -3,21 +3,24 @@ only such methods read: their ``model_keys``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from annotated_types import Gt
-
-Encoder = Literal["small_cnn", "resnet18", "resnet50", "linear"]
 
 
 @dataclass
 class ModelConfig:
-    encoder: Annotated[Encoder, "the representation; `linear` (one linear map of the pixels) for autoencoders and "
-                                "VAEs only"] = "small_cnn"
+    encoder: Annotated[str, "the representation: `small_cnn`, `torchvision:<name>` (a classification model of "
+                            "torchvision.models), `timm:<name>` (any timm model), `resnet18`/`resnet50` "
+                            "(torchvision's), or `linear` (one linear map of the pixels; autoencoders and VAEs "
+                            "only)"] = "small_cnn"
+    backbone_args: Annotated[dict[str, Any], "torchvision:/timm: constructor arguments, e.g. {patch_size: 4} for a "
+                                             "ViT on small images (timm ViTs get the image size by themselves)"
+                             ] = field(default_factory=dict)
     width: Annotated[int, Gt(0), "small_cnn: channels of the first block"] = 24
     embed_dim: Annotated[int, Gt(0), "small_cnn: size of the representation"] = 256
-    cifar_stem: Annotated[bool | None, "resnets: 3x3 stem without max-pool (small images); unset: for images up "
-                                       "to 64 px, the ImageNet stem above"] = None
+    cifar_stem: Annotated[bool | None, "torchvision ResNets: 3x3 stem without max-pool (small images); unset: for "
+                                       "images up to 64 px, the ImageNet stem above"] = None
     head_hidden: Annotated[int, Gt(0), "hidden units of the projector (and predictor)"] = 512
     head_dim: Annotated[int, Gt(0), "output size of the projector (and predictor)"] = 128
