@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -79,3 +80,40 @@ def kill_a_train_worker(ray, ready: Callable[[], object], killed: list[int]) -> 
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
     return thread
+
+
+WITHOUT_SSLPIPE = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pipeline", "augment"):
+            raise ImportError(f"{name}: this process must load exports without sslpipe")
+sys.meta_path.insert(0, Block())
+"""  # the start of a script that must not import sslpipe (installed in the environment, so blocked)
+
+LIBRARY_ALONE = WITHOUT_SSLPIPE + """
+import json, os, torch
+os.chdir(sys.argv[1])
+entry = json.load(open("encoder.json"))["backbone"]
+scope = {}
+exec(entry["load"], scope)
+model = scope["model"]
+if "missing" in scope:  # torchvision: only the classifier keeps its initial weights
+    assert {key.rsplit(".", 1)[0] for key in scope["missing"]} == {entry["classifier"]}, scope["missing"]
+    assert not scope["unexpected"], scope["unexpected"]
+    model.set_submodule(entry["classifier"], torch.nn.Identity())
+mean, std = (torch.tensor(entry["input"]["normalize"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+with torch.no_grad():
+    torch.save(model.eval()((torch.load(sys.argv[2]) - mean) / std), sys.argv[3])
+"""
+
+
+def features_with_the_library_alone(export_dir: Path, images: torch.Tensor) -> torch.Tensor:
+    """Features ``(B, D)`` of ``images`` ``(B, C, H, W)`` in [0, 1] by the backbone of ``export_dir``, loaded as
+    its ``encoder.json`` says with torchvision or timm alone, in a process where sslpipe cannot be imported."""
+    inputs, outputs = Path(export_dir) / "library-alone-in.pt", Path(export_dir) / "library-alone-out.pt"
+    torch.save(images, inputs)
+    result = subprocess.run([sys.executable, "-c", LIBRARY_ALONE, str(export_dir), str(inputs), str(outputs)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(outputs)

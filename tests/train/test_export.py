@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pipeline.errors import SslpipeError
 from pipeline.export import example_input, export_encoder, load_encoder, verify_export
 from pipeline.models import EncoderSpec, build_encoder
+from tests.helpers import features_with_the_library_alone
 
 SPEC = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32)
 
@@ -45,10 +46,10 @@ def test_a_damaged_export_is_caught_before_registration(tmp_path):
     weights["1.0.weight"] += 0.5  # well-formed file, wrong numbers
     save_file(weights, paths["weights"])
     with pytest.raises(SslpipeError, match=re.escape(f"{paths['weights']}: the exported encoder does not reproduce")):
-        verify_export(encoder, tmp_path, example)
+        verify_export(encoder, SPEC, tmp_path, example)
     Path(paths["pt2"]).write_bytes(Path(paths["pt2"]).read_bytes()[:200])  # truncated
     with pytest.raises(SslpipeError, match=re.escape(f"{paths['pt2']}: the export does not load")):
-        verify_export(encoder, tmp_path, example)
+        verify_export(encoder, SPEC, tmp_path, example)
 
 
 def test_pt2_loads_and_embeds_without_our_code(tmp_path):
@@ -84,3 +85,58 @@ def test_an_export_to_a_url_loads_back_from_it():
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(location).eval()(x), encoder(x))
+
+
+def _library_export(tmp_path, encoder_name, manifest_location, size=None, **model):
+    from pipeline.data import read_manifest
+    from pipeline.models import ModelConfig, encoder_spec
+
+    spec = encoder_spec(ModelConfig(encoder=encoder_name, **model), read_manifest(manifest_location), size)
+    torch.manual_seed(0)
+    encoder, _ = build_encoder(spec)
+    encoder.train()(torch.rand(8, spec.channels, spec.image_size, spec.image_size))  # BN statistics move
+    folder = tmp_path / encoder_name.replace(":", "-")
+    return folder, export_encoder(encoder.eval(), spec, folder, {}), encoder, spec
+
+
+def test_backbone_exports_load_in_their_own_library_alone(tmp_path, synthetic_shards, labeled_photo_shards):
+    """backbone.safetensors + the recipe in encoder.json give the same features with torchvision or timm alone."""
+    exports = [
+        _library_export(tmp_path, "torchvision:resnet18", synthetic_shards),  # 1 channel, small stem
+        _library_export(tmp_path, "torchvision:mobilenet_v3_small", labeled_photo_shards, 64),
+        _library_export(tmp_path, "timm:vit_tiny_patch16_224", synthetic_shards, backbone_args={"patch_size": 7}),
+    ]
+    meta = json.loads(Path(exports[0][1]["meta"]).read_text())["backbone"]
+    assert meta["library"] == "torchvision" and meta["classifier"] == "fc" and "conv1" in meta["load"]
+    for folder, _, encoder, spec in exports:
+        x = torch.rand(3, spec.channels, spec.image_size, spec.image_size)
+        with torch.no_grad():
+            expected = encoder[1](encoder[0](x))
+        torch.testing.assert_close(features_with_the_library_alone(folder, x), expected)
+
+
+def test_a_damaged_backbone_file_is_caught(tmp_path, synthetic_shards):
+    folder, paths, _, _ = _library_export(tmp_path, "timm:resnet18", synthetic_shards)
+    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "encoder.json", "encoder.pt2",
+                                                         "encoder.safetensors"]
+    weights = load_file(paths["backbone"])
+    weights["conv1.weight"] += 0.5
+    save_file(weights, paths["backbone"])
+    from pipeline.export import encoder_from_files, exported_files
+
+    encoder, spec = encoder_from_files(exported_files(folder), str(folder))
+    with pytest.raises(SslpipeError, match=re.escape(f"{paths['backbone']}: the exported encoder does not")):
+        verify_export(encoder.eval(), spec, folder, example_input(spec))
+
+
+def test_onnx_export_matches_pytorch_under_onnxruntime(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    encoder = _trained_like_encoder()
+    paths = export_encoder(encoder, SPEC, tmp_path, {}, onnx=True)  # verified with onnxruntime on writing
+    session = onnxruntime.InferenceSession(paths["onnx"], providers=["CPUExecutionProvider"])
+    x = torch.rand(6, 1, 28, 28)  # another batch size than the export's example
+    with torch.no_grad():
+        expected = encoder(x).numpy()
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert out.shape == (6, 32)
+    torch.testing.assert_close(torch.from_numpy(out), torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
