@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -30,22 +32,48 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, tit
     return _save(figure, path)
 
 
-def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
-    """Codes ``(N, k)`` as points coloured by label ``(N,)``: the codes themselves when ``k == 2``, else their
-    first two principal components."""
+def projection_of(codes: np.ndarray) -> str:
+    """How :func:`project_2d` maps ``codes (N, k)`` to 2-D: ``codes`` (k = 2), ``umap`` (where ``umap-learn`` is
+    installed and N > 15) or ``pca``."""
     if codes.shape[1] == 2:
-        points, axis_names = codes, ("z1", "z2")
-    else:
-        points, axis_names = PCA(2, random_state=0).fit_transform(codes), ("PC 1", "PC 2")
+        return "codes"
+    return "umap" if len(codes) > 15 and importlib.util.find_spec("umap") is not None else "pca"
+
+
+def project_2d(codes: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
+    """``(points (N, 2), axis names)`` by :func:`projection_of`; PCA pads missing components with zeros."""
+    projection = projection_of(codes)
+    if projection == "codes":
+        return codes, ("z1", "z2")
+    if projection == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, random_state=0).fit_transform(codes), ("UMAP 1", "UMAP 2")
+    k = min(2, *codes.shape)
+    points = PCA(k, random_state=0).fit_transform(codes) if k else np.zeros((len(codes), 0))
+    return np.pad(points, ((0, 0), (0, 2 - points.shape[1]))), ("PC 1", "PC 2")
+
+
+def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[str] | tuple[str, ...],
+                       path: Path | BinaryIO, title: str) -> Path | BinaryIO:
+    """Codes ``(N, k)`` as points (:func:`project_2d`) coloured by label ``(N,)``, label ``-1`` grey
+    (unlabeled); ``path`` may be an open binary file."""
+    points, axis_names = project_2d(codes)
     figure, axes = plt.subplots(figsize=(7, 6))
+    size = float(np.clip(4000 / max(1, len(points)), 1, 20))
+    unlabeled = labels < 0
+    if unlabeled.any():
+        axes.scatter(points[unlabeled, 0], points[unlabeled, 1], s=size, alpha=0.5, color="0.5", label="unlabeled")
     colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for label, name in enumerate(class_names):
         chosen = labels == label
-        axes.scatter(points[chosen, 0], points[chosen, 1], s=2, alpha=0.5, color=colours(label % colours.N), label=name)
+        axes.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.5, color=colours(label % colours.N),
+                     label=name)
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
-    axes.set_title(title)
-    axes.legend(markerscale=6, fontsize=7, loc="best")
+    axes.set_title(title, fontsize=9)
+    if len(class_names) <= 30 and (class_names or unlabeled.any()):
+        axes.legend(markerscale=max(1.0, 30 / size) ** 0.5, fontsize=7, loc="best")
     return _save(figure, path)
 
 
@@ -75,9 +103,9 @@ def search_png(rows: list[dict], keys: list[str], log_keys: set[str], metric: st
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: plt.Figure, path: Path | BinaryIO) -> Path | BinaryIO:
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
     return path
 
