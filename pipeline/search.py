@@ -28,8 +28,8 @@ from pipeline.config import JobConfig, TrainConfig, dump_config, validate, with_
 from pipeline.data import read_manifest, storage
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.plots import search_png
-from pipeline.export import encoder_from_files, example_input, exported_files
-from pipeline.pretrain import pretrain, resolve_paths, run_params
+from pipeline.export import META, PT2, WEIGHTS, encoder_from_files, example_input, exported_files
+from pipeline.pretrain import pretrain, resolve_paths, run_datasets, run_params
 from pipeline.search_config import SearchConfig, grid_points, trial_values, tune_space, validate_search
 from pipeline.track import Tracker, check_reachable, tracking_uri
 
@@ -148,7 +148,8 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     if "method" in search.space:  # the trials' methods come from the branches, not from the base job
         params = {key: value for key, value in params.items() if not key.startswith("method.")}
     parent = tracker.start(config.track.experiment, name, params, dump_config(config), reuse_finished=True,
-                           tags={SEARCH_TAG: "parent"})
+                           tags={SEARCH_TAG: "parent"}, entry_point="sslpipe tune",
+                           datasets=run_datasets(config, manifest))
     tracker.log_text(parent, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
 
     concurrent = search.max_concurrent_trials or trials_that_fit(config.train, cluster.resources())
@@ -203,9 +204,9 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
             if tags.get("sslpipe.best_run_id") == best["mlflow_run_id"]:  # a restored search: registered before
                 model_uri = tags["sslpipe.best_model"]
             else:
-                files = exported_files(best["export_dir"])
-                encoder, spec = encoder_from_files(files, best["export_dir"])
-                model_uri = tracker.log_encoder(best["mlflow_run_id"], encoder, example_input(spec), files,
+                files = exported_files(best["export_dir"], (PT2, WEIGHTS, META))
+                _, spec = encoder_from_files(files, best["export_dir"])
+                model_uri = tracker.log_encoder(best["mlflow_run_id"], files.pop(PT2), example_input(spec), files,
                                                 config.track.registered_model)
             tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
             best_params = {key: best[key] for key in search.keys() if best[key] is not None}

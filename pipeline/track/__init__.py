@@ -1,5 +1,6 @@
-"""Everything MLflow: runs and the registered encoder (``tracker``), and the per-epoch logger that training is
-handed as a Ray Train callback (``epoch_log``). No other package imports mlflow."""
+"""Everything MLflow: runs and the registered encoder (``tracker``), the module that encoder loads as
+(``sslpipe_encoder``, torch only), and the per-epoch logger that training is handed as a Ray Train callback
+(``epoch_log``). No other package imports mlflow."""
 
 from pipeline.track.tracker import Tracker, check_reachable, tracking_uri
 

@@ -1,28 +1,55 @@
-"""MLflow runs: params, metrics, tags, artifacts, the registered encoder. The store is ``$MLFLOW_TRACKING_URI``,
-else ``track.tracking_uri``, else ``sqlite:///<cwd>/mlflow.db``.
+"""MLflow runs: params, metrics, tags, artifacts, the shard sets as dataset inputs, the run's source, system
+metrics, the registered encoder. The store is ``$MLFLOW_TRACKING_URI``, else ``track.tracking_uri``, else
+``sqlite:///<cwd>/mlflow.db``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
+import logging
 import os
+import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils import git_utils
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_DIRTY,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 
 from pipeline.config import TrackConfig
+from pipeline.data import Manifest, storage
 from pipeline.errors import SslpipeError
 
 RUN_NAME_TAG = "sslpipe.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 MAX_PARAM_LENGTH = 6000
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's "Machine learning" kind
+MAX_DIGEST_LENGTH = 36  # what MLflow stores of a dataset's digest
+SYSTEM_METRICS_INTERVAL_S = 5.0  # $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+SYSTEM_METRICS_FLUSH_S = 30.0
+SHIPPED = Path(__file__).with_name("sslpipe_encoder.py")  # the registered model's code: imports only torch
 
 
 def quoted(value: str) -> str:
@@ -57,19 +84,87 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> str:
     return uri
 
 
+def source_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's tags for a run's source: the user, ``entry_point`` (``sslpipe pretrain``) as a local source, and
+    the commit, branch, remote and dirtiness of the git checkout this package runs from."""
+    return resolve_tags({MLFLOW_SOURCE_NAME: entry_point, MLFLOW_SOURCE_TYPE: "LOCAL", **_git_tags(Path(__file__))})
+
+
+def _git_tags(path: Path) -> dict[str, str]:
+    """MLflow's git tags for the checkout holding ``path``; none outside one (an installed package, a Ray job's
+    copy of the working directory) or without git."""
+    try:
+        import git  # GitPython, as MLflow's own git context uses; raises ImportError without a git executable
+
+        repo = git.Repo(path.parent, search_parent_directories=True)
+        if repo.ignored(str(path)):
+            return {}
+        tags = {MLFLOW_GIT_COMMIT: repo.head.commit.hexsha, MLFLOW_GIT_DIRTY: str(repo.is_dirty()).lower()}
+        if not repo.head.is_detached:
+            tags[MLFLOW_GIT_BRANCH] = repo.active_branch.name
+    except Exception:  # noqa: BLE001 - no git, no checkout, no commit yet: the run has no git source
+        return {}
+    if url := git_utils.get_git_repo_url(str(path)):
+        tags[MLFLOW_GIT_REPO_URL] = url
+    return tags
+
+
+def shard_dataset(location: str, manifest: Manifest) -> Dataset:
+    """The shard set at ``location`` (folder or URL) as an MLflow dataset: named after its folder, its source the
+    location, its digest the manifest's sha256 (the 36 characters MLflow keeps; the profile has all 64), its
+    profile the splits' sizes, image shape, encoding and classes."""
+    digest = manifest.digest()
+    profile = {"manifest_sha256": digest, "num_samples": {name: s.num_samples for name, s in manifest.splits.items()},
+               "image_shape": list(manifest.image_shape), "layout": manifest.layout, "encoding": manifest.encoding,
+               "classes": len(manifest.class_names)}
+    return Dataset(name=str(location).rstrip("/").rsplit("/", 1)[-1], digest=digest[:MAX_DIGEST_LENGTH],
+                   source_type="local" if storage.is_local(location) else urlparse(str(location)).scheme,
+                   source=json.dumps({"uri": str(location)}), profile=json.dumps(profile))
+
+
+def pinned_requirements() -> list[str]:
+    """What loading the registered encoder needs, pinned to the versions this process runs: torch (its local label
+    such as ``+cpu`` dropped, so that pip finds it) and cloudpickle, MLflow's pickler; MLflow adds itself."""
+    import cloudpickle
+
+    return [f"{name}=={version.split('+')[0]}" for name, version in
+            (("torch", torch.__version__), ("cloudpickle", cloudpickle.__version__))]
+
+
+def _shipped_module() -> ModuleType:
+    """:data:`SHIPPED` imported under the top-level name it has where MLflow ships it (the model's ``code/``), so
+    that a pickled encoder refers to that name and not to ``pipeline``."""
+    if (module := sys.modules.get(SHIPPED.stem)) is None:
+        spec = importlib.util.spec_from_file_location(SHIPPED.stem, SHIPPED)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[SHIPPED.stem] = module
+        spec.loader.exec_module(module)
+    return module
+
+
 class Tracker:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.client = MlflowClient(uri)
 
+    def experiment_id(self, experiment: str) -> str:
+        """``experiment``'s id, created if needed, marked as model training (MLflow's UI kind ``Machine
+        learning``) unless it has a kind already."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return self.client.create_experiment(experiment, tags={KIND_TAG: TRAINING_KIND})
+        if KIND_TAG not in found.tags:
+            self.client.set_experiment_tag(found.experiment_id, KIND_TAG, TRAINING_KIND)
+        return found.experiment_id
+
     def start(self, experiment: str, run_name: str, params: dict[str, Any], config_yaml: str, *,
-              parent_run_id: str | None = None, reuse_finished: bool = False, tags: dict[str, str] | None = None
-              ) -> str:
+              parent_run_id: str | None = None, reuse_finished: bool = False, tags: dict[str, str] | None = None,
+              entry_point: str = "sslpipe", datasets: Mapping[str, tuple[str, Manifest]] | None = None) -> str:
         """The run id for ``run_name`` in ``experiment``: an unfinished run of that name (or any, with
         ``reuse_finished``) is resumed, else a new run is created (nested under ``parent_run_id`` if given) with
-        ``params`` and the job's config as ``config.yaml``."""
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        ``params``, the job's config as ``config.yaml``, ``entry_point`` and the git checkout as its source, and
+        ``datasets`` (context, e.g. ``training`` -> shard location and manifest) as its dataset inputs."""
+        experiment_id = self.experiment_id(experiment)
         unfinished = "" if reuse_finished else " and attributes.status != 'FINISHED'"
         previous = self.client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = {quoted(run_name)}{unfinished}",
                                            max_results=1)
@@ -77,14 +172,35 @@ class Tracker:
             run_id = previous[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        tags = {RUN_NAME_TAG: run_name, **(tags or {})}
+        tags = {**source_tags(entry_point), RUN_NAME_TAG: run_name, **(tags or {})}
         if parent_run_id:
             tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(key, str(value)[:MAX_PARAM_LENGTH])
                                                        for key, value in params.items()])
+        if datasets:
+            self.client.log_inputs(run.info.run_id, [
+                DatasetInput(shard_dataset(location, manifest), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                for context, (location, manifest) in datasets.items()
+            ])
         self.log_text(run.info.run_id, config_yaml, "config.yaml")
         return run.info.run_id
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:
+        """For the block, log this node's ``system/...`` metrics to ``run_id`` every ``interval_s`` seconds: CPU,
+        memory, disk, network, and with nvidia-ml-py each GPU's utilisation and memory (MLflow's monitor; a resumed
+        run continues its steps). The last samples get :data:`SYSTEM_METRICS_FLUSH_S` to go out after the block: a
+        tracking server that went away does not hold the run up."""
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            finishing = threading.Thread(target=monitor.finish, name="sslpipe-system-metrics", daemon=True)
+            finishing.start()
+            finishing.join(SYSTEM_METRICS_FLUSH_S)
 
     def find_run(self, experiment: str, run_name: str) -> mlflow.entities.Run | None:
         """The latest run named ``run_name`` in ``experiment``, if any."""
@@ -101,6 +217,14 @@ class Tracker:
 
     def tags(self, run_id: str) -> dict[str, str]:
         return self.client.get_run(run_id).data.tags
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether this store holds run ``run_id`` (an export's pretraining run may be in another store)."""
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return True
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -124,23 +248,41 @@ class Tracker:
             for path in paths:
                 self.log_artifact(run_id, path, artifact_path)
 
-    def log_encoder(self, run_id: str, encoder: torch.nn.Module, example: torch.Tensor, files: dict[str, bytes],
+    def log_encoder(self, run_id: str, program: bytes, example: torch.Tensor, files: dict[str, bytes],
                     registered_model: str) -> str:
-        """Log ``encoder`` as an MLflow PyTorch model (pt2, loadable without our code) with ``files``
-        (name -> content: safetensors + json) beside it, register it, and return its ``models:/name/version``
-        URI."""
+        """Log the encoder whose ``torch.export`` program (dynamic batch; the bytes ``torch.export.save`` wrote)
+        is ``program`` as an MLflow PyTorch model with ``files`` (name -> content: safetensors + json) beside it,
+        register it, and return its ``models:/name/version`` URI. ``mlflow.pytorch.load_model`` gives a module
+        whose ``.eval()`` and ``.to(device)`` work, without our code: the program in :data:`SHIPPED`'s
+        ``ExportedEncoder``, which is shipped with the model and imports only torch."""
+        loadable = _shipped_module().ExportedEncoder(program)
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id), _written(files) as paths:
+        with mlflow.start_run(run_id=run_id), _written(files) as paths, _without_pickle_advice():
             info = mlflow.pytorch.log_model(
-                encoder.eval(), name="encoder", input_example=example.numpy(), serialization_format="pt2",
-                extra_files=[str(path) for path in paths], registered_model_name=registered_model,
-                # a pt2 program needs torch only: MLflow's own pins, instead of inferring them (6 s a model here)
-                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                # pickled: only the shipped class and the program's bytes (MLflow's pt2 format cannot .eval())
+                loadable, name="encoder", input_example=example.numpy(), serialization_format="pickle",
+                code_paths=[str(SHIPPED)], extra_files=[str(path) for path in paths],
+                registered_model_name=registered_model, pip_requirements=pinned_requirements(),
             )
         return f"models:/{registered_model}/{info.registered_model_version}"
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def _without_pickle_advice() -> Iterator[None]:
+    """MLflow's warning against pickled models, which advises its pt2 format, left out for the block: ours pickles
+    only the shipped class and a pt2 program's bytes."""
+    def advice(record: logging.LogRecord) -> bool:
+        return "exercising caution" not in record.getMessage()
+
+    logger = logging.getLogger("mlflow.pytorch")
+    logger.addFilter(advice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(advice)
 
 
 @contextlib.contextmanager
