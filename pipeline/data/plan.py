@@ -10,6 +10,9 @@ Modes, with ``N`` samples in ``S`` shards, ``W`` ranks, batch size ``B``:
   CIFAR-10's 50,000 at 8 ranks x 256, whatever the number of shards). The samples left out change from epoch to
   epoch. A rank's stretch is split between its DataLoader workers at batch boundaries, so each worker reads one
   contiguous part of a few shards (the first and last of them only in part).
+* evaluation (``drop_last=False``, no shuffle): every sample exactly once. The split's ``ceil(N / B)`` batches
+  are dealt to the ranks as contiguous runs (rank ``r`` takes batches ``[r n / W, (r + 1) n / W)``), so the ranks
+  read disjoint stretches that together are the split in shard order, only the last batch partial.
 * ``resampled``: every DataLoader worker draws shards with replacement, seeded by ``(seed, epoch, rank,
   worker)``; every rank yields ``floor(N / (W B))`` batches. No coverage guarantee within an epoch; each
   yielded sample is a valid sample, and in expectation every sample is seen once per epoch.
@@ -51,10 +54,20 @@ def shard_order(count: int, epoch: int, seed: int, shuffle: bool = True) -> list
 
 
 def samples_per_rank(counts: Sequence[int], world_size: int, batch_size: int, drop_last: bool = True) -> int:
-    """``L``: the samples each rank reads in an epoch (whole batches; every sample with ``drop_last=False``,
-    which is single-process evaluation)."""
-    total = sum(counts)
-    return total // (world_size * batch_size) * batch_size if drop_last else total
+    """``L``: the samples each rank reads in a training epoch (whole batches); with ``drop_last=False``
+    (evaluation) the most any rank reads, see :func:`evaluation_share`."""
+    if drop_last:
+        return sum(counts) // (world_size * batch_size) * batch_size
+    start, stop = evaluation_share(sum(counts), world_size, 0, batch_size)
+    return stop - start
+
+
+def evaluation_share(total: int, world_size: int, rank: int, batch_size: int) -> tuple[int, int]:
+    """``[start, stop)``: the samples of a split of ``total`` that ``rank`` reads for evaluation, a contiguous run
+    of whole batches (the split's last batch partial); the ranks' runs tile ``[0, total)`` in rank order."""
+    batches = -(-total // batch_size)
+    return (min(total, rank * batches // world_size * batch_size),
+            min(total, (rank + 1) * batches // world_size * batch_size))
 
 
 def stretch(counts: Sequence[int], order: Sequence[int], start: int, stop: int) -> list[Piece]:
@@ -75,8 +88,11 @@ def rank_pieces(
     shuffle: bool = True, drop_last: bool = True,
 ) -> list[Piece]:
     """What ``rank`` reads this epoch, in order."""
-    length = samples_per_rank(counts, world_size, batch_size, drop_last)
-    return stretch(counts, shard_order(len(counts), epoch, seed, shuffle), rank * length, (rank + 1) * length)
+    order = shard_order(len(counts), epoch, seed, shuffle)
+    if not drop_last:
+        return stretch(counts, order, *evaluation_share(sum(counts), world_size, rank, batch_size))
+    length = samples_per_rank(counts, world_size, batch_size)
+    return stretch(counts, order, rank * length, (rank + 1) * length)
 
 
 def worker_pieces(pieces: Sequence[Piece], batch_size: int, num_workers: int, worker: int) -> list[Piece]:
@@ -96,11 +112,14 @@ def worker_pieces(pieces: Sequence[Piece], batch_size: int, num_workers: int, wo
 
 
 def batches_per_rank(
-    counts: Sequence[int], world_size: int, batch_size: int, mode: str, drop_last: bool = True,
+    counts: Sequence[int], world_size: int, batch_size: int, mode: str, drop_last: bool = True, rank: int = 0,
 ) -> int:
-    """Batches every rank yields this epoch (with ``drop_last=False``, single-process evaluation, the last
-    partial batch counts)."""
+    """Batches every rank yields this epoch; with ``drop_last=False`` (evaluation), the batches of ``rank``'s
+    share, the split's last partial batch counted."""
     _check(mode, batch_size)
     if mode == "resampled":
         return sum(counts) // (world_size * batch_size)
-    return -(-samples_per_rank(counts, world_size, batch_size, drop_last) // batch_size)
+    if not drop_last:
+        start, stop = evaluation_share(sum(counts), world_size, rank, batch_size)
+        return -(-(stop - start) // batch_size)
+    return samples_per_rank(counts, world_size, batch_size) // batch_size

@@ -355,7 +355,7 @@ class ShardLoader:
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.location, self.split, self.epoch = str(location), split, 0
         self.skip_bad_samples, self.skipped = skip_bad_samples, 0  # skipped: bad samples of the last epoch read
-        if len(self) == 0:
+        if len(self) == 0 and (drop_last or not sum(self.kept_counts)):  # (an evaluation rank's share may be empty)
             raise ConfigError(
                 f"split {split!r} of {location} has {sum(self.kept_counts)} samples: too few for {self.world_size} rank(s)"
                 f" x batch_size {batch_size}; lower batch_size or use more data"
@@ -365,7 +365,8 @@ class ShardLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return batches_per_rank(self.kept_counts, self.world_size, self.batch_size, self.mode, self.drop_last)
+        return batches_per_rank(self.kept_counts, self.world_size, self.batch_size, self.mode, self.drop_last,
+                                self.rank)
 
     def batch_bytes(self) -> int:
         """About how many bytes one batch takes as the loader processes hand it over."""
@@ -417,6 +418,8 @@ class ShardLoader:
         waits on a rank that ran dry (some samples are then read twice in that epoch)."""
         limit, emitted = len(self), 0
         self.skipped = 0
+        if limit == 0:
+            return
         passes = 1 + (REFILL_PASSES if self.skip_bad_samples and self.drop_last else 0)
         for refill in range(passes):
             with contextlib.closing(self._items(refill)) as items:  # also when a worker fails or we stop early
@@ -469,10 +472,14 @@ class ShardLoader:
 
 def evaluation_loader(
     location: str | Path, split: str, batch_size: int, *, image_size: int | None = None,
-    url_template: str | None = None, skip_bad_samples: bool = False, num_workers: int = 1,
+    url_template: str | None = None, skip_bad_samples: bool = False, num_workers: int = 1, rank: int = 0,
+    world_size: int = 1, pin_memory: bool = False,
 ) -> ShardLoader:
-    """Evaluation's loader: every (readable) sample of ``split`` once, in shard order, in this process alone,
-    the last batch partial; photos are center crops of ``image_size``."""
+    """Evaluation's loader: every (readable) sample of ``split`` once across ``world_size`` ranks, ``rank``
+    reading its contiguous share of whole batches in shard order (see :func:`~pipeline.data.plan.evaluation_share`;
+    with several ``num_workers`` the loader processes' batches interleave: sort by the samples' indices), the
+    split's last batch partial; photos are center crops of ``image_size``."""
     views = PhotoViews(image_size) if image_size else None
-    return ShardLoader(location, split, batch_size, rank=0, world_size=1, num_workers=num_workers, shuffle=False,
-                       drop_last=False, url_template=url_template, skip_bad_samples=skip_bad_samples, views=views)
+    return ShardLoader(location, split, batch_size, rank=rank, world_size=world_size, num_workers=num_workers,
+                       shuffle=False, drop_last=False, url_template=url_template, skip_bad_samples=skip_bad_samples,
+                       views=views, pin_memory=pin_memory)

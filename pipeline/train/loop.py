@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
 LOSS_READ_EVERY = 25  # steps between reads of the loss (a host sync on GPUs), each checking it is finite
 Monitor = Callable[[nn.Module, torch.device], dict[str, float]]  # rank 0, after each epoch: encoder -> metrics
+Finisher = Callable[[nn.Module, torch.device], None]  # every rank, after the last epoch: the method (e.g. features)
 
 
 class NonFiniteLoss(SslpipeError):
@@ -78,8 +79,10 @@ def check_finite(
 
 
 def train_worker(payload: dict) -> None:
-    """``train_loop_per_worker``: ``payload`` holds the job config dict and the ``monitors`` rank 0 runs on the
-    encoder after each epoch (their metrics are reported beside the loss)."""
+    """``train_loop_per_worker``: ``payload`` holds the job config dict, the ``monitors`` rank 0 runs on the
+    encoder after each epoch (their metrics are reported beside the loss) and the ``finishers`` every rank runs on
+    the trained method after the last epoch (also when a resumed run has no epoch left), such as evaluation's
+    feature pass over the rank's share of the evaluation shards."""
     import ray
     import ray.train
     import ray.train.torch
@@ -189,3 +192,21 @@ def train_worker(payload: dict) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 report_checkpoint.set_metadata({WORKER_NODES: nodes})
             ray.train.report(metrics, checkpoint=report_checkpoint)
+    finishers = payload.get("finishers", [])
+    if finishers:
+        broadcast_state(method)  # rank 0's BatchNorm statistics are the checkpoint's (DDP leaves each rank its own)
+    for finisher in finishers:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            finisher(method, device)
+
+
+@torch.no_grad()
+def broadcast_state(module: nn.Module) -> None:
+    """Every rank's parameters and buffers set to rank 0's, in place (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return
+    for tensor in module.state_dict().values():
+        if isinstance(tensor, torch.Tensor):
+            dist.broadcast(tensor, 0)

@@ -1,6 +1,10 @@
+import itertools
+
 import pytest
 
-from pipeline.data.plan import Piece, batches_per_rank, rank_pieces, samples_per_rank, shard_order, worker_pieces
+from pipeline.data.plan import (
+    Piece, batches_per_rank, evaluation_share, rank_pieces, samples_per_rank, shard_order, worker_pieces,
+)
 from pipeline.errors import ConfigError
 
 COUNTS = [700, 700, 700, 700, 200]
@@ -59,6 +63,22 @@ def test_batches_per_rank_hand_computed():
     assert batches_per_rank(COUNTS, 2, 64, "resampled") == 23  # floor(3000 / (2 * 64))
     assert batches_per_rank(COUNTS, 1, 64, "exact", drop_last=False) == 47  # ceil(3000 / 64): evaluation
     assert batches_per_rank([10, 10], 3, 2, "exact") == 3  # fewer shards than ranks is fine
+
+
+def test_evaluation_deals_every_sample_once_in_contiguous_runs_of_whole_batches():
+    for world_size in (1, 2, 3, 8):
+        shares = [evaluation_share(3000, world_size, rank, 64) for rank in range(world_size)]
+        assert shares[0][0] == 0 and shares[-1][1] == 3000
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(shares))  # they tile the split in rank order
+        assert all(start % 64 == 0 for start, _ in shares)  # only the split's last batch is partial
+        pieces = [rank_pieces(COUNTS, world_size, r, 64, epoch=0, seed=0, shuffle=False, drop_last=False)
+                  for r in range(world_size)]
+        everything = [s for p in pieces for s in _samples(p)]
+        assert everything == _samples([Piece(i, 0, c) for i, c in enumerate(COUNTS)])  # shard order, each once
+        batches = [batches_per_rank(COUNTS, world_size, 64, "exact", drop_last=False, rank=r)
+                   for r in range(world_size)]
+        assert sum(batches) == 47 and max(batches) - min(batches) <= 1
+    assert evaluation_share(100, 4, 0, 64) == (0, 0) and evaluation_share(100, 4, 3, 64) == (64, 100)
 
 
 def test_unknown_mode():

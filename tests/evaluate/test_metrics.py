@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from pipeline.evaluate import knn_accuracy, linear_probe
 
@@ -31,3 +32,34 @@ def test_probe_separable_and_confusion():
     result = linear_probe(train_x, train_y, test_x, test_y)
     assert result.accuracy == pytest.approx(1.0)
     assert result.confusion.shape == (3, 3) and result.confusion.trace() == 100
+
+
+def _knn_before_batching(train_x, train_y, test_x, test_y, k=200, temperature=0.1, chunk=1024):
+    """The kNN as it was before it ran in device batches (numpy in, 1,024 queries at a time on the CPU)."""
+    import torch.nn.functional as F
+
+    train = F.normalize(torch.from_numpy(train_x).float(), dim=1)
+    labels = torch.from_numpy(train_y).long()
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    k = min(k, len(train))
+    correct = 0
+    for start in range(0, len(test_x), chunk):
+        query = F.normalize(torch.from_numpy(test_x[start : start + chunk]).float(), dim=1)
+        similarity, index = (query @ train.T).topk(k, dim=1)
+        votes = torch.zeros(len(query), num_classes).scatter_add_(1, labels[index], (similarity / temperature).exp())
+        correct += (votes.argmax(1).numpy() == test_y[start : start + chunk]).sum()
+    return float(correct / len(test_x))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_knn_in_device_batches_equals_the_result_before(device):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (5, 16))
+    train_y, test_y = rng.integers(0, 5, 3000), rng.integers(0, 5, 700)
+    train_x = (centers[train_y] + rng.normal(0, 1.5, (3000, 16))).astype(np.float32)
+    test_x = (centers[test_y] + rng.normal(0, 1.5, (700, 16))).astype(np.float32)
+    before = _knn_before_batching(train_x, train_y, test_x, test_y, k=50)
+    assert 0.4 < before < 0.95  # neither trivial nor hopeless
+    for chunk in (None, 64, 333):
+        assert knn_accuracy(train_x, train_y, test_x, test_y, k=50, chunk=chunk, device=device) == before
