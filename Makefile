@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta clean
+.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval clean
 
 SHARDS ?= data/fashion-mnist
 JOB    ?= jobs/simclr_fashion_mnist.yaml
@@ -52,6 +52,10 @@ bench-photos: venv
 bench: venv
 	$(BIN)/python -m benchmarks.loader
 	$(BIN)/python -m benchmarks.throughput
+
+# Evaluation time against 10k, 50k and 200k synthetic 64 px images, beside a pretraining epoch (about 40 min).
+bench-eval: venv
+	$(BIN)/python -m benchmarks.evaluation scaling
 
 # SimCLR probe accuracy after 5, 10 and 30 minutes of training (about 40 min).
 bench-tta: venv

@@ -98,7 +98,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"MLflow run      {summary.run_id} ({summary.run_name}) in {summary.tracking_uri}")
     print(f"encoder model   {summary.model_uri}")
     print(f"encoder files   {summary.export_dir}")
-    print(f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}")
+    print(f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}, then open "
+          f"http://127.0.0.1:5000/#/experiments/{summary.experiment_id}?workflowType=machine_learning")
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -114,6 +115,30 @@ def _tune(args: argparse.Namespace) -> None:
         print(f"best trial      {summary.best['trial']} (MLflow run {summary.best['mlflow_run_id']})")
         print(f"encoder model   {summary.model_uri}")
     print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}")
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from pipeline.embed import PARQUET, embed
+
+    summary = embed(args.model, args.data, args.out, split=args.split, workers=args.workers,
+                    batch_size=args.batch_size, overwrite=args.overwrite, skip_bad_samples=args.skip_bad_samples)
+    print(f"wrote {summary.count} embeddings ({summary.dim}-d) to {args.out}/{PARQUET}, a {summary.projection.upper()} "
+          f"map to {args.out}/map.png ({summary.workers} worker(s) on {summary.device}, {summary.seconds:.1f} s)")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from pipeline.export import read_export
+    from pipeline.finetune import finetune, finetune_config, table
+
+    encoder, meta = read_export(args.model)
+    fractions = [f"finetune.fractions=[{args.fractions}]"] if args.fractions else []
+    config = finetune_config(meta.get("config") or {}, [*fractions, *args.overrides], args.shards,
+                             f"{args.model} (encoder.json) with the overrides")
+    summary = finetune(args.model, encoder, meta, config)
+    print(table(summary.rows))
+    where = "and on the pretraining run " + summary.pretrain_run_id if summary.on_pretraining_run else (
+        "(the pretraining run is not in this store)")
+    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}, {where}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,11 +203,38 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("search", help="search YAML, e.g. jobs/search_simclr_fashion_mnist.yaml")
     tune.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. search.num_samples=2")
     tune.set_defaults(run=_tune)
+    embed = commands.add_parser("embed", help="embeddings of a data set by an exported encoder (Parquet + a 2-D map)")
+    embed.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI (models:/sslpipe-encoder/1)")
+    embed.add_argument("data", help="shard folder or URL prefix with manifest.json, or a folder of images "
+                       "(folder:PATH or a plain directory; one subfolder per class, or none)")
+    embed.add_argument("--out", required=True, help="output folder: embeddings.parquet, map.png, embed.json")
+    embed.add_argument("--split", help="only this split (default: every split)")
+    embed.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else 2); 0 or 1: this process, "
+                       "no Ray")
+    embed.add_argument("--batch-size", type=int, default=256, help="images per encoder call")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing embeddings.parquet")
+    embed.add_argument("--skip-bad-samples", action="store_true", help="skip and count images that cannot be "
+                       "decoded instead of failing")
+    embed.set_defaults(run=_embed)
+    finetune = commands.add_parser("finetune", help="fine-tune an exported encoder + linear head on 1%% and 10%% "
+                                   "of the labels, beside the same from random initialisation (Ray Train)")
+    finetune.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI "
+                          "(models:/sslpipe-encoder/1)")
+    finetune.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. finetune.epochs=[20,10]")
+    finetune.add_argument("--shards", help="labeled shards with train and test splits (default: the pretraining "
+                          "job's eval.shards, else data.shards)")
+    finetune.add_argument("--fractions", help="labeled fractions of train, comma-separated (default 0.01,0.1)")
+    finetune.set_defaults(run=_finetune, overrides_anywhere=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "overrides_anywhere", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # argparse gives overrides after an option no positional slot: they are overrides all the same
+        args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)
     except SslpipeError as exn:

@@ -11,6 +11,8 @@ the README's table of keys.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.methods import METHODS, MethodOptions
 from pipeline.methods.base import ReconstructionMethod
 from pipeline.methods.simclr import SimCLROptions
-from pipeline.models import ModelConfig, encoder_spec
+from pipeline.models import ModelConfig, check_encoder, encoder_spec
 from pipeline.models.decoders import check_decodable
 
 
@@ -102,10 +104,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: Annotated[int, Gt(0), "images per evaluation batch"] = 1024
-    probe_max_iter: Annotated[int, Gt(0), "L-BFGS iterations of the linear probe"] = 500
+    probe_max_iter: Annotated[int, Gt(0), "L-BFGS iterations of the linear probe (the torch probe's final fit; "
+                                          "each fit of its weight-decay grid gets a fifth)"] = 500
     knn_k: Annotated[int, Gt(0), "neighbours of the kNN classifier"] = 200
     knn_temperature: Annotated[float, Gt(0), "kNN vote weight exp(similarity / temperature)"] = 0.1
     baselines: Annotated[bool, "also probe raw pixels and a randomly initialised encoder"] = True
+    pixels_max_gb: Annotated[float, Gt(0), "raw-pixel baseline: a split whose float32 pixels take more GiB is "
+                                           "downsampled to 32 px and, still above, a seeded subsample that fits "
+                                           "(params `eval.baseline_pixels_*` record what was used)"] = 0.25
     online_knn: Annotated[int, Ge(0), "> 0: each epoch, online_knn_accuracy of the first n train images voting "
                                       "for the next n/4"] = 0
     shards: Annotated[str | None, "labeled shards that evaluation reads (train split: probe fit and kNN bank, test "
@@ -124,6 +130,47 @@ class TrackConfig:
 @dataclass
 class ExportConfig:
     out_dir: Annotated[str, "folder or URL prefix the encoder files go to, under the run name"] = "exports"
+    onnx: Annotated[bool, "also write encoder.onnx, checked with onnxruntime (pip install 'sslpipe[onnx]')"] = False
+
+
+@dataclass
+class FinetuneConfig:
+    fractions: Annotated[list[float], "`sslpipe finetune`: labeled fractions of the train split, each "
+                                      "class-balanced"] = field(default_factory=lambda: [0.01, 0.1])
+    epochs: Annotated[list[int], "epochs for each fraction, or one value for all (SimCLR's: 60 for 1%, 30 for "
+                                 "10%)"] = field(default_factory=lambda: [60, 30])
+    batch_size: Annotated[int, Gt(0), "images per step per rank (at most a rank's share of the subset)"] = 64
+    lr: Annotated[float, Gt(0), "AdamW learning rate of the linear head: one epoch of warm-up, then a cosine to "
+                                "0"] = 1e-3
+    encoder_lr_scale: Annotated[float, Ge(0), "the encoder's learning rate over the head's"] = 1.0
+    weight_decay: Annotated[float, Ge(0), "not applied to BatchNorm weights and biases"] = 1e-4
+    augment: Annotated[Preset, "views of the labeled images (`light`: crop and flip, brightness and "
+                               "contrast)"] = "light"
+
+    def schedule(self) -> list[tuple[float, int]]:
+        """``(fraction, epochs)`` for each fraction; raises naming the key when a value is not a fraction in
+        (0, 1] or a positive whole number of epochs, or when there is neither one epochs value nor one per
+        fraction."""
+        fractions = [_number(value, float, "finetune.fractions") for value in self.fractions]
+        epochs = [_number(value, int, "finetune.epochs") for value in self.epochs]
+        if not fractions or any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) < len(fractions):
+            raise ConfigError(f"finetune.fractions: {self.fractions!r}; give distinct fractions in (0, 1], e.g. "
+                              "[0.01, 0.1]")
+        if any(e < 1 for e in epochs) or len(epochs) not in (1, len(fractions)):
+            raise ConfigError(f"finetune.epochs: {self.epochs!r} for fractions {self.fractions!r}; give one whole "
+                              "number > 0 for every fraction, or one for all")
+        return list(zip(fractions, epochs * len(fractions) if len(epochs) == 1 else epochs))
+
+
+def _number(value: Any, kind: type, key: str) -> float | int:
+    """``value`` (YAML reads ``1e-2`` as text) as a ``kind`` number, or a :class:`ConfigError` naming ``key``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise ConfigError(f"{key}: {value!r} is not a{'' if kind is float else ' whole'} number")
+    return kind(number)
 
 
 @dataclass
@@ -137,6 +184,7 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Every key that applies to this job: the method's own options, and only the ``model`` keys it reads."""
@@ -214,7 +262,12 @@ def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
     if config.model.encoder == "linear" and not issubclass(method, ReconstructionMethod):
         raise ConfigError("model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
                           f"autoencoder or vae, not {config.method.name})")
+    check_encoder(config.model)
+    if config.export.onnx and not all(importlib.util.find_spec(name) for name in ("onnxscript", "onnxruntime")):
+        raise ConfigError("export.onnx needs onnx, onnxscript and onnxruntime: pip install 'sslpipe[onnx]', or set "
+                          "export.onnx=false")
     check_run_name(config.train.name, "train.name")
+    config.finetune.schedule()
     if manifest is not None:
         _validate_data(config, manifest)
     return config
@@ -254,8 +307,9 @@ def _validate_data(config: JobConfig, manifest: Manifest) -> None:
         if config.data.image_size not in (None, height):
             raise ConfigError(f"data.image_size applies to photo shards; {config.data.shards} holds {height}x{width} "
                               "arrays (re-shard the source as photos to train at another size)")
+    spec = encoder_spec(config.model, manifest, config.data.crop_size)  # its name, arguments and stem checked
     if issubclass(METHODS[config.method.name], ReconstructionMethod):
-        check_decodable(encoder_spec(config.model, manifest, config.data.crop_size))
+        check_decodable(spec)
     ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
     ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,
                 mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,

@@ -18,8 +18,9 @@ from pipeline.config import JobConfig, dump_config, validate, with_workers
 from pipeline.data import Manifest, ShardLoader, read_manifest, storage
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.online import OnlineKnn
-from pipeline.evaluate.suite import evaluate_method
-from pipeline.export import PT2, example_input, export_encoder, exported_files
+from pipeline.evaluate.suite import (baseline_params, evaluate_method, features_folder, gather_features,
+                                     worker_features)
+from pipeline.export import BACKBONE, META, ONNX, PT2, WEIGHTS, example_input, export_encoder, exported_files
 from pipeline.methods import trained_method
 from pipeline.track import Tracker, check_reachable, tracking_uri
 from pipeline.track.epoch_log import EpochMetricsToMlflow, send_unsent
@@ -58,6 +59,7 @@ class PretrainSummary:
     export_dir: str  # folder or URL
     metrics: dict[str, float]  # the final evaluation
     train_metrics: dict[str, float | str]  # the last epoch's
+    experiment_id: str
 
 
 def resolve_paths(config: JobConfig, run_name: str) -> JobConfig:
@@ -91,7 +93,15 @@ def preview(config: JobConfig, path: Path) -> Path:
 
 def run_params(config: JobConfig, manifest: Manifest) -> dict[str, Any]:
     """What an MLflow run records as params: every key that applies to the job, and the data set's hash."""
-    return {**config.flat(), "data.manifest_sha256": manifest.digest()}
+    return {**config.flat(), "data.manifest_sha256": manifest.digest(), **baseline_params(config, manifest)}
+
+
+def run_datasets(config: JobConfig, manifest: Manifest) -> dict[str, tuple[str, Manifest]]:
+    """The shard sets a run reads, by MLflow dataset context: ``training``, and ``evaluation`` when it differs."""
+    datasets = {"training": (config.data.shards, manifest)}
+    if config.evaluation_shards != config.data.shards:
+        datasets["evaluation"] = (config.evaluation_shards, read_manifest(config.evaluation_shards))
+    return datasets
 
 
 def monitors(config: JobConfig) -> list[OnlineKnn]:
@@ -116,21 +126,24 @@ def pretrain(
     tracker = Tracker(check_reachable(tracking_uri(config.track)))
     config = with_workers(config, cluster.resources())  # starts or joins Ray; the run's params record how many
     run_id = tracker.start(config.track.experiment, run_name, run_params(config, manifest), dump_config(config),
-                           parent_run_id=parent_run_id)
+                           parent_run_id=parent_run_id, datasets=run_datasets(config, manifest),
+                           entry_point="sslpipe tune" if parent_run_id else "sslpipe pretrain")
     previous_handler = None
     try:
-        with tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder:
+        with tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder, tracker.system_metrics(run_id):
             work = Path(folder)
             tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
             previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
             unsent = unsent_path(config, run_id)
             epoch_log = EpochMetricsToMlflow(tracker.uri, run_id, str(unsent))
-            state = fit(config, run_name, [epoch_log, *train_callbacks], monitors(config))
+            extraction = worker_features(config, manifest, features_folder(config))  # on the workers, after training
+            extraction.clear()
+            state = fit(config, run_name, [epoch_log, *train_callbacks], monitors(config), [extraction])
             if SIGTERM_RECEIVED.is_set():  # Ray Train aborted the run; its last checkpoint is where a rerun resumes
                 raise RunStopped("stopped by SIGTERM")
             send_unsent(tracker, run_id, unsent, config.track.server_wait_s)
             method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
-            metrics, plots = evaluate_method(method, config, manifest, work)
+            metrics, plots = evaluate_method(method, config, manifest, work, gather_features(extraction))
             tracker.log_metrics(run_id, metrics, step=config.train.epochs)
             for plot in plots:
                 tracker.log_artifact(run_id, plot)
@@ -138,11 +151,13 @@ def pretrain(
         metadata = {"method": config.method.name, "config": config.to_dict(), "manifest_sha256": manifest.digest(),
                     "mlflow_run_id": run_id, "metrics": metrics}
         encoder, spec = method.encoder, method.spec  # the method's final encoder (e.g. ending at a bottleneck)
-        export_encoder(encoder, spec, export_dir, metadata)
-        tracker.log_files(run_id, exported_files(export_dir, (PT2,)), "export")
+        written = export_encoder(encoder, spec, export_dir, metadata, onnx=config.export.onnx)
+        artifacts = tuple(name for kind, name in (("pt2", PT2), ("backbone", BACKBONE), ("onnx", ONNX)) if kind in written)
+        tracker.log_files(run_id, exported_files(export_dir, artifacts), "export")  # the model holds the other two
         model_uri = None
         if register:
-            model_uri = tracker.log_encoder(run_id, encoder, example_input(spec), exported_files(export_dir),
+            files = exported_files(export_dir, (PT2, WEIGHTS, META))
+            model_uri = tracker.log_encoder(run_id, files.pop(PT2), example_input(spec), files,
                                             config.track.registered_model)
     except BaseException as error:
         if parent_run_id is not None:
@@ -158,4 +173,5 @@ def pretrain(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     tracker.finish(run_id)
-    return PretrainSummary(run_id, run_name, tracker.uri, model_uri, export_dir, metrics, state.get("metrics", {}))
+    return PretrainSummary(run_id, run_name, tracker.uri, model_uri, export_dir, metrics, state.get("metrics", {}),
+                           tracker.experiment_id(config.track.experiment))

@@ -1,6 +1,7 @@
 """`make gpu-check`: every method end to end on a GPU, photos at 224 px decoded on the device. Skipped without
 CUDA; on a GPU machine it runs in a few minutes and prints images/s and data wait per method."""
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 METHODS = {  # overrides; SimCLR with the ResNet-50 of the papers
     "simclr": {"model.encoder": "resnet50"},
     "byol": {"method.name": "byol", "augment.preset": "byol", "model.encoder": "resnet18"},
+    "byol-vit": {"method.name": "byol", "augment.preset": "byol", "model.encoder": "timm:vit_small_patch16_224"},
     "autoencoder": {"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 64},
     "vae": {"method.name": "vae", "augment.preset": "none", "method.bottleneck": 32},
 }
@@ -55,3 +57,7 @@ def test_method_on_gpu(ray_local, gpu_photos, tmp_path, monkeypatch, name):
         on_cpu = encoder(x)
         on_gpu = encoder.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
+    mlflow.set_tracking_uri(summary.tracking_uri)
+    registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cuda")  # as people call it
+    with torch.no_grad():
+        torch.testing.assert_close(registered(x.cuda()).cpu(), on_cpu, atol=1e-3, rtol=1e-3)

@@ -22,7 +22,8 @@ LAYERS = [
     ("pipeline.train",),
     ("pipeline.evaluate",),
     ("pipeline.track", "pipeline.export"),
-    ("pipeline.pretrain", "pipeline.search_config", "pipeline.search"),
+    ("pipeline.pretrain", "pipeline.search_config", "pipeline.search", "pipeline.embed",
+     "pipeline.finetune"),
     ("pipeline.cli", "pipeline.__main__"),
 ]
 

@@ -1,5 +1,7 @@
 """End to end on a real local Ray and a real MLflow store: pretrain -> probe -> MLflow -> export."""
 
+import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -9,10 +11,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline.cli import main
 from pipeline.config import load_config, with_values
 from pipeline.export import load_encoder
 from pipeline.pretrain import pretrain
 from pipeline.train import NonFiniteLoss
+from tests.helpers import features_with_the_library_alone
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
@@ -29,7 +33,7 @@ def config(synthetic_shards, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pretrain_tracks_and_exports(ray_local, config, tmp_path, monkeypatch):
+def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     summary = pretrain(config)
@@ -45,10 +49,25 @@ def test_pretrain_tracks_and_exports(ray_local, config, tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"augmentation_preview.png", "probe_confusion.png", "config.yaml", "export"} <= artifacts
 
-    # the registered model loads without our classes and embeds; load_encoder gives the same embeddings
+    # what the MLflow UI shows: the shards as the dataset input, the source, the training view, system metrics
+    [used] = run.inputs.dataset_inputs
+    assert json.loads(used.dataset.source) == {"uri": str(synthetic_shards)}
+    assert used.dataset.digest == run.data.params["data.manifest_sha256"][:36]
+    assert [(tag.key, tag.value) for tag in used.tags] == [("mlflow.data.context", "training")]
+    assert run.data.tags["mlflow.source.name"] == "sslpipe pretrain" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    commit = subprocess.run(["git", "-C", str(JOBS.parent), "rev-parse", "HEAD"], check=False, capture_output=True,
+                            text=True)
+    assert run.data.tags.get("mlflow.source.git.commit") == (commit.stdout.strip() if commit.returncode == 0 else None)
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert len(client.get_metric_history(summary.run_id, "system/cpu_utilization_percentage")) >= 1
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
+
+    # the registered model loads without our classes, takes .eval() and .to(), and embeds; load_encoder agrees
     assert summary.model_uri == "models:/sslpipe-encoder/1"
     mlflow.set_tracking_uri(summary.tracking_uri)
-    registered = mlflow.pytorch.load_model(summary.model_uri)
+    registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cpu")
+    assert f"torch=={torch.__version__.split('+')[0]}" in Path(
+        mlflow.pyfunc.get_model_dependencies(summary.model_uri)).read_text().split()
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         expected = load_encoder(summary.export_dir).eval()(x)
@@ -116,6 +135,8 @@ def test_photos_pretrain_on_unlabeled_shards_and_evaluate_on_labeled_ones(
     run = client.get_run(summary.run_id)
     assert run.info.status == "FINISHED" and run.data.params["eval.shards"] == str(labeled_photo_shards)
     assert run.data.params["model.encoder"] == "resnet18" and run.data.params["data.image_size"] == "64"
+    assert {(used.tags[0].value, json.loads(used.dataset.source)["uri"]) for used in run.inputs.dataset_inputs} == {
+        ("training", str(unlabeled_photo_shards)), ("evaluation", str(labeled_photo_shards))}
     assert summary.train_metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
     per_rank = [summary.train_metrics[f"images_per_s_rank_{r}"] for r in range(2)]
     assert min(per_rank) > 0 and abs(sum(per_rank) / summary.train_metrics["images_per_s"] - 1) < 0.25
@@ -125,3 +146,32 @@ def test_photos_pretrain_on_unlabeled_shards_and_evaluate_on_labeled_ones(
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"augmentation_preview.png", "probe_confusion.png", "export"} <= artifacts
     assert load_encoder(summary.export_dir)(torch.rand(2, 3, 64, 64)).shape == (2, 512)
+
+
+@pytest.mark.slow
+def test_timm_backbones_pretrain_through_the_command_and_load_in_timm_alone(
+    ray_local, unlabeled_photo_shards, labeled_photo_shards, tmp_path, monkeypatch, capsys
+):
+    """A timm ResNet-18 (SimCLR, with an ONNX export) and a timm ViT-Tiny (BYOL) at 32 px, a few capped steps
+    through `sslpipe pretrain`; each export's backbone.safetensors gives the encoder's features in timm alone."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    common = [f"data.shards={unlabeled_photo_shards}", f"eval.shards={labeled_photo_shards}", "data.image_size=32",
+              "data.batch_size=8", "train.epochs=1", "train.max_steps_per_epoch=2", "eval.baselines=false"]
+    runs = {"resnet": ("simclr_photos.yaml", ["model.encoder=timm:resnet18", "export.onnx=true"]),
+            "vit": ("byol_fashion_mnist.yaml", ["model.encoder=timm:vit_tiny_patch16_224",
+                                                "model.backbone_args={patch_size: 8}"])}
+    for name, (job, overrides) in runs.items():
+        assert main(["pretrain", str(JOBS / job), *common, *overrides, f"train.name={name}"]) == 0
+        export = tmp_path / "exports" / name
+        meta = json.loads((export / "encoder.json").read_text())
+        assert meta["backbone"]["library"] == "timm" and meta["spec"]["arch"] == overrides[0].split("=")[1]
+        assert meta["spec"]["backbone_args"].get("img_size") == (32 if name == "vit" else None)  # ViTs take a size
+        encoder = load_encoder(export).eval()
+        x = torch.rand(4, 3, 32, 32)
+        with torch.no_grad():
+            expected = encoder[1](encoder[0](x))
+        torch.testing.assert_close(features_with_the_library_alone(export, x), expected)
+    assert (tmp_path / "exports" / "resnet" / "encoder.onnx").is_file()
+    printed = capsys.readouterr().out
+    assert "probe_accuracy" in printed and "/#/experiments/1?workflowType=machine_learning" in printed

@@ -3,6 +3,8 @@
 import logging
 import time
 
+import pytest
+
 from pipeline.train.progress import (
     RAY_TRAIN_REPORT_MODULES, EpochClock, duration, epoch_line, progress_line, quiet_ray_train_reports,
 )
@@ -17,20 +19,31 @@ def test_lines_read_as_people_expect():
         "epoch 1/2 done in 1m03s  loss 4.5510  1,234 img/s  data wait 50% (the rank that waited most)")
 
 
-def _slow(items, wait_s):
-    for item in items:
-        time.sleep(wait_s)
-        yield item
+class FakeClock:
+    """``time.perf_counter`` that only moves when the test says (a loaded machine cannot stretch a sleep)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def slow(self, items, wait_s):
+        for item in items:
+            self.now += wait_s
+            yield item
 
 
-def test_the_clock_measures_waiting_for_batches_not_the_step():
+def test_the_clock_measures_waiting_for_batches_not_the_step(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", fake)
     shown = []
-    clock = EpochClock(0, 1, 10, time.perf_counter(), 0, interval_s=0.0, show=shown.append)
-    for step, batch in enumerate(clock.batches(_slow(range(5), 0.02)), start=1):
-        time.sleep(0.02)  # the step itself: as long as the wait
+    clock = EpochClock(0, 1, 10, fake(), 0, interval_s=0.0, show=shown.append)
+    for step, batch in enumerate(clock.batches(fake.slow(range(5), 0.02)), start=1):
+        fake.now += 0.02  # the step itself: as long as the wait
         clock.step(8, step)
-    assert 0.35 < clock.wait_fraction < 0.65
-    assert clock.images == 40 and 150 < clock.images_per_s < 450
+    assert clock.wait_fraction == pytest.approx(0.5)
+    assert clock.images == 40 and clock.images_per_s == pytest.approx(40 / 0.2)
     assert len(shown) == 5 and shown[-1].startswith("epoch 1/1  step 5/10 (50%)")
     assert shown[-1].endswith("ETA 0s")  # 5 more steps of about 40 ms
 
