@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval clean
+.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval bench-peer clean
 
 SHARDS ?= data/fashion-mnist
 JOB    ?= jobs/simclr_fashion_mnist.yaml
@@ -13,7 +13,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'  # bench: lightly, the peer of benchmarks/lightly_peer.py
 	touch $@
 
 test: venv
@@ -60,6 +60,10 @@ bench-eval: venv
 # SimCLR probe accuracy after 5, 10 and 30 minutes of training (about 40 min).
 bench-tta: venv
 	$(BIN)/python -m benchmarks.time_to_accuracy
+
+# Our plain SimCLR loop against the lightly library, interleaved, after 5 and 10 minutes each, 3 seeds (about 2 h).
+bench-peer: venv
+	$(BIN)/python -m benchmarks.lightly_peer
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -67,9 +67,10 @@ def epoch_seconds(config: JobConfig) -> float:
     steps = min(CALIBRATION_STEPS, config.train.max_steps_per_epoch or CALIBRATION_STEPS)
     calibration = with_values(config, {"train.epochs": 2, "train.max_steps_per_epoch": steps}, "calibration")
     rate = fit(calibration, f"{config.train.name}-calibration")["metrics"]["images_per_s"]
+    manifest = read_manifest(config.data.shards)
     loader = ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0,
-                         world_size=config.train.num_workers, mode=config.data.mode,
-                         exclude_classes=config.data.exclude_classes)
+                         world_size=config.train.num_workers, mode=config.data.mode, manifest=manifest,
+                         exclude_classes=config.data.exclude_classes(len(manifest.class_names)))
     batches = steps_in(loader, 1, config.train.max_steps_per_epoch)[0]
     return batches * config.data.batch_size * config.train.num_workers / rate
 

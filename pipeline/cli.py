@@ -117,6 +117,17 @@ def _tune(args: argparse.Namespace) -> None:
     print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}")
 
 
+def _anomaly(args: argparse.Namespace) -> None:
+    from pipeline.anomaly import run_anomaly, table
+    from pipeline.config import load_config
+
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    summary = run_anomaly(load_config(args.config, args.overrides), args.protocol, classes, args.name)
+    print(table(summary))
+    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}: anomaly.md, "
+          "anomaly.png, and one nested run per class")
+
+
 def _embed(args: argparse.Namespace) -> None:
     from pipeline.embed import PARQUET, embed
 
@@ -203,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("search", help="search YAML, e.g. jobs/search_simclr_fashion_mnist.yaml")
     tune.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. search.num_samples=2")
     tune.set_defaults(run=_tune)
+    anomaly = commands.add_parser("anomaly", help="anomaly detection per class (one-class or leave-one-out): one "
+                                  "pretraining run per class, AUROC of every score beside PCA's")
+    anomaly.add_argument("config", help="job YAML, e.g. jobs/simclr_anomaly_fashion_mnist.yaml")
+    anomaly.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=2")
+    anomaly.add_argument("--protocol", required=True, choices=("one-class", "leave-one-out"),
+                         help="one-class: pretrain on one class, the others are anomalies; leave-one-out: pretrain "
+                         "on all but one class, which is the anomaly")
+    anomaly.add_argument("--classes", help="comma-separated labels (default: every class)")
+    anomaly.add_argument("--name", help="rerunning with the same name resumes (default: protocol, method and time)")
+    anomaly.set_defaults(run=_anomaly, overrides_anywhere=True)
     embed = commands.add_parser("embed", help="embeddings of a data set by an exported encoder (Parquet + a 2-D map)")
     embed.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI (models:/sslpipe-encoder/1)")
     embed.add_argument("data", help="shard folder or URL prefix with manifest.json, or a folder of images "

@@ -48,13 +48,18 @@ class DataConfig:
     num_workers: Annotated[int, Ge(0), "DataLoader workers per rank (0: read in the training process)"] = 2
     mode: Annotated[Mode, "epoch semantics (see Streaming loader)"] = "exact"
     holdout_class: Annotated[int | None, Ge(0), "a label left out of pretraining: evaluation scores it as the "
-                                                "anomaly"] = None
+                                                "anomaly (leave-one-out protocol)"] = None
+    normal_class: Annotated[int | None, Ge(0), "the only label pretraining reads: evaluation scores every other "
+                                               "label as the anomaly (one-class protocol)"] = None
     skip_bad_samples: Annotated[bool, "skip and count samples that cannot be decoded instead of failing"] = False
     image_size: Annotated[int | None, Gt(0), "photo shards: side of the training crops and evaluation center crops "
                                              "(default 224); array shards keep their own size"] = None
 
-    @property
-    def exclude_classes(self) -> tuple[int, ...]:
+    def exclude_classes(self, num_classes: int) -> tuple[int, ...]:
+        """The labels pretraining leaves out of ``num_classes``: the held-out class, or all but the normal one;
+        evaluation scores them as anomalies."""
+        if self.normal_class is not None:
+            return tuple(label for label in range(num_classes) if label != self.normal_class)
         return () if self.holdout_class is None else (self.holdout_class,)
 
     @property
@@ -112,6 +117,10 @@ class EvalConfig:
     pixels_max_gb: Annotated[float, Gt(0), "raw-pixel baseline: a split whose float32 pixels take more GiB is "
                                            "downsampled to 32 px and, still above, a seeded subsample that fits "
                                            "(params `eval.baseline_pixels_*` record what was used)"] = 0.25
+    anomaly_knn_k: Annotated[int, Gt(0), "anomaly protocols: the kNN score is the mean cosine distance to this many "
+                                         "nearest training embeddings"] = 5
+    anomaly_pca_k: Annotated[int, Gt(0), "anomaly protocols: PCA components of the residual baseline for methods "
+                                         "without a bottleneck (autoencoders and VAEs use theirs)"] = 32
     online_knn: Annotated[int, Ge(0), "> 0: each epoch, online_knn_accuracy of the first n train images voting "
                                       "for the next n/4"] = 0
     shards: Annotated[str | None, "labeled shards that evaluation reads (train split: probe fit and kNN bank, test "
@@ -307,13 +316,21 @@ def _validate_data(config: JobConfig, manifest: Manifest) -> None:
         if config.data.image_size not in (None, height):
             raise ConfigError(f"data.image_size applies to photo shards; {config.data.shards} holds {height}x{width} "
                               "arrays (re-shard the source as photos to train at another size)")
+    if config.data.normal_class is not None:
+        if config.data.holdout_class is not None:
+            raise ConfigError("data.normal_class and data.holdout_class are two anomaly protocols (one-class, "
+                              "leave-one-out); set one of them")
+        if config.data.normal_class >= len(manifest.class_names):
+            raise ConfigError(f"data.normal_class: {config.data.normal_class} is not a label of {config.data.shards}"
+                              f" ({len(manifest.class_names)} classes: 0-{len(manifest.class_names) - 1}; unlabeled "
+                              "shards have none)")
     spec = encoder_spec(config.model, manifest, config.data.crop_size)  # its name, arguments and stem checked
     if issubclass(METHODS[config.method.name], ReconstructionMethod):
         check_decodable(spec)
     ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
     ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,
                 mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-                manifest=manifest, exclude_classes=config.data.exclude_classes,
+                manifest=manifest, exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
                 views=config.data.training_views(METHODS[config.method.name].num_views))
     evaluation = read_manifest(config.eval.shards) if config.eval.shards else manifest
     where = "eval.shards" if config.eval.shards else "data.shards"

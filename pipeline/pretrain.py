@@ -82,12 +82,12 @@ def unsent_path(config: JobConfig, run_id: str) -> Path:
     return Path(tempfile.gettempdir()) / "sslpipe-unsent" / f"{run_id}.json"
 
 
-def preview(config: JobConfig, path: Path) -> Path:
+def preview(config: JobConfig, manifest: Manifest, path: Path) -> Path:
     """Grid of 8 training images above their augmented views."""
     loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
-                         mode=config.data.mode, url_template=config.data.url_template,
-                         exclude_classes=config.data.exclude_classes, skip_bad_samples=config.data.skip_bad_samples,
-                         views=config.data.training_views(2))
+                         mode=config.data.mode, url_template=config.data.url_template, manifest=manifest,
+                         exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
+                         skip_bad_samples=config.data.skip_bad_samples, views=config.data.training_views(2))
     return preview_batch(loader, config.augment.preset, 2, config.data.crop_size, config.train.seed, path)
 
 
@@ -132,7 +132,7 @@ def pretrain(
     try:
         with tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder, tracker.system_metrics(run_id):
             work = Path(folder)
-            tracker.log_artifact(run_id, preview(config, work / "augmentation_preview.png"))
+            tracker.log_artifact(run_id, preview(config, manifest, work / "augmentation_preview.png"))
             previous_handler = stop_on_sigterm()  # after Ray's driver has installed its own handler
             unsent = unsent_path(config, run_id)
             epoch_log = EpochMetricsToMlflow(tracker.uri, run_id, str(unsent))

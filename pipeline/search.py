@@ -16,7 +16,7 @@ import dataclasses
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ def _unfinished_trials(experiment: str, search: SearchConfig) -> int:
     return max(0, expected - ended)
 
 
-def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str) -> list[dict]:
+def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str,
+                report: Sequence[str] = ()) -> list[dict]:
     rows = []
     keys = search.keys()
     for result in results:
@@ -111,6 +112,7 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
         rows.append({
             "trial": trial_id, **{key: values.get(key) for key in keys}, "status": status,
             search.metric: metrics.get(search.metric, math.nan), early: last_early,
+            **{metric: metrics.get(metric, math.nan) for metric in report if metric != search.metric},
             "epochs": int(history["epoch"].max()) + 1 if history is not None and "epoch" in history else 0,
             "mlflow_run_id": run.info.run_id if run is not None else "",
             "export_dir": metrics.get("export_dir", ""),
@@ -126,8 +128,13 @@ def trials_that_fit(train: TrainConfig, resources: Mapping[str, float]) -> int:
     return max(1, int(fits))
 
 
-def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
-    """Run (or resume) the search; returns its table, best trial and registered model."""
+def run_search(
+    config: JobConfig, search: SearchConfig, *, report: Sequence[str] = (), register_best: bool = True,
+    entry_point: str = "sslpipe tune",
+) -> SearchSummary:
+    """Run (or resume) the search; returns its table (with the final metrics named in ``report`` beside
+    ``search.metric``), best trial and, with ``register_best``, its registered encoder. ``entry_point`` is the
+    parent MLflow run's source."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -148,7 +155,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
     if "method" in search.space:  # the trials' methods come from the branches, not from the base job
         params = {key: value for key, value in params.items() if not key.startswith("method.")}
     parent = tracker.start(config.track.experiment, name, params, dump_config(config), reuse_finished=True,
-                           tags={SEARCH_TAG: "parent"}, entry_point="sslpipe tune",
+                           tags={SEARCH_TAG: "parent"}, entry_point=entry_point,
                            datasets=run_datasets(config, manifest))
     tracker.log_text(parent, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
 
@@ -184,7 +191,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
             raise SearchInterrupted(
                 f"search {name!r} stopped with {unfinished} trials unfinished; run the same command again to resume it"
             )
-        rows = _trial_rows(results, search, tracker, name, config.track.experiment)
+        rows = _trial_rows(results, search, tracker, name, config.track.experiment, report)
         finished = [r for r in rows if r["status"] == "finished" and not math.isnan(r[search.metric])]
         errors = [result.error for result in results if result.error is not None]
         if errors and not finished:
@@ -199,7 +206,7 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
             tracker.log_artifact(parent, search_png(rows, search.keys(), search.log_keys(), search.metric,
                                                     search.early_stop_metric, Path(folder, "search.png")))
         model_uri = None
-        if best is not None:
+        if best is not None and register_best:
             tags = tracker.tags(parent)
             if tags.get("sslpipe.best_run_id") == best["mlflow_run_id"]:  # a restored search: registered before
                 model_uri = tags["sslpipe.best_model"]
@@ -208,11 +215,12 @@ def run_search(config: JobConfig, search: SearchConfig) -> SearchSummary:
                 _, spec = encoder_from_files(files, best["export_dir"])
                 model_uri = tracker.log_encoder(best["mlflow_run_id"], files.pop(PT2), example_input(spec), files,
                                                 config.track.registered_model)
+        if best is not None:
             tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
             best_params = {key: best[key] for key in search.keys() if best[key] is not None}
             tracker.log_text(parent, yaml.safe_dump(best_params), "best_params.yaml")
             tracker.set_tags(parent, {"sslpipe.best_run_id": best["mlflow_run_id"], "sslpipe.best_trial": best["trial"],
-                                      "sslpipe.best_model": model_uri})
+                                      **({"sslpipe.best_model": model_uri} if model_uri else {})})
         tracker.log_metrics(parent, {"trials": len(rows), "trials_stopped_early": sum(
             r["status"] == "stopped early" for r in rows)})
     except SearchInterrupted:

@@ -11,7 +11,8 @@ from benchmarks.photo_folder import make_photo_folder
 from pipeline.data import open_source, write_shards
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
-from pipeline.data.sources import _IDX_SETS
+from pipeline.data.sources import _IDX_SETS, Source, array_split
+from pipeline.data.subset import balanced_subset
 
 FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
 
@@ -39,6 +40,24 @@ def fashion_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"Fashion-MNIST not installed in {FASHION_DIR}: `apt-get install dataset-fashion-mnist`")
     out = tmp_path_factory.mktemp("fashion")
     write_shards(open_source("fashion-mnist", download=False), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_subset_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixed Fashion-MNIST subset: 10,000 train images (1,000 per class, ``balanced_subset`` seed 0) and the
+    whole 10,000-image test split, in shards of 2,500 (about a second to write)."""
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"Fashion-MNIST not installed in {FASHION_DIR}: `apt-get install dataset-fashion-mnist`")
+    full = open_source("fashion-mnist", download=False)
+    splits = {}
+    for name, keep in (("train", 10_000), ("test", 10_000)):
+        images, labels = full.splits[name].load(np.arange(full.splits[name].num_samples))
+        rows = balanced_subset(labels, keep / len(labels), seed=0)
+        splits[name] = array_split(images[rows], labels[rows])
+    out = tmp_path_factory.mktemp("fashion-subset")
+    write_shards(Source(full.name, splits, full.class_names, full.details), out, samples_per_shard=2500,
+                 progress=False)
     return out
 
 

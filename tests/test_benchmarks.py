@@ -3,14 +3,17 @@ interleaving, memory sampling and the peer's per-image views."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
+import numpy as np
 import psutil
 import pytest
 import torch
 
 from benchmarks.common import MIB, RssSampler, footprint, interleaved, rss_summary
+from benchmarks.lightly_peer import InMemoryImages, lightly_transform, lr_factor, main as lightly_peer_main
 from benchmarks.throughput import (
     AUGMENT, CEILING, LOADER, OURS_DATA, PEER, PEER_DATA, PLAIN, RAY_2, PerImageViews, peer_transform, target_checks,
 )
@@ -107,3 +110,30 @@ def test_target_checks_hold_or_miss_each_target():
         "ours, plain, process: peak MiB < 2048": (2100, "NO"),
         "ours, plain, process: growth after warm-up < 0.05": (0.1, "NO"),
     }
+
+
+def test_lightly_peer_views_and_schedule():
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    views, label = InMemoryImages(images, np.array([3, 4]), lightly_transform(28, 1))[1]
+    assert label == 4 and [v.shape for v in views] == [(1, 28, 28)] * 2 and not torch.equal(*views)
+    assert all(v.dtype == torch.float32 and 0 <= v.min() and v.max() <= 1 for v in views)  # no normalisation
+    with pytest.raises(ConfigError, match="small grayscale"):
+        lightly_transform(28, 3)
+    assert [lr_factor(s, 100, 0.1) for s in (0, 10, 55, 100, 130)] == pytest.approx([1e-4, 1, 0.5, 0, 0], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_lightly_peer_trains_both_sides_from_the_same_weights(synthetic_shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("benchmarks.common.RESULTS", tmp_path)
+    args = ["--shards", str(synthetic_shards), "--minutes", "0.03", "0.05", "--seeds", "1", "--slice-seconds", "1",
+            "--probe-max-iter", "20"]
+    (run,) = lightly_peer_main(args)["runs"]
+    assert run["initial_weights_equal"] and run["first"] == "lightly"  # odd seeds start with lightly
+    for side in ("ours", "lightly"):
+        early, late = run["sides"][side]
+        assert early["images"] > 0 and early["trained_min"] >= 0.03 and late["trained_min"] >= 0.05
+        assert 0 < early["distance_from_initial"] <= late["distance_from_initial"]
+        assert late["images_per_s"] > 0 and 0 <= late["probe_accuracy"] <= 1
+    written = json.loads((tmp_path / "lightly_peer.json").read_text())
+    assert written["command"] == "python -m benchmarks.lightly_peer " + " ".join(args) and written["machine"]["date"]
+    assert "ours - lightly, points" in capsys.readouterr().out

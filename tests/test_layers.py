@@ -24,6 +24,7 @@ LAYERS = [
     ("pipeline.track", "pipeline.export"),
     ("pipeline.pretrain", "pipeline.search_config", "pipeline.search", "pipeline.embed",
      "pipeline.finetune"),
+    ("pipeline.anomaly",),  # a search over classes
     ("pipeline.cli", "pipeline.__main__"),
 ]
 

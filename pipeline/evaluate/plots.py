@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 
 
@@ -74,6 +75,38 @@ def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[
     axes.set_title(title, fontsize=9)
     if len(class_names) <= 30 and (class_names or unlabeled.any()):
         axes.legend(markerscale=max(1.0, 30 / size) ** 0.5, fontsize=7, loc="best")
+    return _save(figure, path)
+
+
+def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """ROC curves of anomaly scores: ``{name: (scores (N,), anomalous (N,) bool)}``, the AUROC in the legend."""
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    for name, (scores, anomalous) in curves.items():
+        false_positive, true_positive, _ = roc_curve(anomalous, scores)
+        axes.plot(false_positive, true_positive, label=f"{name} (AUROC {roc_auc_score(anomalous, scores):.3f})")
+    axes.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    axes.set_xlabel("false positive rate (normal images flagged)")
+    axes.set_ylabel("true positive rate (anomalies flagged)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8, loc="lower right")
+    return _save(figure, path)
+
+
+def anomaly_png(rows: list[dict], scores: dict[str, str], path: Path, title: str) -> Path:
+    """Grouped bars: per class (``rows``' ``name``), the AUROC of each score (``{metric: label}``), chance at 0.5."""
+    figure, axes = plt.subplots(figsize=(1.5 + 0.9 * len(rows), 4.5))
+    width = 0.8 / max(1, len(scores))
+    for index, (metric, label) in enumerate(scores.items()):
+        values = [row[metric] for row in rows]
+        mean = np.nanmean(values) if not np.isnan(values).all() else math.nan
+        axes.bar(np.arange(len(rows)) + (index - (len(scores) - 1) / 2) * width, values, width,
+                 label=f"{label} (mean {mean:.3f})")
+    axes.axhline(0.5, color="0.6", linestyle="--", linewidth=1)
+    axes.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=30, ha="right", fontsize=8)
+    axes.set_ylim(0.3, 1.0)
+    axes.set_ylabel("AUROC")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, loc="lower left")
     return _save(figure, path)
 
 

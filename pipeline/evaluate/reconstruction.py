@@ -1,5 +1,5 @@
 """Reconstruction quality of autoencoders and VAEs on the test split, beside PCA with the same ``k``, and the
-anomaly scores it gives."""
+per-image errors (and negative ELBOs) that serve as anomaly scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from sklearn.metrics import roc_auc_score
 
 from augment.presets import to_unit_float
 from pipeline.data import evaluation_loader
@@ -22,23 +21,19 @@ def pca_reconstruction_errors(train: np.ndarray, test: np.ndarray, k: int) -> np
     return np.mean((pca.inverse_transform(pca.transform(test)) - test) ** 2, axis=1)
 
 
-def anomaly_auroc(scores: np.ndarray, labels: np.ndarray, anomaly_class: int) -> float:
-    """Area under the ROC curve of ``scores (N,)`` (higher = more anomalous) separating ``anomaly_class`` from
-    the other labels ``(N,)``: 0.5 is chance, 1.0 perfect."""
-    return float(roc_auc_score(labels == anomaly_class, scores))
-
-
 @dataclass
 class Reconstructions:
     """A method's reconstructions of the test split: ``metrics`` (``recon_mse`` per pixel; for a VAE also
     ``elbo`` in nats per image with one posterior sample, ``kl`` and ``active_units``), ``errors (N,)`` per-image
-    MSE with their ``labels (N,)``, and the first 8 ``originals`` and ``reconstructions`` ``(8, C, H, W)``."""
+    MSE with their ``labels (N,)``, the first 8 ``originals`` and ``reconstructions`` ``(8, C, H, W)``, and for a
+    VAE ``negative_elbo (N,)`` per image (else ``None``)."""
 
     metrics: dict[str, float]
     errors: np.ndarray
     labels: np.ndarray
     originals: torch.Tensor
     reconstructions: torch.Tensor
+    negative_elbo: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -52,7 +47,7 @@ def reconstruct_split(
                                skip_bad_samples=skip_bad_samples)
     method.eval().to(device)
     generative = isinstance(method, Generative)
-    errors, labels, elbo, kl, mean_sum, square_sum, first = [], [], 0.0, 0.0, 0.0, 0.0, None
+    errors, labels, negative_elbo, kl, mean_sum, square_sum, first = [], [], [], 0.0, 0.0, 0.0, None
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     for images, batch_labels, _ in loader:
@@ -64,14 +59,15 @@ def reconstruct_split(
             first = (x[:8].cpu(), reconstruction[:8].cpu())
         if generative:
             nll, kl_terms, mu = method.elbo_terms(x)
-            elbo -= (nll + kl_terms.sum(1)).sum().item()
+            negative_elbo.append((nll + kl_terms.sum(1)).cpu().numpy())
             kl += kl_terms.sum().item()
             mean_sum, square_sum = mean_sum + mu.sum(0), square_sum + mu.pow(2).sum(0)
     torch.random.set_rng_state(generator_state)
     errors_all = np.concatenate(errors)
     metrics = {"recon_mse": float(errors_all.mean())}
+    negative_elbo_all = None
     if generative:
-        count = len(errors_all)
-        metrics |= {"elbo": elbo / count, "kl": kl / count,
+        count, negative_elbo_all = len(errors_all), np.concatenate(negative_elbo)
+        metrics |= {"elbo": float(-negative_elbo_all.mean()), "kl": kl / count,
                     "active_units": float(active_units(mean_sum, square_sum, count))}
-    return Reconstructions(metrics, errors_all, np.concatenate(labels), *first)
+    return Reconstructions(metrics, errors_all, np.concatenate(labels), *first, negative_elbo_all)

@@ -25,9 +25,11 @@ from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER, SplitFea
 from pipeline.evaluate.generation import interpolations, prior_samples
 from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.pixels import PixelPlan, pixel_plan, subsample
-from pipeline.evaluate.plots import confusion_png, latent_scatter_png
+from pipeline.evaluate.plots import confusion_png, latent_scatter_png, roc_png
 from pipeline.evaluate.probe import QUIET, linear_probe
-from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_errors, reconstruct_split
+from pipeline.evaluate.anomaly import (KNN, MAHALANOBIS, NEGATIVE_ELBO, PCA_RESIDUAL, RECONSTRUCTION, anomalous_labels,
+                                       auroc, knn_cosine_scores, mahalanobis_scores)
+from pipeline.evaluate.reconstruction import pca_reconstruction_errors, reconstruct_split
 from pipeline.evaluate.side_by_side import side_by_side
 from pipeline.methods import METHODS, Method
 from pipeline.methods.base import ReconstructionMethod
@@ -68,14 +70,16 @@ def features_folder(config: JobConfig) -> str:
 
 def worker_features(config: JobConfig, manifest: Manifest, folder: str = "") -> WorkerFeatures:
     """What every Ray Train rank computes for evaluation after the last epoch, writing into ``folder``
-    (:func:`features_folder`): the encoder's features and, for the baselines or PCA, the random encoder's and the
-    pixels."""
+    (:func:`features_folder`): the encoder's features and, for the baselines or PCA (reconstruction, anomaly
+    protocols), the random encoder's and the pixels."""
     reconstructs = issubclass(METHODS[config.method.name], ReconstructionMethod)
+    anomaly = bool(config.data.exclude_classes(len(evaluation_manifest(config, manifest).class_names)))
     return WorkerFeatures(
         config.evaluation_shards, config.eval.batch_size, config.data.num_workers, config.data.url_template,
         config.data.skip_bad_samples, config.data.crop_size,
         random_seed=config.train.seed if config.eval.baselines else None,
-        pixels=config.eval.baselines or reconstructs, pixel_side=baseline_plan(config, manifest).side, folder=folder,
+        pixels=config.eval.baselines or reconstructs or anomaly, pixel_side=baseline_plan(config, manifest).side,
+        folder=folder,
     )
 
 
@@ -100,9 +104,12 @@ def evaluate_method(
     """``(metrics, PNG paths)``: ``probe_accuracy``, ``knn_accuracy`` and, with ``eval.baselines``,
     ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``; a confusion matrix and a
     2-D scatter of the test codes. For methods that reconstruct: ``recon_mse`` beside ``pca_recon_mse`` (PCA with
-    the same k, fitted on the pretraining images) and their ratio, a reconstruction grid and interpolation strips;
-    with ``data.holdout_class``, ``anomaly_auroc`` of the reconstruction error for that class against the rest,
-    beside ``pca_anomaly_auroc``. For the VAE also ``elbo``, ``kl``, ``active_units`` and samples of the prior.
+    the same k, fitted on the pretraining images) and their ratio, a reconstruction grid and interpolation strips.
+    For the VAE also ``elbo``, ``kl``, ``active_units`` and samples of the prior. With an anomaly protocol
+    (``data.holdout_class`` or ``data.normal_class``): ``anomaly_auroc_<score>`` of the labels pretraining left out
+    against the rest for each score the method supports (``knn`` and ``mahalanobis`` in the encoder's embedding of
+    the training images it saw; ``recon`` error; the VAE's ``neg_elbo``) beside ``pca_anomaly_auroc`` (PCA's
+    residual, at the bottleneck's k or ``eval.anomaly_pca_k``), and their ROC curves.
     ``features`` are what :func:`worker_features` gathered; without them this process extracts them."""
     spec = method.spec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,25 +160,16 @@ def evaluate_method(
                            f"{config.method.name}: test codes ({test_x.shape[1]}-d)"),
     ]
     reconstructs = isinstance(method, Reconstructs)
+    excluded = config.data.exclude_classes(len(classes))
+    pixels = _pca_pixels(config, plan, train, test) if reconstructs or excluded else None
+    seen = None if pixels is None else ~np.isin(pixels[1], excluded)  # PCA fits what the method trained on
     if reconstructs:
         with phase("reconstructions of the test split"):
             result = reconstruct_split(method, location, config.eval.batch_size, device, config.data.url_template,
                                        config.data.skip_bad_samples, config.data.crop_size)
-        if plan.side == plan.native_side:  # PCA at the images' own size, on every image
-            pixels_train, pixels_train_y = _pixels(train, len(train.labels), seed)
-            pixels_test, pixels_test_y = _pixels(test, len(test.labels), seed)
-        else:  # the baseline's pixels are downsampled: read them whole here (does not scale)
-            options = {"batch_size": config.eval.batch_size, "url_template": config.data.url_template,
-                       "skip_bad_samples": config.data.skip_bad_samples, "image_size": config.data.crop_size}
-            pixels_train, pixels_train_y = extract_features(None, location, "train", **options)
-            pixels_test, pixels_test_y = extract_features(None, location, "test", **options)
-        seen = ~np.isin(pixels_train_y, config.data.exclude_classes)  # PCA fits what the method trained on
-        pca_errors = pca_reconstruction_errors(pixels_train[seen], pixels_test, spec.bottleneck)
+        pca_errors = pca_reconstruction_errors(pixels[0][seen], pixels[2], spec.bottleneck)
         metrics |= result.metrics | {"pca_recon_mse": float(pca_errors.mean())}
         metrics["recon_mse_over_pca"] = metrics["recon_mse"] / metrics["pca_recon_mse"]
-        if config.data.holdout_class is not None:
-            metrics["anomaly_auroc"] = anomaly_auroc(result.errors, result.labels, config.data.holdout_class)
-            metrics["pca_anomaly_auroc"] = anomaly_auroc(pca_errors, pixels_test_y, config.data.holdout_class)
         originals = result.originals
         plots.append(save_image_grid([originals, result.reconstructions], out_dir / "reconstructions.png"))
         strips = interpolations(method, originals[0::2], originals[1::2], steps=10)
@@ -179,4 +177,43 @@ def evaluate_method(
         if isinstance(method, Generative):
             samples = prior_samples(method, 64, seed=config.train.seed)
             plots.append(save_image_grid(list(samples.split(8)), out_dir / "prior_samples.png"))
+    if excluded:
+        normal = ~np.isin(train.labels, excluded)
+        with phase(f"anomaly scores of {len(test_x):,} test images against {int(normal.sum()):,} training images"):
+            scores = {KNN: (knn_cosine_scores(train_x[normal], test_x, config.eval.anomaly_knn_k, device),
+                            test.labels),
+                      MAHALANOBIS: (mahalanobis_scores(train_x[normal], test_x), test.labels)}
+            if reconstructs:
+                scores[RECONSTRUCTION] = (result.errors, result.labels)
+                if result.negative_elbo is not None:
+                    scores[NEGATIVE_ELBO] = (result.negative_elbo, result.labels)
+            pca_k = spec.bottleneck if reconstructs else config.eval.anomaly_pca_k
+            scores[PCA_RESIDUAL] = (pca_errors if reconstructs else
+                                    pca_reconstruction_errors(pixels[0][seen], pixels[2], pca_k), pixels[3])
+        curves = {name: (score, anomalous_labels(labels, excluded)) for name, (score, labels) in scores.items()}
+        metrics |= anomaly_metrics(curves)
+        what = (f"class {config.data.normal_class} normal" if config.data.normal_class is not None
+                else f"class {config.data.holdout_class} held out")
+        plots.append(roc_png(curves, out_dir / "anomaly_roc.png", f"{config.method.name}, {what}: anomaly ROC"))
     return metrics, plots
+
+
+def anomaly_metrics(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """``anomaly_auroc_<score>`` for each ``(scores (N,), anomalous (N,))`` of ``curves``; PCA's residual as
+    ``pca_anomaly_auroc``."""
+    return {("pca_anomaly_auroc" if name == PCA_RESIDUAL else f"anomaly_auroc_{name}"): auroc(*curve)
+            for name, curve in curves.items()}
+
+
+def _pca_pixels(
+    config: JobConfig, plan: PixelPlan, train: SplitFeatures, test: SplitFeatures
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(train pixels (N, D), labels (N,), test pixels (M, D), labels (M,))`` in [0, 1] for PCA: the workers'
+    when the baseline kept the images' own size and every image, else read whole here (does not scale)."""
+    if plan.side == plan.native_side:
+        seed = config.train.seed
+        return *_pixels(train, len(train.labels), seed), *_pixels(test, len(test.labels), seed)
+    options = {"batch_size": config.eval.batch_size, "url_template": config.data.url_template,
+               "skip_bad_samples": config.data.skip_bad_samples, "image_size": config.data.crop_size}
+    return (*extract_features(None, config.evaluation_shards, "train", **options),
+            *extract_features(None, config.evaluation_shards, "test", **options))

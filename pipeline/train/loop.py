@@ -99,7 +99,7 @@ def train_worker(payload: dict) -> None:
     loader = ShardLoader(
         config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
         mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-        pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes,
+        pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
         skip_bad_samples=config.data.skip_bad_samples, manifest=manifest, **views.loader_options(),
     )
     spec = encoder_spec(config.model, manifest, config.data.crop_size)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.evaluate.reconstruction import anomaly_auroc, pca_reconstruction_errors, reconstruct_split
+from pipeline.evaluate.anomaly import auroc
+from pipeline.evaluate.reconstruction import pca_reconstruction_errors, reconstruct_split
 from pipeline.methods import build_method
 from pipeline.methods.vae import VAEOptions
 from pipeline.models import EncoderSpec, ModelConfig
@@ -24,13 +25,8 @@ def test_pca_flags_what_lies_off_the_subspace_it_was_fitted_on():
     test = np.concatenate([normal[200:], odd])
     labels = np.array([0] * 100 + [1] * 50)
     errors = pca_reconstruction_errors(normal[:200], test, 2)
-    assert anomaly_auroc(errors, labels, 1) == 1.0
-    assert anomaly_auroc(-errors, labels, 1) == 0.0
-
-
-def test_auroc_by_hand():
-    # anomalies score 0.9 and 0.3, normals 0.5 and 0.1: of the 4 (anomaly, normal) pairs 3 are ordered right
-    assert anomaly_auroc(np.array([0.9, 0.5, 0.3, 0.1]), np.array([7, 0, 7, 2]), 7) == pytest.approx(0.75)
+    assert auroc(errors, labels == 1) == 1.0
+    assert auroc(-errors, labels == 1) == 0.0
 
 
 class _Identity(nn.Module):
@@ -48,6 +44,8 @@ def test_identity_reconstructs_perfectly(even_shards):
 def test_vae_metrics(even_shards):
     vae = build_method(VAEOptions(bottleneck=4), EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8),
                        ModelConfig())
-    metrics = reconstruct_split(vae, str(even_shards), 64, torch.device("cpu")).metrics
+    result = reconstruct_split(vae, str(even_shards), 64, torch.device("cpu"))
+    metrics = result.metrics
     assert set(metrics) == {"recon_mse", "elbo", "kl", "active_units"}
+    assert result.negative_elbo.shape == (128,) and -result.negative_elbo.mean() == pytest.approx(metrics["elbo"])
     assert metrics["elbo"] < 0 and metrics["kl"] >= 0 and 0 <= metrics["active_units"] <= 4

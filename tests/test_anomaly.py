@@ -1,0 +1,91 @@
+"""The anomaly protocols: which classes pretraining reads, the refusals, and ``sslpipe anomaly`` end to end on a
+real local Ray (a Tune grid, one pretraining run per class) with a real MLflow store."""
+
+import math
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.anomaly import AnomalySummary, table
+from pipeline.cli import main
+from pipeline.config import DataConfig, load_config, validate
+from pipeline.data import read_manifest
+from pipeline.errors import ConfigError
+
+
+def test_each_protocol_leaves_out_what_it_scores_as_anomalous():
+    assert DataConfig().exclude_classes(10) == ()
+    assert DataConfig(holdout_class=7).exclude_classes(10) == (7,)
+    assert DataConfig(normal_class=2).exclude_classes(5) == (0, 1, 3, 4)
+
+
+def test_protocol_keys_are_checked_against_the_shards(synthetic_shards):
+    manifest = read_manifest(synthetic_shards)
+    config = load_config(None, [f"data.shards={synthetic_shards}", "data.normal_class=10"])
+    with pytest.raises(ConfigError, match=re.escape("data.normal_class: 10 is not a label of")):
+        validate(config, manifest)
+    config.data.normal_class, config.data.holdout_class = 1, 2
+    with pytest.raises(ConfigError, match="data.normal_class and data.holdout_class are two anomaly protocols"):
+        validate(config, manifest)
+    config.data.holdout_class = None
+    config.data.batch_size = 512  # 300 images of class 1 cannot fill a batch on each of 2 ranks
+    with pytest.raises(ConfigError, match="too few for 2 rank"):
+        validate(config, manifest)
+
+
+def test_the_table_marks_failed_classes_and_bolds_the_means():
+    summary = AnomalySummary("a", "one-class", "r", "u", ["anomaly_auroc_knn", "pca_anomaly_auroc"], [
+        {"class": 0, "name": "tee", "anomaly_auroc_knn": 0.91234, "pca_anomaly_auroc": 0.8},
+        {"class": 1, "name": "shoe", "anomaly_auroc_knn": math.nan, "pca_anomaly_auroc": 0.6},
+    ], {"anomaly_auroc_knn": math.nan, "pca_anomaly_auroc": 0.7})
+    assert table(summary).splitlines() == [
+        "| class | name | kNN cosine | PCA |", "| --- | --- | ---: | ---: |",
+        "| 0 | tee | 0.912 | 0.800 |", "| 1 | shoe | failed | 0.600 |", "| mean | | **failed** | **0.700** |",
+    ]
+
+
+def test_bad_protocol_arguments_are_one_line(synthetic_shards, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data:\n  shards: {synthetic_shards}\n")
+    assert main(["anomaly", str(job), "--protocol", "one-class", "--classes", "0,12"]) == 2
+    assert "sslpipe: error: --classes: 12 is not a label of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
+    ray_local, synthetic_shards, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.yaml"
+    job.write_text("")  # the embedded defaults, with the overrides below
+    assert main([
+        "anomaly", str(job), "--protocol", "one-class", "--classes", "0,3", "--name", "oc", "method.name=autoencoder",
+        "augment.preset=none", "method.bottleneck=8", f"data.shards={synthetic_shards}", "data.batch_size=32",
+        "data.num_workers=0", "model.width=8", "train.epochs=2", "train.num_workers=1", "eval.baselines=false",
+        "eval.probe_max_iter=50", "eval.anomaly_pca_k=4",
+    ]) == 0
+    printed = capsys.readouterr().out
+    header = "| class | name | kNN cosine | Mahalanobis | reconstruction | PCA |"
+    assert header in printed and "| mean | |" in printed
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [parent] = client.search_runs(["1"], "tags.`mlflow.runName` = 'oc'")
+    assert parent.data.tags["sslpipe.anomaly_protocol"] == "one-class"
+    assert parent.data.tags["mlflow.source.name"] == "sslpipe anomaly"
+    assert {"anomaly.csv", "anomaly.md", "anomaly.png", "trials.csv"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_class = {int(run.data.params["data.normal_class"]): run for run in children}
+    assert sorted(by_class) == [0, 3] and all(run.info.status == "FINISHED" for run in children)
+    table_rows = [line for line in printed.splitlines() if line.startswith(("| 0 |", "| 3 |"))]
+    for line in table_rows:  # the table is the nested runs' own metrics
+        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        metrics = by_class[int(label)].data.metrics
+        keys = ["anomaly_auroc_knn", "anomaly_auroc_mahalanobis", "anomaly_auroc_recon", "pca_anomaly_auroc"]
+        assert [float(cell) for cell in cells[1:]] == [pytest.approx(metrics[key], abs=5e-4) for key in keys]
+        # pretraining read that class alone: an epoch is about a tenth of the 3000 training images
+        assert metrics["images"] == pytest.approx(300, rel=0.25)
+    mean = parent.data.metrics["mean_pca_anomaly_auroc"]
+    assert mean == pytest.approx(sum(by_class[c].data.metrics["pca_anomaly_auroc"] for c in (0, 3)) / 2)
+    assert "sslpipe.best_model" not in parent.data.tags and not client.search_registered_models()  # nothing "best"
