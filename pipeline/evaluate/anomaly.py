@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from pipeline.evaluate.knn import SIMILARITY_ELEMENTS
+from pipeline.evaluate.knn import query_chunk
 
 KNN, MAHALANOBIS, RECONSTRUCTION, NEGATIVE_ELBO, PCA_RESIDUAL = "knn", "mahalanobis", "recon", "neg_elbo", "pca"
 
@@ -36,7 +36,7 @@ def knn_cosine_scores(
     device = torch.device(device)
     bank = F.normalize(torch.as_tensor(train, device=device).float(), dim=1)
     k = min(k, len(bank))
-    chunk = chunk or max(1, min(1024, SIMILARITY_ELEMENTS // max(1, len(bank))))
+    chunk = chunk or query_chunk(len(bank))
     scores = []
     for start in range(0, len(test), chunk):
         query = F.normalize(torch.as_tensor(test[start : start + chunk], device=device).float(), dim=1)

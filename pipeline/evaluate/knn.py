@@ -10,6 +10,12 @@ import torch.nn.functional as F
 SIMILARITY_ELEMENTS = 1 << 28  # a batch's (queries x bank) similarities: 1 GiB of float32
 
 
+def query_chunk(bank_size: int) -> int:
+    """Queries per batch against a bank of ``bank_size``: as many as keep their similarities within
+    :data:`SIMILARITY_ELEMENTS`, at most 1024."""
+    return max(1, min(1024, SIMILARITY_ELEMENTS // max(1, bank_size)))
+
+
 @torch.no_grad()
 def knn_accuracy(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 200,
@@ -24,7 +30,7 @@ def knn_accuracy(
     labels = torch.as_tensor(train_y, device=device).long()
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     k = min(k, len(train))
-    chunk = chunk or max(1, min(1024, SIMILARITY_ELEMENTS // max(1, len(train))))
+    chunk = chunk or query_chunk(len(train))
     correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(test_x), chunk):
         query = F.normalize(torch.as_tensor(test_x[start : start + chunk], device=device).float(), dim=1)
