@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval bench-peer clean
+.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval bench-peer bench-views clean
 
 SHARDS ?= data/fashion-mnist
 JOB    ?= jobs/simclr_fashion_mnist.yaml
@@ -61,9 +61,13 @@ bench-eval: venv
 bench-tta: venv
 	$(BIN)/python -m benchmarks.time_to_accuracy
 
-# Our plain SimCLR loop against the lightly library, interleaved, after 5 and 10 minutes each, 3 seeds (about 2 h).
+# Our plain SimCLR loop against the lightly library, interleaved, after 5 and 10 minutes each, 3 seeds (about 70 min).
 bench-peer: venv
 	$(BIN)/python -m benchmarks.lightly_peer
+
+# Our views against lightly's (and one part swapped at a time) at equal steps, each arm an MLflow run (about 20 min).
+bench-views: venv
+	$(BIN)/python -m benchmarks.view_ablation
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,12 +15,15 @@ import torch
 from benchmarks.common import MIB, RssSampler, footprint, interleaved, rss_summary
 from benchmarks.lightly_peer import InMemoryImages, lightly_transform, lr_factor, main as lightly_peer_main
 from benchmarks.throughput import (
-    AUGMENT, CEILING, LOADER, OURS_DATA, PEER, PEER_DATA, PLAIN, RAY_2, PerImageViews, peer_transform, target_checks,
+    AUGMENT, CEILING, LOADER, OURS_DATA, PEER, PEER_DATA, PLAIN, RAY_2, PerImageViews, Setup, peer_transform,
+    target_checks,
 )
+from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views, main as view_ablation_main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
 from pipeline.models import EncoderSpec
+from pipeline.track import Tracker
 from pipeline.optim import build_optimizer
 from pipeline.train import steps_in, train_step
 
@@ -137,3 +140,32 @@ def test_lightly_peer_trains_both_sides_from_the_same_weights(synthetic_shards, 
     written = json.loads((tmp_path / "lightly_peer.json").read_text())
     assert written["command"] == "python -m benchmarks.lightly_peer " + " ".join(args) and written["machine"]["date"]
     assert "ours - lightly, points" in capsys.readouterr().out
+
+
+def test_view_ablation_arms_make_two_independent_views_in_the_unit_range():
+    spec = EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,))
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    for arm in ARMS:
+        views = arm_views(arm, Setup(load_config(None), spec, images), seed=0)(images)
+        assert [v.shape for v in views] == [(4, 1, 28, 28)] * 2 and views[0].dtype == torch.float32, arm
+        assert 0 <= float(min(v.min() for v in views)) and float(max(v.max() for v in views)) <= 1, arm
+        assert not torch.equal(*views), arm
+    with pytest.raises(SystemExit, match="unknown arm 'blur'"):
+        arm_views("blur", Setup(load_config(None), spec, images), seed=0)
+
+
+@pytest.mark.slow
+def test_view_ablation_starts_every_arm_alike_and_records_each_in_mlflow(synthetic_shards, tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.common.RESULTS", tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    base = ["--shards", str(synthetic_shards), "--seeds", "2", "--probe-max-iter", "20"]
+    untrained = view_ablation_main([*base, "--steps", "0", "--arms", "ours", "lightly"])["runs"]
+    assert untrained[0]["probe_accuracy"] == untrained[1]["probe_accuracy"]  # same initial weights
+    trained = view_ablation_main([*base, "--steps", "3", "--arms", "ours", "tv-crop"])["runs"]
+    tracker = Tracker(uri)
+    runs = tracker.client.search_runs([tracker.experiment_id(EXPERIMENT)])
+    logged = {(r.data.params["arm"], r.data.params["steps"]): r.data.metrics["probe_accuracy"] for r in runs}
+    assert logged == {(r["arm"], str(r["steps"])): r["probe_accuracy"] for r in untrained + trained}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert json.loads((tmp_path / "view_ablation.json").read_text())["runs"] == trained
