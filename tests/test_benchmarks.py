@@ -23,8 +23,8 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
 from pipeline.models import EncoderSpec
-from pipeline.track import Tracker
 from pipeline.optim import build_optimizer
+from pipeline.track import Tracker
 from pipeline.train import steps_in, train_step
 
 
