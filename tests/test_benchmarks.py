@@ -145,11 +145,16 @@ def test_lightly_peer_trains_both_sides_from_the_same_weights(synthetic_shards, 
 def test_view_ablation_arms_make_two_independent_views_in_the_unit_range():
     spec = EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,))
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    # flat images whose brightness ranges x[0.6, 1.4] do not overlap: a view must stay with its own image
+    levels = torch.tensor([10.0, 30.0, 80.0, 200.0])
+    flat = levels.view(4, 1, 1, 1).expand(4, 1, 28, 28).to(torch.uint8)
     for arm in ARMS:
         views = arm_views(arm, Setup(load_config(None), spec, images), seed=0)(images)
         assert [v.shape for v in views] == [(4, 1, 28, 28)] * 2 and views[0].dtype == torch.float32, arm
-        assert 0 <= float(min(v.min() for v in views)) and float(max(v.max() for v in views)) <= 1, arm
         assert not torch.equal(*views), arm
+        for view in arm_views(arm, Setup(load_config(None), spec, flat), seed=0)(flat):
+            low, high = view.amin((1, 2, 3)) * 255, view.amax((1, 2, 3)) * 255
+            assert (low >= 0.6 * levels - 1).all() and (high <= (1.4 * levels).clamp(max=255) + 1).all(), arm
     with pytest.raises(SystemExit, match="unknown arm 'blur'"):
         arm_views("blur", Setup(load_config(None), spec, images), seed=0)
 
