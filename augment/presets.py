@@ -10,6 +10,9 @@
   with p=0.8.
 * ``none``: the images as they are (autoencoders reconstruct their input; denoising corrupts it in the method).
 
+Two strengths can be changed: ``crop_min_scale`` (the smallest crop's share of the image's area; simclr and byol
+0.08, light 0.5) and, for ``simclr``, ``jitter_strength`` (``s`` above).
+
 Colour operations that need three channels (saturation, hue, grayscale) are left out for 1-channel images.
 Photos arrive already cropped (random-resized crops cut while decoding, :mod:`pipeline.data.decode`): with
 ``crop=False`` the presets leave out their crop and view ``i`` is made from crop ``i``.
@@ -54,10 +57,20 @@ def _blur(size: int, p: float) -> list[nn.Module]:
     return [RandomGaussianBlur(kernel, (0.1, 2.0), p=p)]
 
 
-def _view_pipelines(preset: str, size: int, channels: int, crop: bool) -> list[nn.Module]:
-    crops = [K.RandomResizedCrop((size, size), scale=(0.08, 1.0), cropping_mode=CROP_MODE)] if crop else []
+def crop_scale(preset: str, crop_min_scale: float | None = None) -> tuple[float, float]:
+    """The random crops' range of shares of the image's area: from ``crop_min_scale`` (else the preset's) to 1."""
+    return crop_min_scale or (0.5 if preset == "light" else 0.08), 1.0
+
+
+def _view_pipelines(
+    preset: str, size: int, channels: int, crop: bool, crop_min_scale: float | None, jitter_strength: float | None
+) -> list[nn.Module]:
+    scale = crop_scale(preset, crop_min_scale)
+    crops = [K.RandomResizedCrop((size, size), scale=scale, cropping_mode=CROP_MODE)] if crop else []
+    if jitter_strength is not None and preset != "simclr":
+        raise ConfigError(f"augment.jitter_strength applies to the simclr preset only, not {preset}; leave it unset")
     if preset == "simclr":
-        s = 0.5 if size <= SMALL_IMAGE else 1.0
+        s = jitter_strength if jitter_strength is not None else 0.5 if size <= SMALL_IMAGE else 1.0
         ops = [*crops, K.RandomHorizontalFlip(), *_color(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8)]
         return [nn.Sequential(*ops, *_blur(size, 0.5))]
     if preset == "byol":
@@ -71,7 +84,6 @@ def _view_pipelines(preset: str, size: int, channels: int, crop: bool) -> list[n
     if preset == "none":
         return [nn.Identity()]
     if preset == "light":
-        crops = [K.RandomResizedCrop((size, size), scale=(0.5, 1.0), cropping_mode=CROP_MODE)] if crop else []
         ops = [*crops, K.RandomHorizontalFlip()]
         return [nn.Sequential(*ops, K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]
     raise ConfigError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
@@ -88,17 +100,18 @@ class ViewAugmenter(nn.Module):
     views' crops already, ``(B, num_views, C, size, size)``.
 
     With ``seed``, call ``i`` draws from a forked RNG seeded by ``(seed, i)`` (reproducible, global RNG
-    untouched; set ``calls`` to continue a stream); under DDP give each rank its own seed.
+    untouched; set ``calls`` to continue a stream); under DDP give each rank its own seed. ``crop_min_scale`` and
+    ``jitter_strength`` change the preset's strengths (unset: its own).
     """
 
     def __init__(
         self, preset: str, image_size: int, channels: int, num_views: int = 2, seed: int | None = None,
-        crop: bool = True,
+        crop: bool = True, crop_min_scale: float | None = None, jitter_strength: float | None = None,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
             raise ConfigError(f"augmentation needs 1 or 3 channels, got {channels}")
-        pipelines = _view_pipelines(preset, image_size, channels, crop)
+        pipelines = _view_pipelines(preset, image_size, channels, crop, crop_min_scale, jitter_strength)
         self.preset, self.num_views, self.seed, self.calls, self.crop = preset, num_views, seed, 0, crop
         self.pipelines = nn.ModuleList(pipelines[i % len(pipelines)] for i in range(num_views))
 

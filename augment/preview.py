@@ -33,13 +33,15 @@ def save_view_grid(originals: torch.Tensor, views: list[torch.Tensor], path: str
 
 
 def preview_batch(
-    loader: ShardLoader, preset: str, num_views: int, photo_size: int, seed: int, path: str | Path
+    loader: ShardLoader, preset: str, num_views: int, photo_size: int, seed: int, path: str | Path,
+    **strengths: float | None,
 ) -> Path:
-    """Write the first batch of ``loader`` above its ``num_views`` views of ``preset`` to ``path``. The loader
-    crops photos (random-resized crops of ``photo_size``: the first crop stands for the photo); arrays are cropped
-    here, as in training."""
+    """Write the first batch of ``loader`` above its ``num_views`` views of ``preset`` (with :class:`ViewAugmenter`'s
+    ``strengths``) to ``path``. The loader crops photos (random-resized crops of ``photo_size``: the first crop
+    stands for the photo); arrays are cropped here, as in training."""
     images = next(iter(loader))[0]
     photos = loader.manifest.photos
     size = photo_size if photos else loader.manifest.image_shape[1]
-    augmenter = ViewAugmenter(preset, size, loader.manifest.channels, num_views, seed=seed, crop=not photos)
+    augmenter = ViewAugmenter(preset, size, loader.manifest.channels, num_views, seed=seed, crop=not photos,
+                             **strengths)
     return save_view_grid(images[:, 0] if photos else images, augmenter(images), path)

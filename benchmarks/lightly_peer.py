@@ -3,9 +3,10 @@ wall-clock training budgets, in one process, on the same images, model, batch, o
 
     python -m benchmarks.lightly_peer [--minutes 5 10] [--seeds 0 1 2] [--slice-seconds 30] [--warmup-fraction 0.1]
                                       [--shards data/fashion-mnist] [--probe-max-iter N] [--lightly-channels-last]
+                                      [section.key=value ...]
 
 Both sides train ``jobs/simclr_fashion_mnist.yaml``'s SimCLR (small CNN, projection head, temperature, AdamW and
-its LR per 256 images) on batches of 256 in this process:
+its LR per 256 images, augmentation strengths) on batches of 256 in this process:
 
 * ours: the plain loop of ``benchmarks.throughput`` (its ``Trainee``, ``augmenter`` and ``shard_loader``):
   ShardLoader epochs (the job's ``data.num_workers``: 0, read in this process), batched Kornia ``simclr`` views,
@@ -62,7 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import print_table, write_results
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
-from pipeline.config import load_config
+from pipeline.config import AugmentConfig, load_config
 from pipeline.data import evaluation_loader, read_manifest
 from pipeline.errors import ConfigError
 from pipeline.evaluate.features import extract_features
@@ -79,21 +80,24 @@ OURS, LIGHTLY = "ours", "lightly"
 State = dict[str, torch.Tensor]
 
 
-def lightly_transform(image_size: int, channels: int):
-    """``SimCLRTransform`` matched to our ``simclr`` preset for small grayscale images (``augment.presets``):
-    crop scale 0.08-1 (``min_scale``; ratio 3/4-4/3 in both), flip p=0.5, colour jitter p=0.8 of strength 0.5
-    (the CIFAR setting, ours for <= 32 px): brightness and contrast 0.8 x 0.5 = 0.4, saturation and hue 0 (ours
-    drops them on 1 channel; on 'L' images torchvision would skip them anyway), no grayscale and no blur (ours
-    blurs from 64 px), no rotation or vertical flip, and no normalisation: views stay in [0, 1] like ours, the
-    shared encoder normalises with the data set's mean/std itself."""
+def lightly_transform(image_size: int, channels: int, augment: AugmentConfig | None = None):
+    """``SimCLRTransform`` matched to our ``simclr`` preset for small grayscale images (``augment.presets``) at
+    ``augment``'s strengths (default: the preset's): crop scale ``augment.crop_scale`` (``min_scale``; ratio
+    3/4-4/3 in both), flip p=0.5, colour jitter p=0.8 of strength ``augment.jitter_strength`` (unset: 0.5, the CIFAR
+    setting, ours for <= 32 px): brightness and contrast 0.8 s, saturation and hue 0 (ours drops them on 1 channel;
+    on 'L' images torchvision would skip them anyway), no grayscale and no blur (ours blurs from 64 px), no rotation
+    or vertical flip, and no normalisation: views stay in [0, 1] like ours, the shared encoder normalises with the
+    data set's mean/std itself."""
     from lightly.transforms import SimCLRTransform
 
     if channels != 1 or image_size > 32:
         raise ConfigError(f"the lightly peer mirrors the simclr preset on small grayscale images (1 channel, at most "
                           f"32 px), not {channels}x{image_size}x{image_size}: use Fashion-MNIST-like shards")
-    return SimCLRTransform(input_size=image_size, cj_prob=0.8, cj_strength=0.5, cj_bright=0.8, cj_contrast=0.8,
-                           cj_sat=0.0, cj_hue=0.0, min_scale=0.08, random_gray_scale=0.0, gaussian_blur=0.0,
-                           hf_prob=0.5, vf_prob=0.0, rr_prob=0.0, normalize=None)
+    augment = augment or AugmentConfig()
+    strength = 0.5 if augment.jitter_strength is None else augment.jitter_strength
+    return SimCLRTransform(input_size=image_size, cj_prob=0.8, cj_strength=strength, cj_bright=0.8, cj_contrast=0.8,
+                           cj_sat=0.0, cj_hue=0.0, min_scale=augment.crop_scale[0], random_gray_scale=0.0,
+                           gaussian_blur=0.0, hf_prob=0.5, vf_prob=0.0, rr_prob=0.0, normalize=None)
 
 
 class InMemoryImages(Dataset):
@@ -172,7 +176,8 @@ def lightly(setup: Setup, initial: State, images: np.ndarray, labels: np.ndarray
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, setup.config.optim, BATCH_SIZE)
     criterion = NTXentLoss(temperature=setup.config.method.temperature)
-    dataset = InMemoryImages(images, labels, lightly_transform(setup.spec.image_size, setup.spec.channels))
+    transform = lightly_transform(setup.spec.image_size, setup.spec.channels, setup.config.augment)
+    dataset = InMemoryImages(images, labels, transform)
     loader = DataLoader(dataset, BATCH_SIZE, shuffle=True, drop_last=True, num_workers=LIGHTLY_WORKERS,
                         generator=torch.Generator().manual_seed(seed))
 
@@ -305,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--probe-max-iter", type=int, help="probe iterations (default: the job's eval.probe_max_iter)")
     parser.add_argument("--lightly-channels-last", action="store_true",
                         help="lightly's model and batches in channels_last, as ours (its docs do not)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job (both sides)")
     args = parser.parse_args(argv)
     if min(args.minutes) <= 0 or args.slice_seconds <= 0 or not 0 <= args.warmup_fraction < 1:
         parser.error("--minutes and --slice-seconds must be > 0, --warmup-fraction in [0, 1)")
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = []
     for seed in args.seeds:
-        config = load_config(JOB, [f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}",
+        config = load_config(JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}",
                                    f"train.seed={seed}"])
         manifest = read_manifest(config.data.shards)
         train = read_train_split(config.data.shards)
@@ -325,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(rows)
     command = shlex.join(["python", "-m", "benchmarks.lightly_peer", *(sys.argv[1:] if argv is None else argv)])
     settings = {
-        "job": str(JOB.relative_to(JOBS.parent)), "shards": args.shards, "batch_size": BATCH_SIZE,
+        "job": str(JOB.relative_to(JOBS.parent)), "overrides": args.overrides, "shards": args.shards,
+        "batch_size": BATCH_SIZE,
         "lightly": lightly_library.__version__, "lightly_dataloader_workers": LIGHTLY_WORKERS,
         "lightly_channels_last": args.lightly_channels_last, "torch_threads": CPUS,
         "slice_seconds": args.slice_seconds, "budgets_min": sorted(args.minutes), "seeds": args.seeds,

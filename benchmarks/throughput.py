@@ -125,7 +125,7 @@ class Trainee:
 def augmenter(setup: Setup) -> ViewAugmenter:
     num_views = METHODS[setup.config.method.name].num_views
     return ViewAugmenter(setup.config.augment.preset, setup.spec.image_size, setup.spec.channels, num_views,
-                         seed=setup.config.train.seed)
+                         seed=setup.config.train.seed, **setup.config.augment.view_options())
 
 
 def shard_loader(setup: Setup) -> ShardLoader:

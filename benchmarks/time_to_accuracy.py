@@ -1,11 +1,13 @@
 """Time to accuracy: SimCLR pretraining on our real path (``pipeline.train.fit``: Ray Train, 2 workers on 2 cores,
 ``jobs/simclr_fashion_mnist.yaml``), with a linear probe of the encoder as it stood after each training budget.
 
-    python -m benchmarks.time_to_accuracy [section.key=value ...] [--minutes 5 10 30] [--epochs N]
+    python -m benchmarks.time_to_accuracy [section.key=value ...] [--minutes 5 10 30] [--epochs N] [--per-budget]
 
 Minutes count training: the epochs' loop times that ``train_worker`` reports (images / images_per_s), not Ray's
 start-up, checkpoints or probes. One run, its cosine schedule sized to the largest budget: ``--epochs`` epochs, or as
-many as fit in it at the rate a calibration run (2 epochs of 50 batches, the first one warm-up) measures. A
+many as fit in it at the rate a calibration run (2 epochs of 50 batches, the first one warm-up) measures; with
+``--per-budget``, one such run per budget, each schedule sized to its own budget (what a user given that budget
+would run). A
 Ray Train callback keeps, for each budget, the checkpoint of the last epoch that ended within it; afterwards each is
 probed as in ``pipeline/evaluate/suite.py`` (features of the frozen encoder, logistic regression, train -> test).
 Prints budget -> epochs -> probe accuracy and writes ``benchmarks/results/time_to_accuracy.json``.
@@ -83,39 +85,55 @@ def probe_accuracy(config: JobConfig, snapshot: dict) -> float:
     return linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter).accuracy
 
 
+def train_and_probe(config: JobConfig, budgets_s: Sequence[float], epochs: int, work: str) -> list[dict[str, Any]]:
+    """One run of ``epochs`` epochs; a row per budget (seconds): the epochs that fitted and the probe of the encoder
+    as it stood after them."""
+    name = f"tta-{uuid.uuid4().hex[:8]}"
+    config = with_values(config, {"train.epochs": epochs, "train.name": name}, "time_to_accuracy")
+    print(f"training {epochs} epochs for budgets of {', '.join(f'{b / 60:g}' for b in budgets_s)} min", flush=True)
+    folder = Path(work, name)
+    folder.mkdir()
+    started = time.perf_counter()
+    fit(config, name, callbacks=[BudgetSnapshots(str(folder), budgets_s)])
+    wall_s = time.perf_counter() - started
+    rows = []
+    for budget in budgets_s:
+        path = folder / f"{budget}.pt"
+        snapshot = torch.load(path, weights_only=True) if path.exists() else None  # None: no epoch fitted
+        rows.append({
+            "budget min": budget / 60,
+            "schedule epochs": epochs,
+            "epochs": snapshot["epoch"] if snapshot else 0,
+            "trained min": snapshot["trained_s"] / 60 if snapshot else None,
+            "probe accuracy": probe_accuracy(config, snapshot) if snapshot else None,
+            "fit wall s": wall_s,
+        })
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", nargs="+", type=float, default=[5.0, 10.0, 30.0], help="training budgets")
     parser.add_argument("--epochs", type=int, help="epochs of the schedule (default: as many as fit the largest)")
+    parser.add_argument("--per-budget", action="store_true", help="one run per budget, its schedule sized to it")
     parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job")
     args = parser.parse_args(argv)
     budgets_s = sorted(60 * minutes for minutes in args.minutes)
     torch.set_num_threads(CPUS)
 
     with tempfile.TemporaryDirectory(prefix="tta-") as work, local_ray(CPUS):
-        name = f"tta-{uuid.uuid4().hex[:8]}"
-        config = resolve_paths(load_config(JOB, [f"train.storage_path={work}", *args.overrides]), name)
+        config = resolve_paths(load_config(JOB, [f"train.storage_path={work}", *args.overrides]), "tta")
         per_epoch_s = None if args.epochs else epoch_seconds(config)
-        epochs = args.epochs or max(1, math.floor(budgets_s[-1] / per_epoch_s))
-        print(f"training {epochs} epochs" + (f" of about {per_epoch_s:.0f} s" if per_epoch_s else ""))
-        config = with_values(config, {"train.epochs": epochs}, "time_to_accuracy")
-        started = time.perf_counter()
-        fit(config, name, callbacks=[BudgetSnapshots(work, budgets_s)])
-        wall_s = time.perf_counter() - started
-        rows = []
-        for budget in budgets_s:
-            path = Path(work, f"{budget}.pt")
-            snapshot = torch.load(path, weights_only=True) if path.exists() else None  # None: no epoch fitted
-            rows.append({
-                "budget min": budget / 60,
-                "epochs": snapshot["epoch"] if snapshot else 0,
-                "trained min": snapshot["trained_s"] / 60 if snapshot else None,
-                "probe accuracy": probe_accuracy(config, snapshot) if snapshot else None,
-            })
+        if per_epoch_s:
+            print(f"an epoch takes about {per_epoch_s:.0f} s", flush=True)
+        groups = [[budget] for budget in budgets_s] if args.per_budget else [budgets_s]
+        rows = [row for group in groups
+                for row in train_and_probe(config, group, args.epochs or max(1, math.floor(group[-1] / per_epoch_s)),
+                                           work)]
     print_table(rows)
     write_results("time_to_accuracy", {
-        "job": str(JOB.relative_to(JOB.parent.parent)), "overrides": args.overrides, "epochs": epochs,
-        "estimated_epoch_s": per_epoch_s, "fit_wall_s": wall_s, "config": config.to_dict(), "budgets": rows,
+        "job": str(JOB.relative_to(JOB.parent.parent)), "overrides": args.overrides, "per_budget": args.per_budget,
+        "estimated_epoch_s": per_epoch_s, "config": config.to_dict(), "budgets": rows,
     })
 
 

@@ -3,11 +3,12 @@ batches, from the same initial weights, with the view pipeline (or one part of i
 MLflow run (experiment ``view-ablation``; the store is the job's: ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
 
     python -m benchmarks.view_ablation [--arms ours lightly ...] [--steps 300] [--seeds 0 1] [--shards ...]
-                                       [--probe-max-iter N]
+                                       [--probe-max-iter N] [section.key=value ...]
 
 Every arm trains ``jobs/simclr_fashion_mnist.yaml``'s model and loss as ``benchmarks.lightly_peer`` does (batches of
 256 from our ShardLoader in the same order, ``pipeline.train.train_step``, AdamW, warm-up over 10% of the steps then
-a cosine to 0, keyed on steps) and probes the encoder as it does. Only the views differ:
+a cosine to 0, keyed on steps), with the job changed by the ``section.key=value`` overrides, and probes the encoder
+as it does. Only the views differ (each arm at the preset's own strengths, whatever the job's ``augment`` says):
 
 * ``ours``: :class:`augment.presets.ViewAugmenter` (``simclr`` preset: one batched affine warp crops, Kornia
   jitter with one order of brightness and contrast per batch).
@@ -114,12 +115,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--shards", default="data/fashion-mnist")
     parser.add_argument("--probe-max-iter", type=int, help="probe iterations (default: the job's eval.probe_max_iter)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job")
     args = parser.parse_args(argv)
     torch.set_num_threads(CPUS)
     command = shlex.join(["python", "-m", "benchmarks.view_ablation", *(sys.argv[1:] if argv is None else argv)])
     results = []
     for seed in args.seeds:
-        config = load_config(JOB, [f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}", f"train.seed={seed}"])
+        config = load_config(JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}",
+                                   f"train.seed={seed}"])
         train = read_train_split(config.data.shards)
         setup = Setup(config, encoder_spec(config.model, read_manifest(config.data.shards)),
                       torch.from_numpy(train[0]).unsqueeze(1))

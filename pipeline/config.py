@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from annotated_types import Ge, Gt, Interval
 
-from augment.presets import PRESETS, Preset
+from augment.presets import PRESETS, Preset, crop_scale
 from pipeline import options
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.data.decode import PhotoViews
@@ -67,14 +67,28 @@ class DataConfig:
         """The side photos are cropped to."""
         return self.image_size or DEFAULT_PHOTO_SIZE
 
-    def training_views(self, num_views: int) -> PhotoViews:
-        """How training crops photos: ``num_views`` random-resized crops of :attr:`crop_size`."""
-        return PhotoViews(self.crop_size, num_views, random=True)
+    def training_views(self, num_views: int, scale: tuple[float, float]) -> PhotoViews:
+        """How training crops photos: ``num_views`` random-resized crops of :attr:`crop_size`, each a share of the
+        photo's area within ``scale``."""
+        return PhotoViews(self.crop_size, num_views, random=True, scale=scale)
 
 
 @dataclass
 class AugmentConfig:
     preset: Annotated[Preset, "views (see Augmentation); `none` for autoencoders and VAEs"] = "simclr"
+    crop_min_scale: Annotated[float | None, Interval(gt=0, le=1), "smallest random crop, as a share of the image's "
+                              "area (unset: the preset's, 0.08; light 0.5)"] = None
+    jitter_strength: Annotated[float | None, Ge(0), "simclr preset: colour jitter strength s (brightness, contrast "
+                               "and saturation 0.8 s, hue 0.2 s; unset: 1, or 0.5 for images of 32 px and less)"] = None
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        """The random crops' range of shares of the image's area."""
+        return crop_scale(self.preset, self.crop_min_scale)
+
+    def view_options(self) -> dict[str, float | None]:
+        """The strengths :class:`~augment.ViewAugmenter` takes besides the preset."""
+        return {"crop_min_scale": self.crop_min_scale, "jitter_strength": self.jitter_strength}
 
 
 @dataclass
@@ -268,6 +282,9 @@ def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
         others = ", ".join(preset for preset in PRESETS if preset != "none")
         raise ConfigError(f"augment.preset: none cannot serve {config.method.name}, whose {method.num_views} views "
                           f"of an image would be identical; choose {others}")
+    if config.augment.jitter_strength is not None and config.augment.preset != "simclr":
+        raise ConfigError(f"augment.jitter_strength applies to the simclr preset only, not {config.augment.preset}; "
+                          "leave it unset")
     if config.model.encoder == "linear" and not issubclass(method, ReconstructionMethod):
         raise ConfigError("model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
                           f"autoencoder or vae, not {config.method.name})")
@@ -331,7 +348,7 @@ def _validate_data(config: JobConfig, manifest: Manifest) -> None:
     ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,
                 mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
                 manifest=manifest, exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
-                views=config.data.training_views(METHODS[config.method.name].num_views))
+                views=config.data.training_views(METHODS[config.method.name].num_views, config.augment.crop_scale))
     evaluation = read_manifest(config.eval.shards) if config.eval.shards else manifest
     where = "eval.shards" if config.eval.shards else "data.shards"
     if not evaluation.labeled:

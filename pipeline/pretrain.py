@@ -87,8 +87,10 @@ def preview(config: JobConfig, manifest: Manifest, path: Path) -> Path:
     loader = ShardLoader(config.data.shards, "train", 8, rank=0, world_size=1, num_workers=0,
                          mode=config.data.mode, url_template=config.data.url_template, manifest=manifest,
                          exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
-                         skip_bad_samples=config.data.skip_bad_samples, views=config.data.training_views(2))
-    return preview_batch(loader, config.augment.preset, 2, config.data.crop_size, config.train.seed, path)
+                         skip_bad_samples=config.data.skip_bad_samples,
+                         views=config.data.training_views(2, config.augment.crop_scale))
+    return preview_batch(loader, config.augment.preset, 2, config.data.crop_size, config.train.seed, path,
+                         **config.augment.view_options())
 
 
 def run_params(config: JobConfig, manifest: Manifest) -> dict[str, Any]:

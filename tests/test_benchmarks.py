@@ -19,7 +19,7 @@ from benchmarks.throughput import (
     target_checks,
 )
 from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views, main as view_ablation_main
-from pipeline.config import load_config
+from pipeline.config import AugmentConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
 from pipeline.models import EncoderSpec
@@ -122,6 +122,10 @@ def test_lightly_peer_views_and_schedule():
     assert all(v.dtype == torch.float32 and 0 <= v.min() and v.max() <= 1 for v in views)  # no normalisation
     with pytest.raises(ConfigError, match="small grayscale"):
         lightly_transform(28, 3)
+    whole = lightly_transform(28, 1, AugmentConfig(crop_min_scale=1.0, jitter_strength=0.0))  # the job's strengths
+    image = torch.from_numpy(images[1]).float().div(255).unsqueeze(0)
+    for view in InMemoryImages(images, np.array([3, 4]), whole)[1][0]:
+        assert min((view - image).abs().max(), (view - image.flip(-1)).abs().max()) < 1e-6  # only flipped, if at all
     assert [lr_factor(s, 100, 0.1) for s in (0, 10, 55, 100, 130)] == pytest.approx([1e-4, 1, 0.5, 0, 0], abs=1e-3)
 
 

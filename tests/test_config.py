@@ -101,6 +101,8 @@ def test_the_method_section_holds_only_its_own_options():
     (["augment.preset=none"], "augment.preset: none cannot serve simclr, whose 2 views of an image would be identical"),
     (["method.name=byol", "augment.preset=none"], "augment.preset: none cannot serve byol"),
     (["model.encoder=linear"], "model.encoder: linear needs an autoencoder's method.bottleneck"),
+    (["augment.preset=light", "augment.jitter_strength=0.5"], "augment.jitter_strength applies to the simclr preset"),
+    (["augment.crop_min_scale=0"], "augment.crop_min_scale must be in (0, 1], got 0.0"),
     (["train.name='it''s \"x\"'"], "train.name: 'it\\'s \"x\"' holds both ' and \" or a backslash"),
     (["train.name=ends\\"], "train.name: 'ends\\\\' holds both ' and \" or a backslash"),
     (["train.seed=-1"], "train.seed must be >= 0, got -1"),
@@ -183,3 +185,10 @@ def test_gpu_jobs_use_every_gpu_ray_sees_unless_told():
     assert trials_that_fit(two.train, {"CPU": 64.0, "GPU": 1.0}) == 1  # at least one: it waits for its GPUs
     cpu = with_workers(load_config(None), {"CPU": 8.0})
     assert trials_that_fit(cpu.train, {"CPU": 8.0}) == 4
+
+
+def test_photo_crops_follow_the_augmentation_crop_scale():
+    for overrides, scale in [([], (0.08, 1.0)), (["augment.preset=light"], (0.5, 1.0)),
+                             (["augment.crop_min_scale=0.3"], (0.3, 1.0))]:
+        config = load_config(None, overrides)
+        assert config.data.training_views(2, config.augment.crop_scale).scale == scale

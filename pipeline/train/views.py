@@ -27,13 +27,14 @@ class TrainingViews:
     def __init__(self, config: JobConfig, manifest: Manifest, num_views: int, device: torch.device, rank: int) -> None:
         self.photos, self.device, self.rank, self.seed = manifest.photos, device, rank, config.train.seed
         size = config.data.crop_size if manifest.photos else manifest.image_shape[1]
-        self.crops = config.data.training_views(num_views)
+        self.crops = config.data.training_views(num_views, config.augment.crop_scale)
         self.in_loader = manifest.photos and device.type != "cuda"
         self.decode_on_device = manifest.photos and device.type == "cuda"
-        preset, channels = config.augment.preset, manifest.channels
+        preset, channels, options = config.augment.preset, manifest.channels, config.augment.view_options()
         self.augmenter = ViewAugmenter(preset, size, channels, num_views, seed=self.seed * 1000 + rank,
-                                       crop=not manifest.photos)
-        self.loader_augmenter = ViewAugmenter(preset, size, channels, num_views, crop=False) if self.in_loader else None
+                                       crop=not manifest.photos, **options)
+        self.loader_augmenter = (ViewAugmenter(preset, size, channels, num_views, crop=False, **options)
+                                 if self.in_loader else None)
         self.rng = np.random.default_rng([self.seed, 0, rank, 3])
 
     def loader_options(self) -> dict:

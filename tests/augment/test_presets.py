@@ -66,6 +66,22 @@ def test_blur_only_for_images_of_64_px_and_more(preset, size, blurs):
     assert len(unique) == blurs
 
 
+def test_strengths_change_the_crop_and_the_jitter():
+    batch = torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8)
+    image = batch.float() / 255
+
+    def whole_or_mirrored(views: list[torch.Tensor]) -> float:
+        """Share of the views that are their image or its mirror image, to float precision."""
+        close = lambda a, b: (a - b).abs().amax(dim=(1, 2, 3)) < 1e-3  # noqa: E731
+        return torch.cat([close(view, image) | close(view, image.flip(-1)) for view in views]).float().mean().item()
+
+    assert whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, crop_min_scale=1.0, jitter_strength=0.0)(batch)) == 1
+    assert whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, crop_min_scale=1.0)(batch)) < 0.3  # jitter p=0.8
+    assert whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, jitter_strength=0.0)(batch)) < 0.05  # crops
+    with pytest.raises(ConfigError, match="augment.jitter_strength applies to the simclr preset only, not byol"):
+        ViewAugmenter("byol", 28, 1, jitter_strength=0.5)
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown augmentation preset 'moco': choose one of simclr, byol, light"):
         ViewAugmenter("moco", 32, 3)
