@@ -7,9 +7,9 @@ Minutes count training: the epochs' loop times that ``train_worker`` reports (im
 start-up, checkpoints or probes. One run, its cosine schedule sized to the largest budget: ``--epochs`` epochs, or as
 many as fit in it at the rate a calibration run (2 epochs of 50 batches, the first one warm-up) measures; with
 ``--per-budget``, one such run per budget, each schedule sized to its own budget (what a user given that budget
-would run). A
-Ray Train callback keeps, for each budget, the checkpoint of the last epoch that ended within it; afterwards each is
-probed as in ``pipeline/evaluate/suite.py`` (features of the frozen encoder, logistic regression, train -> test).
+would run). A Ray Train callback keeps, for each budget, the checkpoint of the last epoch that ended within it;
+afterwards each is probed as in ``pipeline/evaluate/suite.py`` (features of the frozen encoder, logistic
+regression, train -> test).
 Prints budget -> epochs -> probe accuracy and writes ``benchmarks/results/time_to_accuracy.json``.
 
 Smoke check (a few minutes): ``train.max_steps_per_epoch=10 eval.probe_max_iter=50 --minutes 0.5 1``.
