@@ -62,15 +62,27 @@ def crop_scale(preset: str, crop_min_scale: float | None = None) -> tuple[float,
     return crop_min_scale or (0.5 if preset == "light" else 0.08), 1.0
 
 
+def jitter_strength_for(size: int, jitter_strength: float | None = None) -> float:
+    """``simclr``'s colour jitter strength s for images of ``size`` px: ``jitter_strength``, else the preset's."""
+    if jitter_strength is not None:
+        return jitter_strength
+    return 0.5 if size <= SMALL_IMAGE else 1.0
+
+
+def check_strengths(preset: str, jitter_strength: float | None) -> None:
+    """Refuses a ``jitter_strength`` for a preset that has no such knob."""
+    if jitter_strength is not None and preset != "simclr":
+        raise ConfigError(f"augment.jitter_strength applies to the simclr preset only, not {preset}; leave it unset")
+
+
 def _view_pipelines(
     preset: str, size: int, channels: int, crop: bool, crop_min_scale: float | None, jitter_strength: float | None
 ) -> list[nn.Module]:
     scale = crop_scale(preset, crop_min_scale)
     crops = [K.RandomResizedCrop((size, size), scale=scale, cropping_mode=CROP_MODE)] if crop else []
-    if jitter_strength is not None and preset != "simclr":
-        raise ConfigError(f"augment.jitter_strength applies to the simclr preset only, not {preset}; leave it unset")
+    check_strengths(preset, jitter_strength)
     if preset == "simclr":
-        s = jitter_strength if jitter_strength is not None else 0.5 if size <= SMALL_IMAGE else 1.0
+        s = jitter_strength_for(size, jitter_strength)
         ops = [*crops, K.RandomHorizontalFlip(), *_color(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8)]
         return [nn.Sequential(*ops, *_blur(size, 0.5))]
     if preset == "byol":

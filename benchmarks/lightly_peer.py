@@ -61,6 +61,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from augment.presets import jitter_strength_for
 from benchmarks.common import print_table, write_results
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
 from pipeline.config import AugmentConfig, load_config
@@ -83,7 +84,7 @@ State = dict[str, torch.Tensor]
 def lightly_transform(image_size: int, channels: int, augment: AugmentConfig | None = None):
     """``SimCLRTransform`` matched to our ``simclr`` preset for small grayscale images (``augment.presets``) at
     ``augment``'s strengths (default: the preset's): crop scale ``augment.crop_scale`` (``min_scale``; ratio
-    3/4-4/3 in both), flip p=0.5, colour jitter p=0.8 of strength ``augment.jitter_strength`` (unset: 0.5, the CIFAR
+    3/4-4/3 in both), flip p=0.5, colour jitter p=0.8 of our strength s (unset: 0.5, the CIFAR
     setting, ours for <= 32 px): brightness and contrast 0.8 s, saturation and hue 0 (ours drops them on 1 channel;
     on 'L' images torchvision would skip them anyway), no grayscale and no blur (ours blurs from 64 px), no rotation
     or vertical flip, and no normalisation: views stay in [0, 1] like ours, the shared encoder normalises with the
@@ -94,7 +95,7 @@ def lightly_transform(image_size: int, channels: int, augment: AugmentConfig | N
         raise ConfigError(f"the lightly peer mirrors the simclr preset on small grayscale images (1 channel, at most "
                           f"32 px), not {channels}x{image_size}x{image_size}: use Fashion-MNIST-like shards")
     augment = augment or AugmentConfig()
-    strength = 0.5 if augment.jitter_strength is None else augment.jitter_strength
+    strength = jitter_strength_for(image_size, augment.jitter_strength)
     return SimCLRTransform(input_size=image_size, cj_prob=0.8, cj_strength=strength, cj_bright=0.8, cj_contrast=0.8,
                            cj_sat=0.0, cj_hue=0.0, min_scale=augment.crop_scale[0], random_gray_scale=0.0,
                            gaussian_blur=0.0, hf_prob=0.5, vf_prob=0.0, rr_prob=0.0, normalize=None)

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from annotated_types import Ge, Gt, Interval
 
-from augment.presets import PRESETS, Preset, crop_scale
+from augment.presets import PRESETS, Preset, check_strengths, crop_scale
 from pipeline import options
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.data.decode import PhotoViews
@@ -282,9 +282,7 @@ def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
         others = ", ".join(preset for preset in PRESETS if preset != "none")
         raise ConfigError(f"augment.preset: none cannot serve {config.method.name}, whose {method.num_views} views "
                           f"of an image would be identical; choose {others}")
-    if config.augment.jitter_strength is not None and config.augment.preset != "simclr":
-        raise ConfigError(f"augment.jitter_strength applies to the simclr preset only, not {config.augment.preset}; "
-                          "leave it unset")
+    check_strengths(config.augment.preset, config.augment.jitter_strength)
     if config.model.encoder == "linear" and not issubclass(method, ReconstructionMethod):
         raise ConfigError("model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
                           f"autoencoder or vae, not {config.method.name})")
