@@ -33,7 +33,8 @@ LIMITS = (Gt, Ge, Lt, Le, Interval)
 
 @dataclass(frozen=True)
 class Declared:
-    """One field: ``kinds`` are its allowed types (``NoneType`` for null), ``choices`` its allowed strings."""
+    """One field: ``kinds`` are its allowed types (``NoneType`` for null), ``choices`` its allowed values (strings
+    or integers)."""
 
     name: str
     kinds: tuple[type, ...]
@@ -57,7 +58,7 @@ def declared(cls: type) -> tuple[Declared, ...]:
         for member in members:
             if typing.get_origin(member) is Literal:
                 choices += typing.get_args(member)
-                kinds.append(str)
+                kinds += sorted({type(choice) for choice in typing.get_args(member)}, key=str)
             else:
                 kinds.append(typing.get_origin(member) or member)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -104,9 +105,9 @@ def _coerce(value: Any, field: Declared, where: str) -> Any:
     if value is None and NONE in field.kinds:
         return None
     if field.choices:
-        if value not in field.choices:
+        if value not in field.choices or isinstance(value, bool):
             null = " (or null)" if NONE in field.kinds else ""
-            raise ConfigError(f"{where}: {value!r}; choose one of {', '.join(field.choices)}{null}")
+            raise ConfigError(f"{where}: {value!r}; choose one of {', '.join(map(str, field.choices))}{null}")
         return value
     for kind in field.kinds:
         if kind is bool and isinstance(value, bool):

@@ -107,6 +107,8 @@ def test_the_method_section_holds_only_its_own_options():
     (["train.name=ends\\"], "train.name: 'ends\\\\' holds both ' and \" or a backslash"),
     (["train.seed=-1"], "train.seed must be >= 0, got -1"),
     (["method.name=[simclr]"], "method.name: unknown method ['simclr']"),
+    (["model.last_kernel=2"], "model.last_kernel: 2; choose one of 1, 3"),
+    (["model.last_kernel='1'"], "model.last_kernel: '1'; choose one of 1, 3"),
 ])
 def test_validate_refuses_what_cannot_work_together(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
