@@ -10,7 +10,8 @@ many as fit in it at the rate a calibration run (2 epochs of 50 batches, the fir
 would run). A Ray Train callback keeps, for each budget, the checkpoint of the last epoch that ended within it;
 afterwards each is probed as in ``pipeline/evaluate/suite.py`` (features of the frozen encoder, logistic
 regression, train -> test).
-Prints budget -> epochs -> probe accuracy and writes ``benchmarks/results/time_to_accuracy.json``.
+Prints budget -> epochs -> probe accuracy and writes ``benchmarks/results/time_to_accuracy[-<override>...].json``
+(the job as shipped: ``time_to_accuracy.json``).
 
 Smoke check (a few minutes): ``train.max_steps_per_epoch=10 eval.probe_max_iter=50 --minutes 0.5 1``.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import tempfile
 import time
 import uuid
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                 for row in train_and_probe(config, group, args.epochs or max(1, math.floor(group[-1] / per_epoch_s)),
                                            work)]
     print_table(rows)
-    write_results("time_to_accuracy", {
+    write_results("-".join(["time_to_accuracy", *(re.sub(r"[^\w.=,-]", "_", o) for o in args.overrides)]), {
         "job": str(JOB.relative_to(JOB.parent.parent)), "overrides": args.overrides, "per_budget": args.per_budget,
         "estimated_epoch_s": per_epoch_s, "config": config.to_dict(), "budgets": rows,
     })
