@@ -36,7 +36,6 @@ class EncoderSpec:
     width: int = 24
     embed_dim: int = 256
     last_kernel: int = 3  # small_cnn: 1 or 3
-    extra_blocks: int = 0  # small_cnn: 3x3 blocks of 4 x width before the last convolution
     cifar_stem: bool = True
     bottleneck: int = 0  # > 0: a linear layer to this many units ends the encoder (autoencoders)
     code_activation: Literal["none", "sigmoid"] = "none"  # sigmoid: codes in (0, 1), as KL sparsity needs
@@ -67,7 +66,7 @@ def encoder_spec(model: ModelConfig, manifest: Manifest, photo_size: int | None 
     return EncoderSpec(
         arch=ALIASES.get(model.encoder, model.encoder), channels=manifest.channels, image_size=size,
         mean=manifest.channel_mean, std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim,
-        last_kernel=model.last_kernel, extra_blocks=model.extra_blocks, cifar_stem=small_stem, backbone_args=args,
+        last_kernel=model.last_kernel, cifar_stem=small_stem, backbone_args=args,
     )
 
 
@@ -104,18 +103,16 @@ def _block(inputs: int, outputs: int, kernel: int = 3) -> list[nn.Module]:
 
 
 def small_cnn(channels: int, image_size: int, width: int, embed_dim: int, flatten: bool,
-              last_kernel: int, extra_blocks: int) -> tuple[nn.Module, int]:
+              last_kernel: int) -> tuple[nn.Module, int]:
     """Conv-BN-ReLU blocks of ``width``, ``2 width`` (each followed by a 2x2 max-pool), ``4 width`` and
-    ``embed_dim`` channels (3x3 convolutions, ``extra_blocks`` more of ``4 width`` before the last one, which is
-    ``last_kernel`` square), then global average pooling:
+    ``embed_dim`` channels (3x3 convolutions; the last one ``last_kernel`` square), then global average pooling:
     ``(B, C, H, W) -> (B, embed_dim)``; with ``flatten`` the last map itself: ``(B, embed_dim * (H // 4) ** 2)``.
     Sized for 28-32 px on CPUs (width 24, 256-d: about 700 images/s of SimCLR training on 2 cores). At 1024-d the
     last 3x3 convolution is ~94% of the multiply-adds; ``last_kernel=1`` cuts them ~6x."""
     layers = [
         *_block(channels, width), nn.MaxPool2d(2),
         *_block(width, 2 * width), nn.MaxPool2d(2),
-        *_block(2 * width, 4 * width), *[m for _ in range(extra_blocks) for m in _block(4 * width, 4 * width)],
-        *_block(4 * width, embed_dim, last_kernel),
+        *_block(2 * width, 4 * width), *_block(4 * width, embed_dim, last_kernel),
     ]
     if flatten:
         return nn.Sequential(*layers, nn.Flatten()), embed_dim * (image_size // 4) ** 2
@@ -131,7 +128,7 @@ def build_features(spec: EncoderSpec) -> tuple[nn.Sequential, int]:
         body, dim = library_backbone(*library, spec.channels, spec.cifar_stem, spec.backbone_args)
     elif spec.arch == "small_cnn":
         body, dim = small_cnn(spec.channels, spec.image_size, spec.width, spec.embed_dim, spec.flatten,
-                              spec.last_kernel, spec.extra_blocks)
+                              spec.last_kernel)
     elif spec.arch == "linear":
         body, dim = nn.Flatten(), spec.channels * spec.image_size**2
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt
+from annotated_types import Gt
 
 
 @dataclass
@@ -22,8 +22,6 @@ class ModelConfig:
     embed_dim: Annotated[int, Gt(0), "small_cnn: size of the representation"] = 256
     last_kernel: Annotated[Literal[1, 3], "small_cnn: kernel of the last convolution (1: a 1x1 projection to "
                                           "embed_dim, about 2x the images/s at 1024-d)"] = 3
-    extra_blocks: Annotated[int, Ge(0), "small_cnn: 3x3 blocks of 4 x width channels added before the last "
-                                        "convolution"] = 0
     cifar_stem: Annotated[bool | None, "torchvision ResNets: 3x3 stem without max-pool (small images); unset: for "
                                        "images up to 64 px, the ImageNet stem above"] = None
     head_hidden: Annotated[int, Gt(0), "hidden units of the projector (and predictor)"] = 512

@@ -29,12 +29,3 @@ def test_a_1x1_last_convolution_keeps_the_representation_at_a_sixth_of_the_multi
         assert convolutions[-1].kernel_size == (kernel, kernel)
         macs[kernel] = sum(m.weight.numel() * size**2 for m, size in zip(convolutions, (28, 14, 7, 7), strict=True))
     assert 5.5 < macs[3] / macs[1] < 6.5
-
-
-def test_extra_blocks_deepen_the_last_resolution_before_the_last_convolution(synthetic_shards):
-    model = ModelConfig(width=8, embed_dim=64, last_kernel=1, extra_blocks=2)
-    encoder, dim = build_encoder(encoder_spec(model, read_manifest(synthetic_shards)))
-    convolutions = [(m.in_channels, m.out_channels, m.kernel_size[0]) for m in encoder.modules()
-                    if isinstance(m, torch.nn.Conv2d)]
-    assert convolutions == [(1, 8, 3), (8, 16, 3), (16, 32, 3), (32, 32, 3), (32, 32, 3), (32, 64, 1)]
-    assert dim == 64 and encoder(torch.rand(2, 1, 28, 28)).shape == (2, 64)
