@@ -21,7 +21,7 @@ class ModelConfig:
     width: Annotated[int, Gt(0), "small_cnn: channels of the first block"] = 24
     embed_dim: Annotated[int, Gt(0), "small_cnn: size of the representation"] = 256
     last_kernel: Annotated[Literal[1, 3], "small_cnn: kernel of the last convolution (1: a 1x1 projection to "
-                                          "embed_dim, about 2x the images/s at 1024-d)"] = 3
+                                          "embed_dim, 1.7-1.9x the epochs per minute at 1024-d)"] = 3
     cifar_stem: Annotated[bool | None, "torchvision ResNets: 3x3 stem without max-pool (small images); unset: for "
                                        "images up to 64 px, the ImageNet stem above"] = None
     head_hidden: Annotated[int, Gt(0), "hidden units of the projector (and predictor)"] = 512
