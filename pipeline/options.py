@@ -58,7 +58,7 @@ def declared(cls: type) -> tuple[Declared, ...]:
         for member in members:
             if typing.get_origin(member) is Literal:
                 choices += typing.get_args(member)
-                kinds += sorted({type(choice) for choice in typing.get_args(member)}, key=str)
+                kinds += dict.fromkeys(type(choice) for choice in typing.get_args(member))
             else:
                 kinds.append(typing.get_origin(member) or member)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

@@ -18,7 +18,6 @@ def test_the_resnet_stem_follows_the_image_size_unless_set(labeled_photo_shards,
     assert body.conv1.kernel_size == (7, 7) and isinstance(body.maxpool, torch.nn.MaxPool2d)
 
 
-
 def test_a_1x1_last_convolution_keeps_the_representation_at_a_sixth_of_the_multiply_adds(synthetic_shards):
     small = read_manifest(synthetic_shards)  # 28 px: convolutions at 28, 14 (after a pool), 7 and 7 px
     macs = {}
