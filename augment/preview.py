@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
 
 from augment.presets import ViewAugmenter, to_unit_float
 from pipeline.data import ShardLoader
@@ -17,6 +16,8 @@ MIN_CELL = 96  # small images are enlarged (nearest neighbour) so a person can s
 def save_image_grid(rows: list[torch.Tensor], path: str | Path) -> Path:
     """Write each of ``rows`` ``(N, C, h, w)`` (uint8 or [0, 1] float, ``N`` the same for all) as one row of a
     grid to ``path``; small images are enlarged to ``MIN_CELL`` pixels."""
+    from torchvision.utils import make_grid, save_image  # here: importing torchvision costs every process ~2.5 s
+
     rows = [to_unit_float(r.detach().cpu()) for r in rows]
     cell = max(MIN_CELL, *(r.shape[-1] for r in rows))
     rows = [F.interpolate(r, size=(cell, cell), mode="nearest") for r in rows]

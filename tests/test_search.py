@@ -75,9 +75,11 @@ run_search(load_config(None, sys.argv[1:]), search)
 
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, config, synthetic_shards, tmp_path):
-    # a search in its own process (and its own local Ray), interrupted as Ctrl-C would once trial 2 has started
+    # a search in its own process (a driver joined to this test's Ray), interrupted as Ctrl-C would once trial 2 has
+    # started
+    env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     process = subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT, *_overrides(synthetic_shards)], cwd=tmp_path,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while not list((tmp_path / "exports").glob("interrupted-*/encoder.json")) or len(
@@ -88,7 +90,7 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
         process.wait(timeout=120)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # its Ray processes, if any outlived it
+            os.killpg(process.pid, signal.SIGKILL)  # anything of its own that outlived it
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [parent] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 'interrupted'")
     assert parent.info.status == "KILLED"

@@ -6,7 +6,8 @@ libjpeg-turbo (``torchvision.io``: 1.6x PIL's decode and within 10% of simplejpe
 Every photo gives ``count`` crops resized to ``size`` (bilinear, antialiased): random-resized crops for training
 (:func:`random_boxes`, torchvision's ``RandomResizedCrop`` sampling) or the usual evaluation crop
 (:func:`center_boxes`: resize the short side to ``size / 0.875``, keep the central ``size`` square). Boxes are
-``(top, left, height, width)`` in pixels of the decoded photo.
+``(top, left, height, width)`` in pixels of the decoded photo. torchvision is imported where photos are decoded:
+importing it costs every process that reads shards (each Ray Train worker) ~2.5 s.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torchvision.io as tio
-import torchvision.transforms.v2.functional as TF
 
 CENTER_FRACTION = 0.875  # 224 / 256
 JPEG_MAGIC = b"\xff\xd8"
@@ -99,6 +98,8 @@ def center_boxes(sizes: np.ndarray, fraction: float = CENTER_FRACTION) -> np.nda
 
 
 def _decode_cpu(blob: torch.Tensor) -> torch.Tensor:
+    import torchvision.io as tio
+
     if bytes(blob[:2]) == JPEG_MAGIC:
         return tio.decode_jpeg(blob, mode=tio.ImageReadMode.RGB)
     return tio.decode_image(blob, mode=tio.ImageReadMode.RGB)
@@ -107,6 +108,8 @@ def _decode_cpu(blob: torch.Tensor) -> torch.Tensor:
 def decode_images(blobs: Sequence[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
     """uint8 ``(3, H_i, W_i)`` images of ``blobs`` (uint8 ``(L_i,)`` file bytes on the CPU) on ``device``: on
     CUDA the batch's JPEGs are decoded together (other formats on the CPU); elsewhere one at a time, lazily."""
+    import torchvision.io as tio
+
     if device.type != "cuda":
         yield from map(_decode_cpu, blobs)
         return
@@ -122,6 +125,8 @@ def photo_views(
 ) -> torch.Tensor:
     """uint8 ``(B, count, 3, size, size)`` crops of the photos ``blobs`` on ``device`` (``rng`` draws the
     random boxes; center crops need none). A photo that cannot be decoded raises :class:`UndecodablePhoto`."""
+    import torchvision.transforms.v2.functional as TF
+
     out = torch.empty((len(blobs), views.count, 3, views.size, views.size), dtype=torch.uint8, device=device)
     images = decode_images(blobs, device)
     for i in range(len(blobs)):

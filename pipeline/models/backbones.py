@@ -6,11 +6,10 @@ the model. Their ``state_dict`` keys are the library's own, so the weights load 
 
 from __future__ import annotations
 
-import functools
+import importlib
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from pipeline.errors import ConfigError
@@ -38,19 +37,18 @@ def has_resnet_stem(arch: str) -> bool:
     return model is not None and model[0] == "torchvision" and model[1].startswith(RESNET_STEMS)
 
 
-@functools.cache
-def _timm():  # imported on first use: 4 s that jobs without a timm backbone do not pay
-    import timm
-
-    return timm
+def _library(library: str) -> Any:  # imported on first use: seconds (timm 4, torchvision 2.5) that jobs without
+    return importlib.import_module(library)  # a library backbone do not pay, in every process
 
 
 def check_name(library: str, name: str) -> None:
     """Raise naming ``model.encoder`` when ``library`` has no classification model ``name``."""
-    if library == "torchvision" and name not in torchvision.models.list_models(module=torchvision.models):
-        raise ConfigError(f"model.encoder: torchvision has no classification model {name!r}; see "
-                          "torchvision.models.list_models(module=torchvision.models)")
-    if library == "timm" and not _timm().is_model(name):
+    if library == "torchvision":
+        models = _library("torchvision").models
+        if name not in models.list_models(module=models):
+            raise ConfigError(f"model.encoder: torchvision has no classification model {name!r}; see "
+                              "torchvision.models.list_models(module=torchvision.models)")
+    if library == "timm" and not _library("timm").is_model(name):
         raise ConfigError(f"model.encoder: timm has no model {name!r}; see timm.list_models()")
 
 
@@ -65,7 +63,7 @@ def constructor_args(library: str, name: str, channels: int, image_size: int, ar
         return args
     try:
         with torch.device("meta"):
-            _timm().create_model(name, num_classes=0, img_size=image_size, **args)
+            _library("timm").create_model(name, num_classes=0, img_size=image_size, **args)
     except TypeError as error:
         if "img_size" not in str(error):
             raise ConfigError(f"model.backbone_args: timm:{name} refuses them ({error})") from None
@@ -79,10 +77,10 @@ def library_backbone(library: str, name: str, channels: int, small_stem: bool, a
     weights, its classifier removed. torchvision's ResNets take ``channels`` and the small-image stem (3x3 stride-1
     conv, no max-pool) by replacing ``conv1`` and ``maxpool``; other torchvision models take 3 channels."""
     if library == "timm":
-        model = _timm().create_model(name, pretrained=False, num_classes=0, **args)
+        model = _library("timm").create_model(name, pretrained=False, num_classes=0, **args)
         return model, getattr(model, "head_hidden_size", None) or model.num_features
     try:
-        model = torchvision.models.get_model(name, weights=None, **args)
+        model = _library("torchvision").models.get_model(name, weights=None, **args)
     except TypeError as error:
         raise ConfigError(f"model.backbone_args: torchvision:{name} refuses them ({error})") from None
     if getattr(model, "aux_logits", False):
@@ -116,7 +114,7 @@ def classifier_path(library: str, name: str, args: dict[str, Any]) -> str | None
     if library == "timm":
         return None
     with torch.device("meta"):
-        return classifier_of(torchvision.models.get_model(name, weights=None, **args))[0]
+        return classifier_of(_library("torchvision").models.get_model(name, weights=None, **args))[0]
 
 
 def load_recipe(library: str, name: str, args: dict[str, Any], channels: int, small_stem: bool, file: str) -> str:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluate import knn_accuracy, linear_probe
+from pipeline.evaluate.knn import knn_accuracy
+from pipeline.evaluate.probe import linear_probe
 
 
 def test_knn_hand_computed():
