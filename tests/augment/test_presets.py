@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from augment.blur import RandomGaussianBlur
-from augment import PRESETS, ViewAugmenter, save_view_grid
+from augment import PRESETS, ViewAugmenter, save_image_grid, save_view_grid
+from augment.presets import to_unit_float
 from pipeline.errors import ConfigError
 
 
@@ -94,3 +96,15 @@ def test_preview_grid_png(tmp_path):
     image = np.asarray(Image.open(path))
     assert image.shape[:2] == (3 * 96 + 4 * 2, 6 * 96 + 7 * 2)  # 3 rows (original + 2 views) of 6 cells
     assert (image[2, 2] == batch[0, 0, 0, 0].item()).all()  # top-left pixel of the first original, enlarged
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid_is_torchvisions_make_grid(tmp_path, channels):
+    from torchvision.utils import make_grid, save_image
+
+    rows = [torch.randint(0, 256, (4, channels, 28, 28), dtype=torch.uint8), torch.rand(4, channels, 20, 20)]
+    ours = np.asarray(Image.open(save_image_grid(rows, tmp_path / "ours.png")))
+    cells = [F.interpolate(to_unit_float(row), size=(96, 96), mode="nearest") for row in rows]
+    save_image(make_grid(torch.cat(cells), nrow=4, padding=2, pad_value=1.0), tmp_path / "torchvision.png")
+    theirs = np.asarray(Image.open(tmp_path / "torchvision.png"))  # RGB even for one channel
+    np.testing.assert_array_equal(ours, theirs[..., 0] if channels == 1 else theirs)
