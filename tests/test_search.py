@@ -75,8 +75,7 @@ run_search(load_config(None, sys.argv[1:]), search)
 
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, config, synthetic_shards, tmp_path):
-    # a search in its own process (a driver joined to this test's Ray), interrupted as Ctrl-C would once trial 2 has
-    # started
+    # a search in its own driver process (joined to this test's Ray), interrupted as Ctrl-C would once trial 2 began
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     process = subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT, *_overrides(synthetic_shards)], cwd=tmp_path,
                                env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -37,8 +37,10 @@ def has_resnet_stem(arch: str) -> bool:
     return model is not None and model[0] == "torchvision" and model[1].startswith(RESNET_STEMS)
 
 
-def _library(library: str) -> Any:  # imported on first use: seconds (timm 4, torchvision 2.5) that jobs without
-    return importlib.import_module(library)  # a library backbone do not pay, in every process
+def _library(library: str) -> Any:
+    """``library`` imported on first use: seconds (timm 4, torchvision 2.5) that every process of a job without a
+    library backbone would pay."""
+    return importlib.import_module(library)
 
 
 def check_name(library: str, name: str) -> None:
