@@ -18,7 +18,7 @@ from unittest import mock
 import psutil
 import torch
 
-from pipeline.data import storage
+from pipeline import storage
 
 RESULTS = Path(__file__).parent / "results"
 MIB = 1 << 20

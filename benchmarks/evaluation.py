@@ -37,11 +37,12 @@ from pipeline.data import evaluation_loader, read_manifest, write_shards
 from pipeline.data.sources import Source, SourceSplit
 from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.probe import linear_probe
-from pipeline.evaluate.suite import evaluate_method, features_folder, worker_features
+from pipeline.evaluate.suite import evaluate_method, worker_features
+from pipeline.job import evaluation_plan, features_folder, resolve_paths
 from pipeline.methods import trained_method
 from pipeline.models import build_encoder
-from pipeline.pretrain import resolve_paths
 from pipeline.train import fit
+from pipeline.train.pretraining import Pretraining
 from pipeline.train.checkpoint import load_checkpoint
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "simclr_fashion_mnist.yaml"
@@ -92,9 +93,9 @@ def timed(call: Callable[..., object], *args: object) -> tuple[object, float]:
 
 def run_on_workers(config: JobConfig, manifest, name: str) -> tuple[dict, dict, float, float]:
     """``fit`` with evaluation's feature pass as its finisher; ``(state, features, worker s, gather s)``."""
-    extraction = worker_features(config, manifest, features_folder(config))
+    extraction = worker_features(evaluation_plan(config, manifest), features_folder(config))
     extraction.clear()
-    state = fit(config, name, finishers=[extraction])
+    state = fit(config, name, step=Pretraining(finishers=(extraction,)))
     (features, worker_s), gather_s = timed(extraction.gather)
     return state, features, worker_s, gather_s
 
@@ -117,8 +118,8 @@ def scaling(args: argparse.Namespace) -> None:
             with local_ray(CPUS):
                 (state, features, worker_s, gather_s), fit_s = timed(run_on_workers, config, manifest, name)
             method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
-            (metrics, _), driver_s = timed(evaluate_method, method, config, manifest, Path(storage) / "eval",
-                                           features)
+            (metrics, _), driver_s = timed(evaluate_method, method, evaluation_plan(config, manifest),
+                                           Path(storage) / "eval", features)
         trained = state["metrics"]
         epoch_s = size / trained["images_per_s"]  # a whole epoch at the capped steps' rate, all ranks
         evaluation_s = worker_s + gather_s + driver_s
@@ -209,7 +210,8 @@ def compare(args: argparse.Namespace) -> None:
             resumed = resolve_paths(with_values(config, {"train.storage_path": storage}, "compare"), run.name)
             with local_ray(CPUS):
                 (_, features, worker_s, gather_s), fit_s = timed(run_on_workers, resumed, manifest, run.name)
-            (now, _), driver_s = timed(evaluate_method, method, resumed, manifest, Path(storage) / "eval", features)
+            (now, _), driver_s = timed(evaluate_method, method, evaluation_plan(resumed, manifest),
+                                       Path(storage) / "eval", features)
         now_s = worker_s + gather_s + driver_s
         print(f"now: {now_s:.0f} s (workers {worker_s:.0f}, gather {gather_s:.0f}, probes and kNN {driver_s:.0f}; "
               f"the resumed Ray Train run took {fit_s:.0f} s in all) {now}", flush=True)

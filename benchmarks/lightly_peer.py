@@ -64,8 +64,9 @@ from torch.utils.data import DataLoader, Dataset
 from augment.presets import jitter_strength_for
 from benchmarks.common import print_table, write_results
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
-from pipeline.config import AugmentConfig, load_config
-from pipeline.data import evaluation_loader, read_manifest
+from pipeline.config import load_config
+from pipeline.sections import AugmentConfig
+from pipeline.data import LabeledShards, evaluation_loader, read_manifest
 from pipeline.errors import ConfigError
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.probe import linear_probe
@@ -239,8 +240,9 @@ def probe_accuracy(setup: Setup, state: State, max_iter: int) -> float:
     """As ``benchmarks.time_to_accuracy``: frozen encoder features of train and test, linear probe train -> test."""
     config = setup.config
     encoder = trained_method(config.method, config.model, read_manifest(config.data.shards), {"model": state}).encoder
-    train_x, train_y = extract_features(encoder, config.data.shards, "train", batch_size=config.eval.batch_size)
-    test_x, test_y = extract_features(encoder, config.data.shards, "test", batch_size=config.eval.batch_size)
+    shards = LabeledShards(config.data.shards, config.eval.batch_size)
+    train_x, train_y = extract_features(encoder, shards, "train")
+    test_x, test_y = extract_features(encoder, shards, "test")
     return linear_probe(train_x, train_y, test_x, test_y, max_iter).accuracy
 
 

@@ -33,11 +33,11 @@ from ray.train import Checkpoint, UserCallback
 
 from benchmarks.common import local_ray, print_table, write_results
 from pipeline.config import JobConfig, load_config, with_values
-from pipeline.data import ShardLoader, read_manifest
+from pipeline.data import LabeledShards, ShardLoader, read_manifest
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.probe import linear_probe
 from pipeline.methods import trained_method
-from pipeline.pretrain import resolve_paths
+from pipeline.job import resolve_paths
 from pipeline.train import fit, steps_in
 from pipeline.train.checkpoint import load_checkpoint
 
@@ -81,9 +81,9 @@ def epoch_seconds(config: JobConfig) -> float:
 
 def probe_accuracy(config: JobConfig, snapshot: dict) -> float:
     encoder = trained_method(config.method, config.model, read_manifest(config.data.shards), snapshot).encoder
-    options = dict(batch_size=config.eval.batch_size, url_template=config.data.url_template)
-    train_x, train_y = extract_features(encoder, config.data.shards, "train", **options)
-    test_x, test_y = extract_features(encoder, config.data.shards, "test", **options)
+    shards = LabeledShards(config.data.shards, config.eval.batch_size, url_template=config.data.url_template)
+    train_x, train_y = extract_features(encoder, shards, "train")
+    test_x, test_y = extract_features(encoder, shards, "test")
     return linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter).accuracy
 
 

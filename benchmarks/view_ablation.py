@@ -44,7 +44,7 @@ from pipeline.config import dump_config, load_config
 from pipeline.data import read_manifest
 from pipeline.models import encoder_spec
 from pipeline.schedules import warmup_cosine
-from pipeline.track import Tracker, tracking_uri
+from pipeline.track import Tracker
 
 CPUS = 2
 EXPERIMENT = "view-ablation"
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         train = read_train_split(config.data.shards)
         setup = Setup(config, encoder_spec(config.model, read_manifest(config.data.shards)),
                       torch.from_numpy(train[0]).unsqueeze(1))
-        tracker = Tracker(tracking_uri(config.track))
+        tracker = Tracker(config.track.store())
         for arm in args.arms:
             params = {"arm": arm, "seed": seed, "steps": args.steps, "batch_size": BATCH_SIZE, "command": command}
             run_id = tracker.start(EXPERIMENT, f"{arm} seed {seed} {args.steps} steps", params, dump_config(config),

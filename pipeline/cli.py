@@ -1,4 +1,5 @@
-"""The ``sslpipe`` command: parses arguments and dispatches; errors print as one line (exit status 2)."""
+"""The ``sslpipe`` command: parses arguments and dispatches to the commands (:mod:`pipeline.commands`), handing
+``tune`` and ``anomaly`` the pretraining job their trials run; errors print as one line (exit status 2)."""
 
 from __future__ import annotations
 
@@ -12,61 +13,30 @@ from pipeline.errors import SslpipeError
 
 
 def _shard(args: argparse.Namespace) -> None:
-    from pipeline.data import open_source, write_shards
-    from pipeline.data.photo_shards import write_photo_shards
-    from pipeline.data.photos import photo_files
+    from pipeline.commands.shard import shard, show
 
-    if args.source.startswith("list:") or (args.source.startswith("folder:") and not args.image_size):
-        files, classes = photo_files(args.source, unlabeled=args.unlabeled, test_fraction=args.test_fraction,
-                                     seed=args.seed)
-        manifest = write_photo_shards(
-            files, classes, args.out, source={"name": args.source}, samples_per_shard=args.samples_per_shard or 1000,
-            max_side=args.max_side, lossless=args.lossless, seed=args.seed, workers=args.workers,
-            use_ray=args.ray, overwrite=args.overwrite,
-        )
-        sizes = manifest.image_sizes
-        shape = f"photos, height {sizes['height']} and width {sizes['width']} (min, median, max)"
-    else:
-        source = open_source(
-            args.source, args.root, download=not args.no_download, image_size=args.image_size,
-            channels=args.channels, num_train=args.num_train, num_test=args.num_test, num_classes=args.num_classes,
-            test_fraction=args.test_fraction, seed=args.seed,
-        )
-        manifest = write_shards(
-            source, args.out, samples_per_shard=args.samples_per_shard or 4096, encoding=args.encoding,
-            images_per_member=args.images_per_member, seed=args.seed, overwrite=args.overwrite,
-        )
-        shape = f"image shape {list(manifest.image_shape)}"
-    for name, split in manifest.splits.items():
-        print(f"{name}: {split.num_samples} samples in {len(split.shards)} shards")
-    if manifest.rejects:
-        print(f"left out {len(manifest.rejects)} unreadable files (listed under rejects in the manifest)")
-    print(f"wrote {args.out}/manifest.json ({shape}, sha256 {manifest.digest()[:12]})")
+    show(shard(args.source, args.out, vars(args)), args.out)
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from pipeline.data.manifest import read_manifest, verify_shards
+    from pipeline.commands.shard import verify
 
-    manifest = read_manifest(args.location)
-    verify_shards(args.location, manifest)
-    shards = sum(len(split.shards) for split in manifest.splits.values())
-    print(f"{args.location}: {shards} shards match manifest.json")
+    print(f"{args.location}: {verify(args.location)} shards match manifest.json")
 
 
 def _preview(args: argparse.Namespace) -> None:
-    from augment import preview_batch
-    from pipeline.data import ShardLoader
-    from pipeline.data.decode import PhotoViews
+    from pipeline.commands.shard import preview
 
-    loader = ShardLoader(args.location, args.split, args.count, rank=0, world_size=1, num_workers=0, seed=args.seed,
-                         views=PhotoViews(args.image_size, args.views, random=True))
-    print(f"wrote {preview_batch(loader, args.preset, args.views, args.image_size, args.seed, args.out)}")
+    path = preview(args.location, args.split, args.count, args.views, args.seed, args.image_size, args.preset,
+                   args.out)
+    print(f"wrote {path}")
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from pipeline.config import dump_config, load_config, read_yaml, validate
+    from pipeline.config import dump_config, load_config, read_yaml
     from pipeline.data import read_manifest
-    from pipeline.search_config import load_search, validate_search
+    from pipeline.search.space import load_search, validate_search
+    from pipeline.validate import validate
 
     if "search" in read_yaml(args.config):
         config, search = load_search(args.config, args.overrides)
@@ -89,67 +59,45 @@ def _options(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from pipeline.commands.pretrain import pretrain, show
     from pipeline.config import load_config
-    from pipeline.pretrain import pretrain
 
-    summary = pretrain(load_config(args.config, args.overrides))
-    for name, value in summary.metrics.items():
-        print(f"{name:<40} {value:.4f}")
-    print(f"MLflow run      {summary.run_id} ({summary.run_name}) in {summary.tracking_uri}")
-    print(f"encoder model   {summary.model_uri}")
-    print(f"encoder files   {summary.export_dir}")
-    print(f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}, then open "
-          f"http://127.0.0.1:5000/#/experiments/{summary.experiment_id}?workflowType=machine_learning")
+    show(pretrain(load_config(args.config, args.overrides)))
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from pipeline.search import run_search
-    from pipeline.search_config import load_search
+    from pipeline.commands.pretrain import pretrain
+    from pipeline.commands.tune import show, tune
+    from pipeline.search.space import load_search
 
-    summary = run_search(*load_search(args.search, args.overrides))
-    keys = [k for k in (summary.trials[0] if summary.trials else {}) if k not in ("export_dir",)]
-    print("  ".join(f"{k:>14}" for k in keys))
-    for row in summary.trials:
-        print("  ".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14}" for k, v in row.items() if k in keys))
-    if summary.best:
-        print(f"best trial      {summary.best['trial']} (MLflow run {summary.best['mlflow_run_id']})")
-        print(f"encoder model   {summary.model_uri}")
-    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}")
+    show(tune(*load_search(args.search, args.overrides), job=pretrain))
 
 
 def _anomaly(args: argparse.Namespace) -> None:
-    from pipeline.anomaly import run_anomaly, table
+    from pipeline.commands.anomaly import anomaly, show
+    from pipeline.commands.pretrain import pretrain
     from pipeline.config import load_config
 
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    summary = run_anomaly(load_config(args.config, args.overrides), args.protocol, classes, args.name)
-    print(table(summary))
-    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}: anomaly.md, "
-          "anomaly.png, and one nested run per class")
+    show(anomaly(load_config(args.config, args.overrides), args.protocol, classes, args.name, job=pretrain))
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from pipeline.embed import PARQUET, embed
+    from pipeline.commands.embed import embed, show
 
-    summary = embed(args.model, args.data, args.out, split=args.split, workers=args.workers,
-                    batch_size=args.batch_size, overwrite=args.overwrite, skip_bad_samples=args.skip_bad_samples)
-    print(f"wrote {summary.count} embeddings ({summary.dim}-d) to {args.out}/{PARQUET}, a {summary.projection.upper()} "
-          f"map to {args.out}/map.png ({summary.workers} worker(s) on {summary.device}, {summary.seconds:.1f} s)")
+    show(embed(args.model, args.data, args.out, split=args.split, workers=args.workers, batch_size=args.batch_size,
+               overwrite=args.overwrite, skip_bad_samples=args.skip_bad_samples))
 
 
 def _finetune(args: argparse.Namespace) -> None:
+    from pipeline.commands.finetune import finetune, finetune_config, show
     from pipeline.export import read_export
-    from pipeline.finetune import finetune, finetune_config, table
 
     encoder, meta = read_export(args.model)
     fractions = [f"finetune.fractions=[{args.fractions}]"] if args.fractions else []
     config = finetune_config(meta.get("config") or {}, [*fractions, *args.overrides], args.shards,
                              f"{args.model} (encoder.json) with the overrides")
-    summary = finetune(args.model, encoder, meta, config)
-    print(table(summary.rows))
-    where = "and on the pretraining run " + summary.pretrain_run_id if summary.on_pretraining_run else (
-        "(the pretraining run is not in this store)")
-    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}, {where}")
+    show(finetune(args.model, encoder, meta, config))
 
 
 def build_parser() -> argparse.ArgumentParser:

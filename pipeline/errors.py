@@ -15,3 +15,7 @@ class SourceError(SslpipeError):
 
 class ConfigError(SslpipeError):
     """A configuration key or value is wrong."""
+
+
+class RunStopped(SslpipeError):
+    """A run was stopped (SIGTERM, Ctrl-C) before it ended; the same command resumes it."""

@@ -28,7 +28,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.models.backbones import classifier_path, library_backbone, library_model, load_recipe
@@ -105,6 +105,14 @@ def onnx_bytes(encoder: nn.Module, example: torch.Tensor) -> bytes:
 def exported_files(location: str | Path, names: tuple[str, ...] = (WEIGHTS, META)) -> dict[str, bytes]:
     """The content of export files ``names`` in ``location``, by name."""
     return {name: storage.read_bytes(storage.join(location, name)) for name in names}
+
+
+def model_parts(location: str | Path) -> tuple[bytes, torch.Tensor, dict[str, bytes]]:
+    """What the registered MLflow model of the export at ``location`` is made of: ``(the torch.export program's
+    bytes, an example input, the files beside it: weights and encoder.json)``."""
+    files = exported_files(location, (PT2, WEIGHTS, META))
+    _, spec = encoder_from_files(files, str(location))
+    return files.pop(PT2), example_input(spec), files
 
 
 def verify_export(encoder: nn.Module, spec: EncoderSpec, out: str | Path, example: torch.Tensor, onnx: bool = False

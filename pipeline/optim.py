@@ -1,14 +1,27 @@
-"""Optimizers: Adam/AdamW and LARS, with weight decay (and LARS adaptation) off for normalisation layers, biases
-and the parameters a model names in ``no_weight_decay()`` (timm's convention: a ViT's position embedding and
-class token)."""
+"""Optimizers and their options (the ``optim`` section): Adam/AdamW and LARS, with weight decay (and LARS
+adaptation) off for normalisation layers, biases and the parameters a model names in ``no_weight_decay()`` (timm's
+convention: a ViT's position embedding and class token)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
 import torch
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from pipeline import options
-from pipeline.config import OptimConfig
+from pipeline.options import When
+
+
+@dataclass
+class OptimConfig:
+    name: Annotated[Literal["adamw", "adam", "lars"], "optimizer"] = "adamw"
+    lr: Annotated[float, Gt(0), "at 256 images per global step; scaled linearly with the global batch"] = 2e-3
+    weight_decay: Annotated[float, Ge(0), "not applied to BatchNorm weights and biases"] = 1e-4
+    momentum: Annotated[float, Interval(ge=0, lt=1), When("name", "lars"), "momentum"] = 0.9
+    warmup_epochs: Annotated[float, Ge(0), "linear warm-up, then a cosine to 0"] = 1.0
 
 
 class LARS(torch.optim.Optimizer):

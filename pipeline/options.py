@@ -1,7 +1,8 @@
 """Typed option sections: dataclasses whose fields declare everything a user may set.
 
 A field's annotation carries its type, the values it allows (``Literal``), its limits (``annotated_types``:
-``Gt``, ``Ge``, ``Interval``) and a one-line description (a plain string)::
+``Gt``, ``Ge``, ``Interval``), when it applies (:class:`When`, e.g. only to one optimizer) and a one-line
+description (a plain string)::
 
     @dataclass
     class SimCLROptions:
@@ -31,10 +32,24 @@ NONE = type(None)
 LIMITS = (Gt, Ge, Lt, Le, Interval)
 
 
+class When:
+    """A field that applies only while another value of its section is one of ``values``: ``When("name", "lars")``
+    on ``optim.momentum``. ``key`` names a field or a property of the section (``model.kind``)."""
+
+    def __init__(self, key: str, *values: Any) -> None:
+        self.key, self.values = key, values
+
+    def holds(self, section: Any) -> bool:
+        return getattr(section, self.key) in self.values
+
+    def __str__(self) -> str:
+        return f"{self.key} {' or '.join(map(str, self.values))}"
+
+
 @dataclass(frozen=True)
 class Declared:
     """One field: ``kinds`` are its allowed types (``NoneType`` for null), ``choices`` its allowed values (strings
-    or integers)."""
+    or integers), ``when`` the conditions under which it applies (none: always)."""
 
     name: str
     kinds: tuple[type, ...]
@@ -42,6 +57,11 @@ class Declared:
     limits: tuple[Any, ...]
     doc: str
     default: Any
+    when: tuple[When, ...] = ()
+
+    def applies(self, section: Any) -> bool:
+        """Whether this field applies to ``section`` (an instance of the class that declares it)."""
+        return all(condition.holds(section) for condition in self.when)
 
 
 @functools.cache
@@ -64,7 +84,8 @@ def declared(cls: type) -> tuple[Declared, ...]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         result.append(Declared(
             f.name, tuple(kinds), tuple(choices), tuple(m for m in metadata if isinstance(m, LIMITS)),
-            " ".join(m for m in metadata if isinstance(m, str)), default,
+            " ".join(m for m in metadata if isinstance(m, str)), default, tuple(m for m in metadata
+                                                                              if isinstance(m, When)),
         ))
     return tuple(result)
 

@@ -7,9 +7,11 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.anomaly import AnomalySummary, table
+from pipeline.commands.anomaly import AnomalySummary, table
 from pipeline.cli import main
-from pipeline.config import DataConfig, load_config, validate
+from pipeline.config import load_config
+from pipeline.sections import DataConfig
+from pipeline.validate import validate
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 

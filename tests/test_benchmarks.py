@@ -19,7 +19,8 @@ from benchmarks.throughput import (
     target_checks,
 )
 from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views, main as view_ablation_main
-from pipeline.config import AugmentConfig, load_config
+from pipeline.config import load_config
+from pipeline.sections import AugmentConfig
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
 from pipeline.models import EncoderSpec

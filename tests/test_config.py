@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import JobConfig, load_config, reference, validate, with_values
+from pipeline.config import JobConfig, load_config, reference, with_values
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.methods.byol import BYOLOptions
-from pipeline.search_config import load_search
+from pipeline.search.space import load_search
+from pipeline.validate import validate
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -92,7 +93,7 @@ def test_the_method_section_holds_only_its_own_options():
     assert [key for key in config.flat() if key.startswith("method.")] == ["method.name", "method.ema_base"]
     vae = with_values(config, {"method.name": "vae", "method.beta": 4.0, "augment.preset": "none"}, "test")
     assert vae.to_dict()["method"] == {"name": "vae", "bottleneck": 32, "beta": 4.0, "kl_anneal_steps": 0,
-                                       "free_bits": 0.0, "likelihood": "bernoulli", "decoder_std": 0.1}
+                                       "free_bits": 0.0, "likelihood": "bernoulli"}  # decoder_std: Gaussian only
     assert "model.head_dim" in config.flat() and "model.head_dim" not in vae.flat()  # BYOL has heads, a VAE none
     assert JobConfig.from_dict(vae.to_dict()) == vae
 
@@ -172,7 +173,7 @@ def test_the_readme_lists_every_key_as_declared():
 
 def test_gpu_jobs_use_every_gpu_ray_sees_unless_told():
     from pipeline.config import with_workers
-    from pipeline.search import trials_that_fit
+    from pipeline.search.runner import trials_that_fit
 
     gpu = load_config(None, ["train.use_gpu=true", "train.cpus_per_worker=4"])
     assert gpu.train.num_workers is None
@@ -194,3 +195,43 @@ def test_photo_crops_follow_the_augmentation_crop_scale():
                              (["augment.crop_min_scale=0.3"], (0.3, 1.0))]:
         config = load_config(None, overrides)
         assert config.data.training_views(2, config.augment.crop_scale).scale == scale
+
+
+@pytest.mark.parametrize(("job", "overrides", "message"), [
+    ("simclr_fashion_mnist", ["optim.momentum=0.8"],
+     "optim.momentum does not apply to adamw; adamw takes lr, weight_decay, warmup_epochs"),
+    ("simclr_fashion_mnist", ["model.encoder=timm:resnet18", "model.width=8"],
+     "model.width does not apply to timm:resnet18; timm:resnet18 takes backbone_args, head_hidden, head_dim"),
+    ("simclr_fashion_mnist", ["model.encoder=torchvision:resnet18", "model.embed_dim=64"],
+     "model.embed_dim does not apply to torchvision:resnet18; torchvision:resnet18 takes backbone_args, cifar_stem"),
+    ("simclr_fashion_mnist", ["model.encoder=timm:resnet18", "model.last_kernel=1"],
+     "model.last_kernel does not apply to timm:resnet18"),
+    ("simclr_fashion_mnist", ["model.backbone_args={depth: 3}"],
+     "model.backbone_args does not apply to small_cnn; small_cnn takes width, embed_dim, last_kernel, head_hidden"),
+    ("vae_fashion_mnist", ["method.decoder_std=0.2"], "method.decoder_std does not apply to vae with likelihood "
+     "bernoulli; vae with likelihood bernoulli takes bottleneck, beta, kl_anneal_steps, free_bits, likelihood"),
+    ("autoencoder_fashion_mnist", ["method.corruption_amount=0.5"],
+     "method.corruption_amount does not apply to autoencoder with corruption unset"),
+    ("simclr_fashion_mnist", ["finetune.lr=0.1"],
+     "unknown section 'finetune'; the finetune section is for `sslpipe finetune`"),
+])
+def test_a_key_set_where_it_does_not_apply_is_refused_naming_the_kind_and_what_it_takes(job, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(JOBS / f"{job}.yaml", overrides)
+
+
+def test_a_job_records_only_the_keys_that_apply_and_a_switch_leaves_the_rest_out():
+    demo = load_config(JOBS / "simclr_fashion_mnist.yaml")
+    keys = demo.flat()
+    assert not [key for key in keys if key.startswith("finetune.")]  # `sslpipe finetune`'s, not pretraining's
+    assert "optim.momentum" not in keys and "model.backbone_args" not in keys and "model.cifar_stem" not in keys
+    assert keys["model.width"] == 16 and keys["optim.name"] == "adamw"
+    lars = with_values(demo, {"optim.name": "lars", "optim.momentum": 0.8}, "test")
+    assert lars.flat()["optim.momentum"] == 0.8
+    timm = with_values(demo, {"model.encoder": "timm:resnet18"}, "test")  # the job file's width: the small CNN's
+    assert {"model.width", "model.embed_dim", "model.last_kernel"}.isdisjoint(timm.flat())
+    assert timm.model.width == 24 and JobConfig.from_dict(timm.to_dict()) == timm  # what does not apply: default
+    gaussian = with_values(load_config(JOBS / "vae_fashion_mnist.yaml"), {"method.likelihood": "gaussian",
+                                                                          "method.decoder_std": 0.2}, "test")
+    assert gaussian.flat()["method.decoder_std"] == 0.2
+    assert "method.decoder_std" not in with_values(gaussian, {"method.likelihood": "bernoulli"}, "test").flat()

@@ -16,9 +16,11 @@ from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
 from pipeline.cli import main
-from pipeline.data import open_source, read_manifest, storage
+from pipeline import storage
+from pipeline.data import open_source, read_manifest
 from pipeline.data.decode import PhotoViews, photo_views
-from pipeline.embed import embed, fit_size, match_channels
+from pipeline.commands.embed import embed
+from pipeline.embedding.embedder import fit_size, match_channels
 from pipeline.export import export_encoder
 from pipeline.models import EncoderSpec, build_encoder
 

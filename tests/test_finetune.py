@@ -14,14 +14,15 @@ from webdataset.tariterators import tarfile_samples
 
 from pipeline.cli import main
 from pipeline.config import JobConfig, with_values
-from pipeline.data import read_manifest, storage
+from pipeline import storage
+from pipeline.data import read_manifest
 from pipeline.data.subset import balanced_subset, write_subset
 from pipeline.errors import ConfigError
 from pipeline.export import export_encoder
-from pipeline.finetune import PRETRAIN_TAG, finetune_config, metric_name, pct
+from pipeline.commands.finetune import PRETRAIN_TAG, finetune_config, metric_name, pct
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.track import Tracker
-from pipeline.train.finetune import classifier
+from pipeline.train.finetuning import classifier
 from tests.helpers import read_split
 
 GREY = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32)

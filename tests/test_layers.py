@@ -13,18 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 # longest listed prefix.
 LAYERS = [
     ("pipeline", "pipeline.errors", "pipeline.options", "pipeline.distributed", "pipeline.schedules",
-     "pipeline.cluster"),
+     "pipeline.cluster", "pipeline.storage", "pipeline.console", "pipeline.stopping"),
     ("pipeline.data",),
     ("augment",),
     ("pipeline.models", "pipeline.losses"),
-    ("pipeline.methods",),
-    ("pipeline.config", "pipeline.optim"),
+    ("pipeline.methods", "pipeline.optim"),
+    ("pipeline.sections", "pipeline.validate", "pipeline.config"),
     ("pipeline.train",),
     ("pipeline.evaluate",),
     ("pipeline.track", "pipeline.export"),
-    ("pipeline.pretrain", "pipeline.search_config", "pipeline.search", "pipeline.embed",
-     "pipeline.finetune"),
-    ("pipeline.anomaly",),  # a search over classes
+    ("pipeline.job", "pipeline.embedding"),
+    ("pipeline.search",),
+    ("pipeline.commands",),
     ("pipeline.cli", "pipeline.__main__"),
 ]
 
@@ -66,3 +66,15 @@ def test_only_tracking_imports_mlflow_and_training_knows_nothing_of_it():
     training = [module for module in _modules() if module.startswith("pipeline.train")]
     assert training and not [name for module in training for name in _imports(_modules()[module])
                              if name.startswith(("pipeline.track", "mlflow"))]
+
+
+def test_commands_stand_on_the_library_alone():
+    """No command imports another (the CLI hands ``tune`` and ``anomaly`` the pretraining job), and no two modules
+    share a name across packages."""
+    commands = {module: path for module, path in _modules().items() if module.startswith("pipeline.commands.")}
+    assert commands
+    for module, path in commands.items():
+        others = [name for name in _imports(path) if name.startswith("pipeline.commands") and name != module]
+        assert not others, f"{module} imports another command: {others}"
+    names = [path.name for path in _modules().values() if path.name != "__init__.py"]
+    assert len(names) == len(set(names)), f"modules share a name: {sorted({n for n in names if names.count(n) > 1})}"

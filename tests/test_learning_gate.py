@@ -31,7 +31,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
-from pipeline.pretrain import PretrainSummary, pretrain
+from pipeline.commands.pretrain import PretrainSummary, pretrain
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SEED = 0

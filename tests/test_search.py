@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config, with_values
 from pipeline.errors import ConfigError
-from pipeline.search import run_search
-from pipeline.search_config import SearchConfig, load_search
+from pipeline.commands.pretrain import pretrain
+from pipeline.commands.tune import tune
+from pipeline.search.space import SearchConfig, load_search
 
 
 def _overrides(shards):
@@ -44,7 +45,7 @@ def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path, m
     config.train.epochs = 4  # ASHA decides at the first report; a trial runs on until Tune's stop reaches it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    summary = run_search(config, search)
+    summary = tune(config, search, pretrain)
     assert not list((tmp_path / "tmp").glob("sslpipe-*"))  # the search's own temporary folders are gone
     client = MlflowClient(summary.tracking_uri)
     parent = client.get_run(summary.parent_run_id)
@@ -64,12 +65,13 @@ def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path, m
 
 SEARCH_SCRIPT = """
 import sys
-from pipeline.config import load_config, with_values
-from pipeline.search import run_search
-from pipeline.search_config import SearchConfig
+from pipeline.commands.pretrain import pretrain
+from pipeline.commands.tune import tune
+from pipeline.config import load_config
+from pipeline.search.space import SearchConfig
 search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10, max_concurrent_trials=1,
                       name="interrupted")
-run_search(load_config(None, sys.argv[1:]), search)
+tune(load_config(None, sys.argv[1:]), search, pretrain)
 """
 
 
@@ -100,7 +102,7 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     # rigged ranking: a probe allowed 1 L-BFGS iteration (trial 1) trails one allowed 100 (trial 2)
     search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10,
                           max_concurrent_trials=1, name="interrupted")
-    summary = run_search(config, search)  # the same command again: Tune restores the search
+    summary = tune(config, search, pretrain)  # the same command again: Tune restores the search
     assert summary.parent_run_id == parent.info.run_id
     children = _children(client, parent.info.run_id)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
@@ -119,7 +121,7 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     assert version.run_id == summary.best["mlflow_run_id"]
     children = _children(client, parent.info.run_id)  # end times after the registration
 
-    again = run_search(config, search)  # a finished search: nothing runs, nothing is registered twice
+    again = tune(config, search, pretrain)  # a finished search: nothing runs, nothing is registered twice
     assert again.model_uri == summary.model_uri
     assert {r.info.run_id: r.info.end_time for r in _children(client, parent.info.run_id)} == {
         r.info.run_id: r.info.end_time for r in children}
@@ -130,13 +132,13 @@ def test_a_search_over_methods_gives_each_trial_only_its_own_options(ray_local, 
     space = {"method": {"simclr": {"method.temperature": {"grid": [0.2]}},
                         "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}}}}
     config.train.epochs = 1
-    summary = run_search(config, SearchConfig(space=space, grace_period=10, max_concurrent_trials=2, name="methods"))
+    summary = tune(config, SearchConfig(space=space, grace_period=10, max_concurrent_trials=2, name="methods"), pretrain)
     client = MlflowClient(summary.tracking_uri)
     params = {run.data.params["method.name"]: run.data.params for run in _children(client, summary.parent_run_id)}
     method_keys = {name: {key for key in values if key.startswith("method.")} for name, values in params.items()}
     assert method_keys == {"simclr": {"method.name", "method.temperature"},
                            "vae": {"method.name", "method.bottleneck", "method.beta", "method.kl_anneal_steps",
-                                   "method.free_bits", "method.likelihood", "method.decoder_std"}}
+                                   "method.free_bits", "method.likelihood"}}  # decoder_std: Gaussian only
     assert params["simclr"]["method.temperature"] == "0.2" and params["simclr"]["augment.preset"] == "simclr"
     assert params["vae"]["method.bottleneck"] == "4" and params["vae"]["augment.preset"] == "none"
     assert "model.head_dim" in params["simclr"] and "model.head_dim" not in params["vae"]  # no heads: not its key
@@ -189,7 +191,7 @@ search:
 def test_method_branches_give_each_trial_only_its_own_options(tmp_path):
     from ray.tune.search.variant_generator import generate_variants
 
-    from pipeline.search_config import grid_points, trial_values, tune_space
+    from pipeline.search.space import grid_points, trial_values, tune_space
 
     (tmp_path / "base.yaml").write_text("method:\n  name: simclr\n  temperature: 0.2\n")
     (tmp_path / "search.yaml").write_text(BRANCHED)

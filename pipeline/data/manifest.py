@@ -10,7 +10,7 @@ from typing import Literal
 
 import fsspec
 
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.errors import ShardError
 
 MANIFEST = "manifest.json"

@@ -18,10 +18,10 @@ import webdataset as wds
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest
 from pipeline.data.photos import EXTENSIONS, PhotoEntry, PhotoError, prepare_photo
-from pipeline.data.shard import TAR_MTIME, HashingWriter, clear_previous
+from pipeline.data.array_shards import TAR_MTIME, HashingWriter, clear_previous
 from pipeline.errors import ConfigError, ShardError
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.data.sources import hold_out
 from pipeline.errors import SourceError
 

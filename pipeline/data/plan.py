@@ -18,17 +18,20 @@ Modes, with ``N`` samples in ``S`` shards, ``W`` ranks, batch size ``B``:
   yielded sample is a valid sample, and in expectation every sample is seen once per epoch.
 
 A :class:`Piece` is a stretch of one shard: ``[start, stop)`` counts the shard's samples in order (those a run
-leaves out by class not counted).
+leaves out by class not counted). A :class:`SplitPlan` is what a split's shards hold for a run, from the manifest.
 """
 
 from __future__ import annotations
 
 import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
 
+from pipeline import storage
+from pipeline.data.manifest import MANIFEST, Manifest, check_local_shards
 from pipeline.errors import ConfigError
 
 Mode = Literal["exact", "resampled"]
@@ -39,6 +42,45 @@ class Piece(NamedTuple):
     shard: int
     start: int
     stop: int
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """What a split's shards hold for a run: each shard's URL, its samples and how many of them the run reads
+    (``exclude_classes`` left out), and the samples' layout."""
+
+    location: str
+    split: str
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    kept_counts: tuple[int, ...]
+    exclude_classes: tuple[int, ...]
+    image_shape: tuple[int, ...]  # (H, W, C) arrays; (3,) photos, read as their files' bytes
+    image_bytes: int  # what one image takes (photos: the mean file)
+    group_size: int  # images per tar member
+
+
+def split_plan(location: str, manifest: Manifest, split: str, url_template: str | None = None,
+               exclude_classes: Sequence[int] = ()) -> SplitPlan:
+    """The plan of ``split`` at ``location`` (a folder or URL prefix; ``url_template``, e.g. ``"pipe:aws s3 cp
+    s3://bucket/shards/{name} -"``, overrides how shard names become URLs); raises naming a class to leave out that
+    the shards lack, or a local shard that is missing."""
+    info, classes = manifest.split(split), manifest.class_names
+    for label in exclude_classes:
+        if not 0 <= label < len(classes):
+            raise ConfigError(f"class {label} to leave out is not a class of {location}: 0..{len(classes) - 1} are "
+                              + ", ".join(classes))
+    if url_template is None:
+        check_local_shards(location, manifest, split)
+    urls = [url_template.format(name=s.name) if url_template else storage.join(location, s.name) for s in info.shards]
+    kept = info.counts_without(tuple(exclude_classes), storage.join(location, MANIFEST))
+    if manifest.photos:
+        shape, image_bytes = (3,), manifest.image_sizes["mean_bytes"]
+    else:
+        channels, height, width = manifest.image_shape
+        shape, image_bytes = (height, width, channels), channels * height * width
+    return SplitPlan(str(location), split, tuple(urls), tuple(info.counts), tuple(kept), tuple(exclude_classes), shape,
+                     image_bytes, manifest.images_per_member)
 
 
 def _check(mode: str, batch_size: int) -> None:

@@ -8,26 +8,21 @@ import torch
 from torch import nn
 
 from augment.presets import to_unit_float
-from pipeline.data import evaluation_loader
+from pipeline.data import LabeledShards
 
 
 @dataclass(frozen=True)
 class SplitAccuracy:
     """``accuracy(model, device) -> {"<split>_accuracy": a}`` for a ``model`` mapping float ``(B, C, H, W)`` in
-    [0, 1] to logits ``(B, K)``, over every (readable) sample of ``split`` at ``location``; photos as center crops
-    of ``image_size``. Picklable: made where the job is configured, it runs where training ends (rank 0)."""
+    [0, 1] to logits ``(B, K)``, over every (readable) sample of ``split`` of ``shards``. Picklable: made where the
+    job is configured, it runs where training ends (rank 0)."""
 
-    location: str
+    shards: LabeledShards
     split: str = "test"
-    batch_size: int = 1024
-    image_size: int | None = None
-    url_template: str | None = None
-    skip_bad_samples: bool = False
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        loader = evaluation_loader(self.location, self.split, self.batch_size, image_size=self.image_size,
-                                   url_template=self.url_template, skip_bad_samples=self.skip_bad_samples)
+        loader = self.shards.loader(self.split)
         was_training = model.training
         model.eval()
         correct = seen = 0

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from augment.presets import to_unit_float
-from pipeline.data import evaluation_loader, storage
+from pipeline import storage
+from pipeline.console import duration
+from pipeline.data import LabeledShards
 from pipeline.distributed import position
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.pixels import pixel_rows
 from pipeline.models import build_encoder
-from pipeline.train.progress import duration
 
 log = logging.getLogger(__name__)
 CPU_FORWARD_BATCH = 64  # images per encoder call on CPUs, where small batches stay in cache: the small CNN takes
@@ -74,21 +75,16 @@ def inference_copy(encoder: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def split_features(
-    encoders: Mapping[str, nn.Module], location: str, split: str, *, pixels: bool = False,
-    pixel_side: int | None = None, batch_size: int = 1024, device: torch.device | str = "cpu", rank: int = 0,
-    world_size: int = 1, num_workers: int = 0, url_template: str | None = None, skip_bad_samples: bool = False,
-    image_size: int | None = None,
+    encoders: Mapping[str, nn.Module], shards: LabeledShards, split: str, *, pixels: bool = False,
+    pixel_side: int | None = None, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
 ) -> SplitFeatures:
     """``rank``'s share of ``split`` in one pass: each of ``encoders``' features (by name) and, with ``pixels``,
-    the pixels (at ``pixel_side``, default their own: :func:`~pipeline.evaluate.pixels.pixel_rows`); photos
-    center-cropped to ``image_size``; with ``skip_bad_samples``, every readable sample."""
+    the pixels (at ``pixel_side``, default their own: :func:`~pipeline.evaluate.pixels.pixel_rows`)."""
     device = torch.device(device)
-    loader = evaluation_loader(location, split, batch_size, image_size=image_size, url_template=url_template,
-                               skip_bad_samples=skip_bad_samples, num_workers=num_workers, rank=rank,
-                               world_size=world_size, pin_memory=device.type == "cuda")
+    loader = shards.loader(split, rank, world_size, pin_memory=device.type == "cuda")
     encoders = {name: inference_copy(encoder).to(device, memory_format=torch.channels_last)
                 for name, encoder in encoders.items()}
-    forward_batch = CPU_FORWARD_BATCH if device.type == "cpu" else batch_size
+    forward_batch = CPU_FORWARD_BATCH if device.type == "cpu" else shards.batch_size
     kinds = [*encoders, *([PIXELS] if pixels else [])]
     parts: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
     labels, indices = [], []
@@ -107,35 +103,25 @@ def split_features(
                          {kind: np.concatenate(chunks) for kind, chunks in parts.items()})
 
 
-def extract_features(
-    encoder: nn.Module | None, location: str, split: str, batch_size: int = 1024,
-    device: torch.device | str = "cpu", url_template: str | None = None, skip_bad_samples: bool = False,
-    image_size: int | None = None, num_workers: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(encoder: nn.Module | None, shards: LabeledShards, split: str,
+                     device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split`` in sample order, in this
     process; ``encoder=None`` gives raw pixels in [0, 1], flattened ``(N, C*H*W)``."""
-    options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "url_template": url_template,
-               "skip_bad_samples": skip_bad_samples, "image_size": image_size}
     if encoder is None:
-        part = split_features({}, location, split, pixels=True, **options).in_sample_order()
+        part = split_features({}, shards, split, pixels=True, device=device).in_sample_order()
         return part.features[PIXELS].astype(np.float32) / 255, part.labels
-    part = split_features({ENCODER: encoder}, location, split, **options).in_sample_order()
+    part = split_features({ENCODER: encoder}, shards, split, device=device).in_sample_order()
     return part.features[ENCODER], part.labels
 
 
 @dataclass(frozen=True)
 class WorkerFeatures:
     """``worker_features(method, device)``: on every Ray Train rank after the last epoch, the rank's share of both
-    splits of ``location`` (the method's encoder; with ``random_seed``, a copy initialised from that seed; with
+    splits of ``shards`` (the method's encoder; with ``random_seed``, a copy initialised from that seed; with
     ``pixels``, the pixels at ``pixel_side``), written as ``.npy`` files into ``folder`` (a folder or URL).
     Picklable: made where the job is configured, handed to training; the driver then calls :meth:`gather`."""
 
-    location: str
-    batch_size: int = 1024
-    num_workers: int = 0
-    url_template: str | None = None
-    skip_bad_samples: bool = False
-    image_size: int | None = None
+    shards: LabeledShards
     random_seed: int | None = None
     pixels: bool = False
     pixel_side: int | None = None
@@ -154,11 +140,8 @@ class WorkerFeatures:
     def shares(self, method: nn.Module, device: torch.device, rank: int, world_size: int) -> dict[str, SplitFeatures]:
         """This rank's share of every split, in memory."""
         encoders = self.encoders(method)
-        options = {"pixels": self.pixels, "pixel_side": self.pixel_side, "batch_size": self.batch_size,
-                   "device": device, "rank": rank, "world_size": world_size, "num_workers": self.num_workers,
-                   "url_template": self.url_template, "skip_bad_samples": self.skip_bad_samples,
-                   "image_size": self.image_size}
-        return {split: split_features(encoders, self.location, split, **options) for split in SPLITS}
+        return {split: split_features(encoders, self.shards, split, pixels=self.pixels, pixel_side=self.pixel_side,
+                                      device=device, rank=rank, world_size=world_size) for split in SPLITS}
 
     def __call__(self, method: nn.Module, device: torch.device, rank: int | None = None,
                  world_size: int | None = None) -> None:
@@ -178,7 +161,7 @@ class WorkerFeatures:
         with storage.atomic_writer(self.folder, f"rank-{rank:04d}.json") as handle:  # last: the share is complete
             handle.write(json.dumps(summary).encode())
         if rank == 0:
-            log.info("evaluation: features of %s on rank 0 of %d done in %s", self.location, world_size,
+            log.info("evaluation: features of %s on rank 0 of %d done in %s", self.shards.location, world_size,
                      duration(seconds))
 
     def clear(self) -> None:

@@ -4,6 +4,7 @@ stop trials early on it, because training losses are not comparable across tempe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from augment.presets import to_unit_float
-from pipeline.data import evaluation_loader
+from pipeline.data import LabeledShards
 from pipeline.evaluate.knn import knn_accuracy
 
 QUERY_FRACTION = 4  # one query image for every 4 images in the bank
@@ -24,19 +25,14 @@ class OnlineKnn:
     images (in shard order) vote for the next ``bank_size / 4``. A training monitor: made where the job is
     configured, it reads its images (kept in memory as uint8) where it first runs, on rank 0."""
 
-    def __init__(self, location: str, bank_size: int, k: int, temperature: float,
-                 url_template: str | None = None, skip_bad_samples: bool = False,
-                 image_size: int | None = None) -> None:
-        self.location, self.requested, self.k, self.temperature = location, bank_size, k, temperature
-        self.url_template, self.skip_bad_samples, self.image_size = url_template, skip_bad_samples, image_size
+    def __init__(self, shards: LabeledShards, bank_size: int, k: int, temperature: float) -> None:
+        self.shards = dataclasses.replace(shards, batch_size=CHUNK, num_workers=0)
+        self.requested, self.k, self.temperature = bank_size, k, temperature
 
     @functools.cached_property
     def _slice(self) -> tuple[torch.Tensor, np.ndarray]:
         total = self.requested + self.requested // QUERY_FRACTION
-        loader = evaluation_loader(self.location, "train", CHUNK, image_size=self.image_size,
-                                   url_template=self.url_template, skip_bad_samples=self.skip_bad_samples,
-                                   num_workers=0)
-        batches = list(itertools.islice(loader, -(-total // CHUNK)))
+        batches = list(itertools.islice(self.shards.loader("train"), -(-total // CHUNK)))
         return torch.cat([b[0] for b in batches])[:total], torch.cat([b[1] for b in batches])[:total].numpy()
 
     @property

@@ -10,9 +10,9 @@ import torch
 from sklearn.decomposition import PCA
 
 from augment.presets import to_unit_float
-from pipeline.data import evaluation_loader
+from pipeline.data import LabeledShards
 from pipeline.losses import active_units
-from pipeline.methods.capabilities import Generative, Reconstructs
+from pipeline.methods.capabilities import Capability, Reconstructs
 
 
 def pca_reconstruction_errors(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
@@ -37,16 +37,12 @@ class Reconstructions:
 
 
 @torch.no_grad()
-def reconstruct_split(
-    method: Reconstructs, location: str, batch_size: int, device: torch.device, url_template: str | None = None,
-    skip_bad_samples: bool = False, image_size: int | None = None,
-) -> Reconstructions:
-    """Run ``method.reconstruct`` (and, for a :class:`Generative` method, its ``elbo_terms``) over the test split,
-    in order, seeded."""
-    loader = evaluation_loader(location, "test", batch_size, image_size=image_size, url_template=url_template,
-                               skip_bad_samples=skip_bad_samples)
+def reconstruct_split(method: Reconstructs, shards: LabeledShards, device: torch.device) -> Reconstructions:
+    """Run ``method.reconstruct`` (and, for a generative method, its ``elbo_terms``) over the test split of
+    ``shards``, in order, seeded."""
+    loader = shards.loader("test")
     method.eval().to(device)
-    generative = isinstance(method, Generative)
+    generative = Capability.GENERATIVE in method.capabilities
     errors, labels, negative_elbo, kl, mean_sum, square_sum, first = [], [], [], 0.0, 0.0, 0.0, None
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)

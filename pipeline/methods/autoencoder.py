@@ -9,7 +9,7 @@ Loss: per-pixel MSE between the reconstruction and the clean image in [0, 1], pl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from augment.corrupt import CorruptionKind
 from pipeline.losses import kl_sparsity, l1_sparsity
 from pipeline.methods.base import MethodOptions, ReconstructionMethod
 from pipeline.models import EncoderSpec, ModelConfig, build_encoder
+from pipeline.options import When
 
 
 @dataclass
@@ -28,11 +29,12 @@ class AutoEncoderOptions(MethodOptions):
     bottleneck: Annotated[int, Gt(0), "code size k"] = 32
     sparsity: Annotated[Literal["none", "l1", "kl"], "`l1` on the codes, or `kl` of each unit's mean sigmoid "
                         "activation to `sparsity_target` (allows k above the pixels)"] = "none"
-    sparsity_weight: Annotated[float, Ge(0), "weight of the sparsity penalty"] = 1.0e-3
-    sparsity_target: Annotated[float, Interval(gt=0, lt=1), "kl sparsity: target firing rate"] = 0.05
+    sparsity_weight: Annotated[float, Ge(0), When("sparsity", "l1", "kl"), "weight of the sparsity penalty"] = 1.0e-3
+    sparsity_target: Annotated[float, Interval(gt=0, lt=1), When("sparsity", "kl"), "target firing rate"] = 0.05
     corruption: Annotated[CorruptionKind | None, "makes it a denoising autoencoder: the input corrupted, the "
                                                  "target clean"] = None
-    corruption_amount: Annotated[float, Interval(ge=0, le=1), "noise std (gaussian) or pixel fraction"] = 0.3
+    corruption_amount: Annotated[float, Interval(ge=0, le=1), When("corruption", *get_args(CorruptionKind)),
+                                 "noise std (gaussian) or pixel fraction"] = 0.3
 
 
 class AutoEncoder(ReconstructionMethod):

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from pipeline.methods.capabilities import Capability
 from pipeline.models import EncoderSpec
 from pipeline.models.decoders import build_decoder
 
@@ -31,10 +32,11 @@ class Method(nn.Module):
     augmenter; a method whose views must differ (``needs_augmentation``) refuses the preset ``none``.
     ``after_step`` runs after every optimizer step (e.g. an EMA update) with the global step and the total number
     of steps; ``epoch_metrics`` after every epoch (e.g. diagnostics gathered while training). What evaluation can
-    do beyond probing the encoder is declared by :mod:`pipeline.methods.capabilities`.
+    do beyond probing the encoder is its ``capabilities`` (:mod:`pipeline.methods.capabilities`).
     """
 
     Options: ClassVar[type[MethodOptions]]
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     model_keys: ClassVar[tuple[str, ...]] = ()  # keys of the job's `model` section it reads beyond the encoder's
     num_views: ClassVar[int] = 2
     needs_augmentation: ClassVar[bool] = False
@@ -57,8 +59,9 @@ class ReconstructionMethod(Method):
     """A method with a decoder: its encoder ends at a ``bottleneck``-unit code (the small CNN keeps its last
     feature map's layout instead of pooling it; ``self.spec`` describes that encoder) and ``self.decoder``, which
     subclasses build after their encoder (:meth:`build_decoder`), mirrors it: code ``(B, k)`` -> images
-    ``(B, C, H, W)``. Implements :class:`~pipeline.methods.capabilities.Reconstructs` but for ``reconstruct``."""
+    ``(B, C, H, W)``. Subclasses implement :class:`~pipeline.methods.capabilities.Reconstructs`'s ``reconstruct``."""
 
+    capabilities = frozenset({Capability.RECONSTRUCTS})
     num_views = 1
     decoder: nn.Module
 

@@ -1,16 +1,21 @@
-"""What evaluation can ask of a method beyond its encoder, as declared interfaces: a method that implements one
-gets the evaluation that goes with it (``isinstance(method, Reconstructs)``)."""
+"""What evaluation can ask of a method beyond its encoder. A method declares its capabilities in one place, its
+class attribute ``capabilities``; what each one promises is the interface of the same name below."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import enum
+from typing import Protocol
 
 import torch
 
 from pipeline.models import EncoderSpec
 
 
-@runtime_checkable
+class Capability(enum.Enum):
+    RECONSTRUCTS = "reconstructs"  # images -> code -> images (:class:`Reconstructs`)
+    GENERATIVE = "generative"  # a likelihood and a prior over the code (:class:`Generative`)
+
+
 class Reconstructs(Protocol):
     """Images to a ``spec.bottleneck``-unit code and back: evaluation reports reconstruction error beside PCA's
     with the same k, reconstructions, interpolations between codes and anomaly scores."""
@@ -26,7 +31,6 @@ class Reconstructs(Protocol):
         ...
 
 
-@runtime_checkable
 class Generative(Reconstructs, Protocol):
     """A likelihood and a standard normal prior over the code: evaluation reports the ELBO and decodes samples
     of the prior."""

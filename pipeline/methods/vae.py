@@ -24,8 +24,10 @@ from torch import nn
 from pipeline.distributed import world
 from pipeline.losses import active_units, bernoulli_nll, gaussian_kl, gaussian_nll, negative_elbo
 from pipeline.methods.base import MethodOptions, ReconstructionMethod
+from pipeline.methods.capabilities import Capability
 from pipeline.models import EncoderSpec, ModelConfig
 from pipeline.models.encoders import build_features
+from pipeline.options import When
 from pipeline.schedules import kl_weight
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,12 @@ class VAEOptions(MethodOptions):
     free_bits: Annotated[float, Ge(0), "nats per latent dimension that cost nothing"] = 0.0
     likelihood: Annotated[Literal["bernoulli", "gaussian"], "`bernoulli` (pixels in [0, 1]) or `gaussian` "
                                                             "(std `decoder_std`)"] = "bernoulli"
-    decoder_std: Annotated[float, Gt(0), "gaussian likelihood: the decoder's std"] = 0.1
+    decoder_std: Annotated[float, Gt(0), When("likelihood", "gaussian"), "the decoder's std"] = 0.1
 
 
 class VAE(ReconstructionMethod):
     Options = VAEOptions
+    capabilities = frozenset({Capability.RECONSTRUCTS, Capability.GENERATIVE})
 
     def __init__(self, options: VAEOptions, spec: EncoderSpec, model: ModelConfig) -> None:
         super().__init__(spec, options.bottleneck)

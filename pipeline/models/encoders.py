@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.backbones import (
     ALIASES, check_name, constructor_args, has_resnet_stem, library_backbone, library_model,
 )
-from pipeline.models.options import ModelConfig
+from pipeline.models.model_options import ModelConfig
 
 BUILT_IN = ("small_cnn", "linear")
 ENCODERS = (*BUILT_IN, *ALIASES, "torchvision:<name>", "timm:<name>")  # what model.encoder accepts

@@ -6,10 +6,11 @@ metrics, the registered encoder. The store is ``$MLFLOW_TRACKING_URI``, else ``t
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
+import io
 import json
 import logging
-import os
 import sys
 import tempfile
 import threading
@@ -38,8 +39,8 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from pipeline.config import TrackConfig
-from pipeline.data import Manifest, storage
+from pipeline import storage
+from pipeline.data import Manifest
 from pipeline.errors import SslpipeError
 
 RUN_NAME_TAG = "sslpipe.run_name"
@@ -56,16 +57,6 @@ def quoted(value: str) -> str:
     """``value`` as a string literal of an MLflow filter: MLflow takes either quote and escapes neither, so the
     one the value does not hold (``validate`` refuses run names holding both)."""
     return f'"{value}"' if "'" in value else f"'{value}'"
-
-
-def tracking_uri(config: TrackConfig) -> str:
-    """The store to use, made absolute so Ray workers (whose cwd differs) write to the same place."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
-    elif "://" not in uri:
-        uri = str(Path(uri).absolute())
-    return uri
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> str:
@@ -241,6 +232,14 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
+
+    def log_rows(self, run_id: str, rows: list[dict[str, Any]], name: str) -> None:
+        """``rows`` (dicts with the same keys) as the CSV artifact ``name``."""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        self.log_text(run_id, text.getvalue(), name)
 
     def log_files(self, run_id: str, files: dict[str, bytes], artifact_path: str | None = None) -> None:
         """Log each of ``files`` (name -> content) as an artifact."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.errors import SslpipeError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
-"""The driver side of training: configures Ray Train's ``TorchTrainer`` to run a worker function
-(:func:`train_worker` for pretraining, :func:`~pipeline.train.finetune.finetune_worker` for fine-tuning) and returns
-the final checkpoint's state. It knows nothing of tracking: callers hand it Ray Train callbacks (the MLflow
-epoch logger, Tune's report forwarding) and monitors.
+"""The driver side of training: configures Ray Train's ``TorchTrainer`` to run the harness with a
+:class:`~pipeline.train.harness.Step` (pretraining's, fine-tuning's) and returns the final checkpoint's state. It
+knows nothing of tracking: callers hand it Ray Train callbacks (the MLflow epoch logger, Tune's report forwarding).
 
 A rerun with the same run name and ``train.storage_path`` resumes from the last checkpoint, as does Ray after a
 worker failure.
@@ -9,14 +8,16 @@ worker failure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from pipeline import storage
 from pipeline.config import JobConfig, with_workers
-from pipeline.data import storage
 from pipeline.errors import SslpipeError
+from pipeline.stopping import raise_if_stopped
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.loop import Finisher, Monitor, train_worker
+from pipeline.train.harness import Step, train_worker
+from pipeline.train.pretraining import Pretraining
 
 
 def _user_error(error: Exception) -> SslpipeError | None:
@@ -27,31 +28,21 @@ def _user_error(error: Exception) -> SslpipeError | None:
     return None
 
 
-def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), monitors: Sequence[Monitor] = (),
-        finishers: Sequence[Finisher] = ()) -> dict:
-    """Run (or resume) ``train_worker`` on ``config.train.num_workers`` Ray Train workers (unset: see
-    :func:`~pipeline.config.with_workers`); returns the final
-    checkpoint's state (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``rng``, ``config``,
-    ``spec`` and the last epoch's ``metrics``). ``callbacks`` are Ray Train callbacks, run on its controller after
-    every epoch's report; ``monitors`` (picklable) run on rank 0 after every epoch, their metrics reported with the
-    epoch's; ``finishers`` (picklable) run on every rank after the last epoch (evaluation's feature pass)."""
-    return run_workers(train_worker, config, run_name, {"monitors": list(monitors), "finishers": list(finishers)},
-                       callbacks)
-
-
-def run_workers(worker: Callable[[dict], None], config: JobConfig, run_name: str, payload: dict[str, Any],
-                callbacks: Sequence[Any] = ()) -> dict:
-    """Run (or resume) Ray Train worker function ``worker`` on ``config.train.num_workers`` workers with
-    ``{"config": config dict, **payload}``, under run name ``run_name`` in ``train.storage_path``; returns the state
-    in its final checkpoint."""
+def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: Step | None = None) -> dict:
+    """Run (or resume) the harness with ``step`` (default: pretraining the job's method) on
+    ``config.train.num_workers`` Ray Train workers (unset: see :func:`~pipeline.config.with_workers`) under run
+    name ``run_name`` in ``train.storage_path``; returns the final checkpoint's state (``model``, ``optimizer``,
+    ``scheduler``, ``epoch``, ``step``, ``rng``, ``config``, ``spec`` and the last report's ``metrics``).
+    ``callbacks`` are Ray Train callbacks, run on its controller after every report. A run that SIGTERM stopped
+    raises :class:`~pipeline.errors.RunStopped`."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = with_workers(config, ray.cluster_resources())
     trainer = TorchTrainer(
-        worker,
-        train_loop_config={"config": config.to_dict(), **payload},
+        train_worker,
+        train_loop_config={"config": config, "step": step or Pretraining()},
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
             resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})},
@@ -72,5 +63,6 @@ def run_workers(worker: Callable[[dict], None], config: JobConfig, run_name: str
         if user_error is None:
             raise
         raise user_error from error
+    raise_if_stopped()
     with result.checkpoint.as_directory() as directory:
         return load_checkpoint(directory)

@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from pipeline.console import duration
+
 PROGRESS_INTERVAL_S = 30.0
 # Ray Train logs every report (the whole metrics dict, with node ids) and every checkpoint at INFO, from loggers
 # named after their files; our progress line and the epoch's MLflow metrics say the same for people.
@@ -24,14 +26,6 @@ def quiet_ray_train_reports() -> None:
         module = importlib.import_module(name)
         for logger_name in (module.__name__, module.__file__):
             logging.getLogger(logger_name).setLevel(logging.WARNING)
-
-
-def duration(seconds: float) -> str:
-    """``3h05m``, ``12m40s`` or ``45s``."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def progress_line(

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.data import storage
+from pipeline import storage
 
 
 def test_an_interrupted_write_leaves_nothing_behind(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from pipeline.data import ShardLoader
 from pipeline.data.plan import batches_per_rank
 from pipeline.errors import ConfigError, ShardError
-from pipeline.data.stream import shuffled_batches
+from pipeline.data.reading import shuffled_batches
 from pipeline.distributed import position, world
 from tests.conftest import synthetic_labels
 
@@ -58,7 +58,7 @@ def test_a_held_out_class_is_left_out_and_the_plan_counts_what_is_left(synthetic
     seen = []
     for rank in range(2):
         loader, batches, indices = _epoch(synthetic_shards, rank, 2, exclude_classes=(3,))
-        assert sum(loader.kept_counts) == kept < 3000
+        assert sum(loader.plan.kept_counts) == kept < 3000
         assert len(batches) == len(loader) > 0 and all(len(b[0]) == 64 for b in batches)
         assert not any((b[1] == 3).any() for b in batches)
         seen.append(indices)
@@ -141,13 +141,13 @@ def test_len_matches_plan(synthetic_shards):
     loader = ShardLoader(synthetic_shards, "train", 100, rank=1, world_size=2)
     for epoch in range(3):
         loader.set_epoch(epoch)
-        assert len(loader) == batches_per_rank(loader.counts, 2, 100, "exact") == 15  # 3000 // 200
+        assert len(loader) == batches_per_rank(loader.plan.counts, 2, 100, "exact") == 15  # 3000 // 200
 
 
 @pytest.mark.parametrize("template", ["pipe:cat {root}/{{name}}", "file://{root}/{{name}}"])
 def test_url_templates_stream_through_webdataset_openers(even_shards, template):
     loader = ShardLoader(even_shards, "train", 64, rank=0, world_size=1, num_workers=0, shuffle=False,
                          drop_last=False, url_template=template.format(root=even_shards))
-    assert loader.urls[0].startswith(template.split("{")[0])
+    assert loader.plan.urls[0].startswith(template.split("{")[0])
     indices = np.concatenate([batch[2].numpy() for batch in loader])
     np.testing.assert_array_equal(np.sort(indices), np.arange(1024))

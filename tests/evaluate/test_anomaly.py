@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.evaluate.anomaly import anomalous_labels, auroc, knn_cosine_scores, mahalanobis_scores
+from pipeline.evaluate.anomaly_scores import anomalous_labels, auroc, knn_cosine_scores, mahalanobis_scores
 
 
 def test_auroc_by_hand():

@@ -3,6 +3,7 @@ baseline's plan recorded in the run's params, and the same metrics however the f
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,14 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.data import open_source, read_manifest, write_shards
+from pipeline.data import LabeledShards, open_source, read_manifest, write_shards
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER, WorkerFeatures, extract_features
 from pipeline.evaluate.pixels import pixel_plan, pixel_rows, subsample
 from pipeline.evaluate.suite import evaluate_method, gather_features, worker_features
+from pipeline.job import evaluation_plan, features_folder, resolve_paths
 from pipeline.methods import build_method
 from pipeline.models import encoder_spec
-from pipeline.pretrain import run_params
 
 
 def small_job(shards: Path, *overrides: str):
@@ -26,7 +27,7 @@ def small_job(shards: Path, *overrides: str):
     manifest = read_manifest(shards)
     torch.manual_seed(1)  # not train.seed: the random-encoder baseline must differ from it
     method = build_method(config.method, encoder_spec(config.model, manifest, config.data.crop_size), config.model)
-    return config, manifest, method
+    return config, evaluation_plan(config, manifest), method
 
 
 def run_ranks(extraction: WorkerFeatures, method, world_size: int):
@@ -39,11 +40,12 @@ def run_ranks(extraction: WorkerFeatures, method, world_size: int):
 def test_two_ranks_gather_exactly_what_one_rank_computes(synthetic_shards, tmp_path):
     """3,000 train samples in uneven shards (700 x 4 + 200) and 500 test: two ranks (one reading with two loader
     processes, whose batches interleave) give the same rows, in the same order, with the same values."""
-    config, manifest, method = small_job(synthetic_shards)
-    one = run_ranks(worker_features(config, manifest, str(tmp_path / "one")), method, 1)
-    two = run_ranks(worker_features(config, manifest, str(tmp_path / "two")), method, 2)
-    interleaved = worker_features(config, manifest, str(tmp_path / "loaders"))
-    interleaved = run_ranks(WorkerFeatures(**{**interleaved.__dict__, "num_workers": 2}), method, 2)
+    _, plan, method = small_job(synthetic_shards)
+    one = run_ranks(worker_features(plan, str(tmp_path / "one")), method, 1)
+    two = run_ranks(worker_features(plan, str(tmp_path / "two")), method, 2)
+    interleaved = worker_features(plan, str(tmp_path / "loaders"))
+    interleaved = run_ranks(dataclasses.replace(interleaved, shards=dataclasses.replace(interleaved.shards,
+                                                                                        num_workers=2)), method, 2)
     for split, count in (("train", 3000), ("test", 500)):
         assert np.array_equal(one[split].indices, np.arange(count))  # every sample once, in sample order
         for other in (two, interleaved):
@@ -54,30 +56,30 @@ def test_two_ranks_gather_exactly_what_one_rank_computes(synthetic_shards, tmp_p
                 np.testing.assert_array_equal(other[split].features[kind], values)
     assert one["train"].features[ENCODER].shape == (3000, 16) and one["train"].features[PIXELS].dtype == np.uint8
     assert not np.allclose(one["test"].features[ENCODER], one["test"].features[RANDOM_ENCODER])
-    pixels, labels = extract_features(None, str(synthetic_shards), "test")  # the in-process reader agrees
+    pixels, labels = extract_features(None, LabeledShards(str(synthetic_shards)), "test")  # the in-process reader
     np.testing.assert_array_equal(pixels, one["test"].features[PIXELS] / np.float32(255))
     np.testing.assert_array_equal(labels, one["test"].labels)
     assert not list((tmp_path / "two").iterdir())  # gathered files are removed
 
 
 def test_gather_refuses_a_rank_that_did_not_finish(synthetic_shards, tmp_path):
-    config, manifest, method = small_job(synthetic_shards, "eval.baselines=false")
-    extraction = worker_features(config, manifest, str(tmp_path))
+    _, plan, method = small_job(synthetic_shards, "eval.baselines=false")
+    extraction = worker_features(plan, str(tmp_path))
     extraction(method, torch.device("cpu"), 1, 2)  # rank 0 never wrote its share
     with pytest.raises(SslpipeError, match=r"features of 1 of 2 ranks; the Ray Train workers did not finish"):
         extraction.gather()
 
 
 def test_the_metrics_do_not_depend_on_where_the_features_were_computed(synthetic_shards, tmp_path):
-    config, manifest, method = small_job(synthetic_shards)
-    here, _ = evaluate_method(method, config, manifest, tmp_path / "here")
-    extraction = worker_features(config, manifest, str(tmp_path / "features"))
+    _, plan, method = small_job(synthetic_shards)
+    here, _ = evaluate_method(method, plan, tmp_path / "here")
+    extraction = worker_features(plan, str(tmp_path / "features"))
     run_ranks(extraction, method, 2)
     extraction.clear()
     run_ranks(extraction, method, 2)  # a rerun over an earlier attempt's files
     for rank in range(2):
         extraction(method, torch.device("cpu"), rank, 2)
-    gathered, _ = evaluate_method(method, config, manifest, tmp_path / "there", gather_features(extraction))
+    gathered, _ = evaluate_method(method, plan, tmp_path / "there", gather_features(extraction))
     assert set(here) == {"probe_accuracy", "knn_accuracy", "baseline_pixels_probe_accuracy",
                          "baseline_random_encoder_probe_accuracy"}
     assert gathered == here
@@ -98,11 +100,11 @@ def test_pixels_above_the_budget_are_downsampled_then_subsampled_and_the_params_
     plan = pixel_plan(manifest, budget_gb)
     assert (plan.side, plan.samples, plan.totals) == (32, {"train": 400, "test": 200}, {"train": 600, "test": 200})
     config = load_config(None, [f"data.shards={shards_64px}", f"eval.pixels_max_gb={budget_gb}"])
-    params = run_params(config, manifest)
+    params = evaluation_plan(config, manifest).params()
     assert (params["eval.baseline_pixels_side"], params["eval.baseline_pixels_samples"],
             params["eval.baseline_pixels_test_samples"]) == (32, 400, 200)
-    assert "eval.baseline_pixels_side" not in run_params(load_config(None, [f"data.shards={shards_64px}",
-                                                                            "eval.baselines=false"]), manifest)
+    assert "eval.baseline_pixels_side" not in evaluation_plan(load_config(None, [
+        f"data.shards={shards_64px}", "eval.baselines=false"]), manifest).params()
     rows = subsample(600, 400, seed=0)
     assert len(set(rows)) == 400 and np.array_equal(rows, np.sort(rows)) and rows.max() < 600
     assert np.array_equal(rows, subsample(600, 400, seed=0)) and not np.array_equal(rows, subsample(600, 400, seed=1))
@@ -121,16 +123,16 @@ def test_downsampled_pixels_are_area_averages():
 def test_ray_train_workers_compute_the_features_after_training(ray_local, synthetic_shards, tmp_path):
     """A real 2-worker run: after its last epoch each rank writes its share; gathered, they are what one process
     computes from the final checkpoint."""
-    from pipeline.evaluate.suite import features_folder
     from pipeline.methods import trained_method
-    from pipeline.pretrain import resolve_paths
     from pipeline.train import fit
+    from pipeline.train.pretraining import Pretraining
 
-    config, manifest, _ = small_job(synthetic_shards, "train.epochs=1", "train.max_steps_per_epoch=2",
-                                    "data.batch_size=32", "train.num_workers=2", f"train.storage_path={tmp_path}")
+    config, _, _ = small_job(synthetic_shards, "train.epochs=1", "train.max_steps_per_epoch=2",
+                             "data.batch_size=32", "train.num_workers=2", f"train.storage_path={tmp_path}")
     config = resolve_paths(config, "features")
-    extraction = worker_features(config, manifest, features_folder(config))
-    state = fit(config, "features", finishers=[extraction])
+    manifest = read_manifest(synthetic_shards)
+    extraction = worker_features(evaluation_plan(config, manifest), features_folder(config))
+    state = fit(config, "features", step=Pretraining(finishers=(extraction,)))
     gathered, seconds = extraction.gather()
     method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
     expected = {s: f.in_sample_order() for s, f in extraction.shares(method, torch.device("cpu"), 0, 1).items()}

@@ -2,13 +2,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.data import ShardLoader
+from pipeline.data import LabeledShards, ShardLoader
 from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.online import OnlineKnn
 
 
 def test_online_knn_votes_with_a_fixed_train_slice(synthetic_shards):
-    online = OnlineKnn(str(synthetic_shards), 400, k=20, temperature=0.1)
+    online = OnlineKnn(LabeledShards(str(synthetic_shards)), 400, k=20, temperature=0.1)
     assert "_slice" not in vars(online)  # made where the job is configured, it reads its images where it runs
     assert online.images.shape == (500, 1, 28, 28) and online.bank_size == 400
     ordered = ShardLoader(synthetic_shards, "train", 500, rank=0, world_size=1, shuffle=False, drop_last=False)
@@ -23,5 +23,5 @@ def test_online_knn_votes_with_a_fixed_train_slice(synthetic_shards):
 
 
 def test_a_small_split_keeps_a_fifth_for_queries(even_shards):
-    online = OnlineKnn(str(even_shards), 5000, k=20, temperature=0.1)
+    online = OnlineKnn(LabeledShards(str(even_shards)), 5000, k=20, temperature=0.1)
     assert len(online.images) == 1024 and online.bank_size == 819

@@ -3,9 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.evaluate.anomaly import auroc
+from pipeline.data import LabeledShards
+from pipeline.evaluate.anomaly_scores import auroc
 from pipeline.evaluate.reconstruction import pca_reconstruction_errors, reconstruct_split
 from pipeline.methods import build_method
+from pipeline.methods.capabilities import Capability
 from pipeline.methods.vae import VAEOptions
 from pipeline.models import EncoderSpec, ModelConfig
 
@@ -30,12 +32,14 @@ def test_pca_flags_what_lies_off_the_subspace_it_was_fitted_on():
 
 
 class _Identity(nn.Module):
+    capabilities = frozenset({Capability.RECONSTRUCTS})
+
     def reconstruct(self, x):
         return x, x.flatten(1)
 
 
 def test_identity_reconstructs_perfectly(even_shards):
-    result = reconstruct_split(_Identity(), str(even_shards), 64, torch.device("cpu"))
+    result = reconstruct_split(_Identity(), LabeledShards(str(even_shards), 64), torch.device("cpu"))
     assert result.metrics == {"recon_mse": 0.0}
     assert result.errors.shape == result.labels.shape == (128,) and not result.errors.any()
     assert result.originals.shape == result.reconstructions.shape == (8, 1, 28, 28)
@@ -44,7 +48,7 @@ def test_identity_reconstructs_perfectly(even_shards):
 def test_vae_metrics(even_shards):
     vae = build_method(VAEOptions(bottleneck=4), EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8),
                        ModelConfig())
-    result = reconstruct_split(vae, str(even_shards), 64, torch.device("cpu"))
+    result = reconstruct_split(vae, LabeledShards(str(even_shards), 64), torch.device("cpu"))
     metrics = result.metrics
     assert set(metrics) == {"recon_mse", "elbo", "kl", "active_units"}
     assert result.negative_elbo.shape == (128,) and -result.negative_elbo.mean() == pytest.approx(metrics["elbo"])

@@ -3,12 +3,11 @@ import math
 import pytest
 import torch
 
-from pipeline.config import OptimConfig
 from pipeline.losses import byol_loss
 from pipeline.methods import build_method
 from pipeline.methods.byol import BYOLOptions
 from pipeline.models import EncoderSpec, ModelConfig
-from pipeline.optim import build_optimizer
+from pipeline.optim import OptimConfig, build_optimizer
 from pipeline.schedules import ema_momentum
 
 

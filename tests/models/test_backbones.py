@@ -4,7 +4,8 @@ and channels handled as each library supports, ViT parameters exempt from decay,
 import pytest
 import torch
 
-from pipeline.config import load_config, validate
+from pipeline.config import load_config
+from pipeline.validate import validate
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.models import ModelConfig, build_encoder, encoder_spec

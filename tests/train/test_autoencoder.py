@@ -4,12 +4,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-from pipeline.config import OptimConfig, load_config
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
 from pipeline.methods.autoencoder import AutoEncoderOptions
 from pipeline.models import EncoderSpec, ModelConfig
-from pipeline.optim import build_optimizer
+from pipeline.optim import OptimConfig, build_optimizer
 from pipeline.schedules import warmup_cosine
 from tests.helpers import read_split
 

@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import OptimConfig
-from pipeline.optim import LARS, build_optimizer, parameter_groups
+from pipeline.optim import LARS, OptimConfig, build_optimizer, parameter_groups
 from pipeline.schedules import warmup_cosine
 
 

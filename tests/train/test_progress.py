@@ -5,8 +5,9 @@ import time
 
 import pytest
 
+from pipeline.console import duration
 from pipeline.train.progress import (
-    RAY_TRAIN_REPORT_MODULES, EpochClock, duration, epoch_line, progress_line, quiet_ray_train_reports,
+    RAY_TRAIN_REPORT_MODULES, EpochClock, epoch_line, progress_line, quiet_ray_train_reports,
 )
 
 
@@ -86,9 +87,10 @@ def test_a_non_finite_running_loss_stops_the_epoch_naming_the_step():
     import torch
 
     from pipeline.config import load_config
-    from pipeline.train.loop import NonFiniteLoss, check_finite
+    from pipeline.train.harness import NonFiniteLoss, check_finite
+    from pipeline.train.pretraining import Pretraining
 
-    config = load_config(None, ["optim.lr=0.5"])
-    check_finite(torch.tensor(12.5), torch.tensor(0.5), 0, 25, 0, config)  # finite: nothing happens
+    advice = Pretraining().advice(load_config(None, ["optim.lr=0.5"]))
+    check_finite(torch.tensor(12.5), torch.tensor(0.5), 0, 25, 0, advice)  # finite: nothing happens
     with pytest.raises(NonFiniteLoss, match=r"^loss is nan at epoch 1, step 50 \(rank 1\); lower optim.lr \(now 0.5\)"):
-        check_finite(torch.tensor(float("nan")), torch.tensor(float("nan")), 1, 50, 1, config)
+        check_finite(torch.tensor(float("nan")), torch.tensor(float("nan")), 1, 50, 1, advice)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # the worker function and the online kNN monitor (workers), the MLflow epoch logger (controller)
-PROCESS_MODULES = ("pipeline.train.loop", "pipeline.evaluate.online", "pipeline.track.epoch_log")
+PROCESS_MODULES = ("pipeline.train.harness", "pipeline.evaluate.online", "pipeline.track.epoch_log")
 SCRIPT = f"""
 import sys
 for name in {PROCESS_MODULES!r}:

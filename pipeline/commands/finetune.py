@@ -23,20 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from pipeline import cluster
-from pipeline.config import AugmentConfig, JobConfig, apply_overrides, dump_config, validate, with_workers
-from pipeline.data import Manifest, read_manifest, storage
+from pipeline import storage
+from pipeline.config import FinetuneJob, flatten, parse_overrides, with_values
+from pipeline.data import LabeledShards, Manifest, read_manifest
 from pipeline.data.subset import write_subset
 from pipeline.errors import ConfigError
 from pipeline.evaluate.classifier import SplitAccuracy
 from pipeline.models import EncoderSpec
-from pipeline.pretrain import unsent_path
-from pipeline.track import Tracker, check_reachable, tracking_uri
-from pipeline.track.epoch_log import EpochMetricsToMlflow, send_unsent
-from pipeline.train.driver import run_workers
-from pipeline.train.finetune import finetune_worker
+from pipeline.sections import AugmentConfig
+from pipeline.track.run import TrackedRun, tracked_run
+from pipeline.train import fit
+from pipeline.train.finetuning import Finetuning
+from pipeline.validate import validate
 
 PRETRAIN_TAG = "sslpipe.pretrain_run_id"  # on every fine-tuning run: the run that pretrained the encoder
 FINETUNE_TAG = "sslpipe.finetune_run_id"  # on the pretraining run: the latest fine-tuning parent run
@@ -74,16 +75,19 @@ def metric_name(fraction: float, init: str) -> str:
 
 
 def finetune_config(pretraining: dict[str, Any], overrides: Sequence[str] = (), shards: str | None = None,
-                    origin: str = "encoder.json") -> JobConfig:
-    """The fine-tuning job: the pretraining job ``pretraining`` (a config dict) without its run-specific keys,
-    ``eval.shards`` set to ``shards`` if given, then ``overrides`` (``section.key=value``), validated."""
+                    origin: str = "encoder.json") -> FinetuneJob:
+    """The fine-tuning job: the pretraining job ``pretraining`` (a config dict; a key that no longer applies is left
+    out) without its run-specific keys, ``eval.shards`` set to ``shards`` if given, then ``overrides``
+    (``section.key=value``), validated."""
     raw = copy.deepcopy(pretraining)
     raw.pop("export", None)
     for key in RUN_KEYS:
         (raw.get("train") or {}).pop(key, None)
-    if shards:
-        raw.setdefault("eval", {})["shards"] = shards
-    return validate(JobConfig.from_dict(apply_overrides(raw, list(overrides)), origin))
+    config = FinetuneJob.from_dict(raw, origin, carried=flatten(raw, origin))
+    values = ({"eval.shards": shards} if shards else {}) | parse_overrides(overrides)
+    config = validate(with_values(config, values, origin))
+    config.finetune.schedule()
+    return config
 
 
 def check_labeled(location: str, manifest: Manifest, spec: EncoderSpec) -> None:
@@ -101,8 +105,8 @@ def check_labeled(location: str, manifest: Manifest, spec: EncoderSpec) -> None:
                           f"{[spec.channels, spec.image_size, spec.image_size]}: fine-tune on shards of its own data")
 
 
-def run_config(config: JobConfig, subset: str, labeled: str, count: int, epochs: int, name: str,
-               manifest: Manifest, spec: EncoderSpec) -> JobConfig:
+def run_config(config: FinetuneJob, subset: str, labeled: str, count: int, epochs: int, name: str,
+               manifest: Manifest, spec: EncoderSpec) -> FinetuneJob:
     """The config one fine-tuning runs under: the subset as ``data.shards`` (at ``finetune.batch_size`` per rank,
     less when a rank's share of the subset is smaller), ``finetune.augment`` views, this fraction's epochs."""
     ranks = config.train.num_workers
@@ -113,79 +117,81 @@ def run_config(config: JobConfig, subset: str, labeled: str, count: int, epochs:
     return dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, shards=subset, url_template=None, batch_size=batch, mode="exact",
-                                 holdout_class=None, image_size=spec.image_size if manifest.photos else None),
+                                 holdout_class=None, normal_class=None,
+                                 image_size=spec.image_size if manifest.photos else None),
         augment=AugmentConfig(preset=config.finetune.augment),
         train=dataclasses.replace(config.train, epochs=epochs, name=name),
         eval=dataclasses.replace(config.eval, shards=labeled),
     )
 
 
-def finetune(model: str, encoder: nn.Module, meta: dict[str, Any], config: JobConfig) -> FinetuneSummary:
+@dataclass(frozen=True)
+class Source:
+    """The encoder fine-tuned: where its export is, its spec and weights, and the MLflow run that pretrained it."""
+
+    model: str
+    spec: EncoderSpec
+    weights: dict[str, torch.Tensor]
+    pretrain_run_id: str | None
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        return {PRETRAIN_TAG: self.pretrain_run_id} if self.pretrain_run_id else {}
+
+
+def finetune(model: str, encoder: nn.Module, meta: dict[str, Any], config: FinetuneJob) -> FinetuneSummary:
     """Fine-tune ``encoder`` (the export ``model``, its ``encoder.json`` ``meta``) and a fresh one of its spec at
-    every fraction of ``config.finetune``; track each run and report the table."""
-    spec = EncoderSpec.from_dict(meta["spec"])
+    every fraction of ``config.finetune``: validate -> tracked run -> fit and evaluate each -> the table on the
+    runs."""
     weights = {key: value.detach().cpu() for key, value in encoder.state_dict().items()}
+    source = Source(model, EncoderSpec.from_dict(meta["spec"]), weights, meta.get("mlflow_run_id"))
     labeled = storage.absolute(config.evaluation_shards)
     manifest = read_manifest(labeled)
-    check_labeled(labeled, manifest, spec)
+    check_labeled(labeled, manifest, source.spec)
     schedule = config.finetune.schedule()
-    tracker = Tracker(check_reachable(tracking_uri(config.track)))
-    config = with_workers(config, cluster.resources())
     config = dataclasses.replace(config, train=dataclasses.replace(
         config.train, storage_path=storage.absolute(config.train.storage_path)))
-    source = (meta.get("config") or {}).get("train", {}).get("name") or Path(str(model).rstrip("/")).name
-    name = config.train.name or f"finetune-{source}-{time.strftime('%Y%m%d-%H%M%S')}"
-    pretrain_run_id = meta.get("mlflow_run_id")
-    lineage = {PRETRAIN_TAG: pretrain_run_id} if pretrain_run_id else {}
-    parent = tracker.start(config.track.experiment, name, {**config.flat(), "finetune.model": model},
-                           dump_config(config), tags={**lineage, "sslpipe.finetune_model": str(model)},
-                           entry_point="sslpipe finetune", datasets={"evaluation": (labeled, manifest)})
-    rows, child = [], None
-    try:
-        for fraction, epochs in schedule:
-            subset = storage.join(storage.join(config.train.storage_path, name), f"labeled-{pct(fraction)}")
-            subset_manifest = write_subset(labeled, subset, fraction, config.train.seed,
-                                           url_template=config.data.url_template)
-            count = subset_manifest.split("train").num_samples
-            row = FinetuneRow(fraction, count, epochs, {}, {})
-            for init in INITS:
-                child_name = f"{name}-{pct(fraction)}-{init}"
-                job = run_config(config, subset, labeled, count, epochs, child_name, manifest, spec)
-                params = {**job.flat(), "finetune.fraction": fraction, "finetune.init": init,
-                          "finetune.labels": count, "finetune.model": model}
-                child = tracker.start(
-                    config.track.experiment, child_name, params, dump_config(job), parent_run_id=parent,
-                    tags={**lineage, FRACTION_TAG: str(fraction), INIT_TAG: init}, entry_point="sslpipe finetune",
-                    datasets={"training": (subset, subset_manifest), "evaluation": (labeled, manifest)},
-                )
-                unsent = unsent_path(job, child)
-                scorer = SplitAccuracy(labeled, "test", config.eval.batch_size,
-                                       spec.image_size if manifest.photos else None, config.data.url_template,
-                                       config.data.skip_bad_samples)
-                payload = {"spec": spec.to_dict(), "weights": weights if init == "pretrained" else None,
-                           "evaluations": [scorer]}
-                state = run_workers(finetune_worker, job, child_name, payload,
-                                    [EpochMetricsToMlflow(tracker.uri, child, str(unsent))])
-                send_unsent(tracker, child, unsent, config.track.server_wait_s)
-                row.accuracy[init], row.run_ids[init] = state["metrics"]["test_accuracy"], child
-                tracker.finish(child)
-                child = None
-            rows.append(row)
-            results = {metric_name(fraction, init): row.accuracy[init] for init in INITS}
-            tracker.log_metrics(parent, results)
-    except BaseException:
-        for run_id in (child, parent):
-            if run_id is not None:
-                tracker.finish(run_id, "FAILED")
-        raise
-    tracker.log_text(parent, table(rows), "finetune.md")
-    on_pretraining_run = bool(pretrain_run_id) and tracker.run_exists(pretrain_run_id)
-    if on_pretraining_run:
-        tracker.log_metrics(pretrain_run_id, {metric_name(row.fraction, init): row.accuracy[init]
-                                              for row in rows for init in INITS})
-        tracker.set_tags(pretrain_run_id, {FINETUNE_TAG: parent})
-    tracker.finish(parent)
-    return FinetuneSummary(name, rows, parent, pretrain_run_id, on_pretraining_run, tracker.uri)
+    pretraining = (meta.get("config") or {}).get("train", {}).get("name") or Path(str(model).rstrip("/")).name
+    name = config.train.name or f"finetune-{pretraining}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracked_run(config, name, entry_point="sslpipe finetune", params={"finetune.model": model},
+                     tags={**source.lineage, "sslpipe.finetune_model": str(model)},
+                     datasets={"evaluation": (labeled, manifest)}) as run:
+        rows = [_fraction(run, source, labeled, manifest, fraction, epochs) for fraction, epochs in schedule]
+        run.tracker.log_text(run.id, table(rows), "finetune.md")
+        on_pretraining_run = bool(source.pretrain_run_id) and run.tracker.run_exists(source.pretrain_run_id)
+        if on_pretraining_run:
+            run.tracker.log_metrics(source.pretrain_run_id, {metric_name(row.fraction, init): row.accuracy[init]
+                                                             for row in rows for init in INITS})
+            run.tracker.set_tags(source.pretrain_run_id, {FINETUNE_TAG: run.id})
+    return FinetuneSummary(name, rows, run.id, source.pretrain_run_id, on_pretraining_run, run.tracker.uri)
+
+
+def _fraction(run: TrackedRun, source: Source, labeled: str, manifest: Manifest, fraction: float, epochs: int
+              ) -> FinetuneRow:
+    """One labeled fraction: its subset written as shards, then the export and a random initialisation each
+    fine-tuned in a nested run and scored on the test split."""
+    config = run.config
+    subset = storage.join(storage.join(config.train.storage_path, run.name), f"labeled-{pct(fraction)}")
+    subset_manifest = write_subset(labeled, subset, fraction, config.train.seed, url_template=config.data.url_template)
+    count = subset_manifest.split("train").num_samples
+    row = FinetuneRow(fraction, count, epochs, {}, {})
+    scorer = SplitAccuracy(LabeledShards(labeled, config.eval.batch_size, source.spec.image_size if manifest.photos
+                                         else None, config.data.url_template, config.data.skip_bad_samples, 1))
+    for init in INITS:
+        child = f"{run.name}-{pct(fraction)}-{init}"
+        job = run_config(config, subset, labeled, count, epochs, child, manifest, source.spec)
+        params = {"finetune.fraction": fraction, "finetune.init": init, "finetune.labels": count,
+                  "finetune.model": source.model}
+        with tracked_run(job, child, entry_point="sslpipe finetune", params=params, parent_run_id=run.id,
+                         tags={**source.lineage, FRACTION_TAG: str(fraction), INIT_TAG: init},
+                         datasets={"training": (subset, subset_manifest), "evaluation": (labeled, manifest)},
+                         ) as trained:
+            step = Finetuning(source.spec, source.weights if init == "pretrained" else None, (scorer,))
+            state = fit(trained.config, child, [trained.epoch_logger()], step)
+            trained.send_unsent()
+        row.accuracy[init], row.run_ids[init] = state["metrics"]["test_accuracy"], trained.id
+    run.tracker.log_metrics(run.id, {metric_name(fraction, init): row.accuracy[init] for init in INITS})
+    return row
 
 
 def table(rows: Sequence[FinetuneRow]) -> str:
@@ -195,6 +201,13 @@ def table(rows: Sequence[FinetuneRow]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         pretrained, random_init = row.accuracy["pretrained"], row.accuracy["random_init"]
-        lines.append(f"| {round(row.fraction * 100, 6):g}% | {row.labels:,} | {row.epochs} | {pretrained:.4f} | {random_init:.4f} "
-                     f"| {100 * (pretrained - random_init):+.1f} points |")
+        lines.append(f"| {round(row.fraction * 100, 6):g}% | {row.labels:,} | {row.epochs} | {pretrained:.4f} "
+                     f"| {random_init:.4f} | {100 * (pretrained - random_init):+.1f} points |")
     return "\n".join(lines)
+
+
+def show(summary: FinetuneSummary) -> None:
+    print(table(summary.rows))
+    where = "and on the pretraining run " + summary.pretrain_run_id if summary.on_pretraining_run else (
+        "(the pretraining run is not in this store)")
+    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}, {where}")

@@ -31,10 +31,11 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge
 
 from pipeline import options
-from pipeline.config import JobConfig, apply_overrides, check_run_name, read_yaml, validate, with_values
+from pipeline.config import JobConfig, flatten, parse_overrides, read_yaml, with_values
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
 from pipeline.methods import METHODS
+from pipeline.validate import check_run_name, validate
 
 LISTS = ("grid", "choice")  # {grid: [a, b]}: every value (times num_samples); {choice: [a, b]}: sampled
 RANGES = ("uniform", "loguniform", "randint")  # {uniform: [low, high]}, randint's high excluded
@@ -157,19 +158,19 @@ def validate_search(config: JobConfig, search: SearchConfig, manifest: Manifest 
 
 
 def load_search(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[JobConfig, SearchConfig]:
-    """The trials' base job config and the search section of search file ``path``; ``overrides`` are
-    ``section.key=value`` for job sections or ``search``."""
-    raw = apply_overrides(read_yaml(path), overrides)
+    """The trials' base job config and the search section of search file ``path``: the ``search.base`` job (if
+    any) with the file's own job sections and ``overrides`` (``section.key=value`` for job sections or
+    ``search``) set on it."""
+    raw = read_yaml(path)
+    values = parse_overrides(overrides)
     search_raw = raw.pop("search", None)
     if not isinstance(search_raw, dict):
         raise ConfigError(f"{path}: a search file needs a `search` section with at least `space`")
+    search_raw |= {key.partition(".")[2]: values.pop(key) for key in list(values) if key.startswith("search.")}
     search = options.build(SearchConfig, search_raw, f"{path}: search")
-    job = {}
-    if search.base:
-        job = read_yaml(Path(path).parent / search.base)
-    for section, values in raw.items():
-        job[section] = {**(job.get(section) or {}), **(values or {})} if isinstance(values, dict) else values
-    config = validate(JobConfig.from_dict(job, str(path)))
+    base = search.base and Path(path).parent / search.base
+    config = JobConfig.from_dict(read_yaml(base), str(base)) if base else JobConfig()
+    config = validate(with_values(config, flatten(raw, str(path)) | values, str(path)))
     return config, validate_search(config, search)
 
 

@@ -1,7 +1,7 @@
 """``sslpipe anomaly JOB --protocol one-class|leave-one-out``: the two standard anomaly-detection protocols, one
-pretraining run per class, run as the trials of a Ray Tune grid (:func:`pipeline.search.run_search`: as many at
-once as the cluster holds, each a whole ``pretrain`` with its own MLflow run), then the per-class AUROC of every
-score the method supports beside PCA's, as a table (CSV, Markdown) and a plot on the search's MLflow run.
+pretraining run per class, run as the trials of a Ray Tune grid (:mod:`pipeline.search.runner`: as many at once as
+the cluster holds, each a whole pretraining run with its own MLflow run), then the per-class AUROC of every score
+the method supports beside PCA's, as a table (CSV, Markdown) and a plot on the search's MLflow run.
 
 * ``one-class`` (Deep SVDD, GEOM and their successors): ``data.normal_class=c`` pretrains on the training images
   of class ``c`` only; AUROC of the other classes' test images against class ``c``'s.
@@ -10,7 +10,6 @@ score the method supports beside PCA's, as a table (CSV, Markdown) and a plot on
 
 from __future__ import annotations
 
-import csv
 import math
 import tempfile
 import time
@@ -23,9 +22,9 @@ from pipeline.config import JobConfig
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.evaluate.plots import anomaly_png
-from pipeline.search import run_search
-from pipeline.search_config import SearchConfig
-from pipeline.track import Tracker
+from pipeline.search.runner import Job, record, run_trials, search_run
+from pipeline.search.space import SearchConfig
+from pipeline.track.run import TrackedRun
 
 PROTOCOLS = {"one-class": "data.normal_class", "leave-one-out": "data.holdout_class"}
 SCORES = {"anomaly_auroc_knn": "kNN cosine", "anomaly_auroc_mahalanobis": "Mahalanobis",
@@ -76,38 +75,53 @@ def _cell(value: float) -> str:
     return "failed" if math.isnan(value) else f"{value:.3f}"
 
 
-def run_anomaly(config: JobConfig, protocol: str, classes: Sequence[int] | None = None,
-                name: str | None = None) -> AnomalySummary:
-    """Run (or, with the same ``name``, resume) ``protocol`` over ``classes``; log the table to the search's MLflow
-    run (``anomaly.csv``, ``anomaly.md``, ``anomaly.png``, metrics ``mean_<score>``)."""
+def anomaly(config: JobConfig, protocol: str, classes: Sequence[int] | None, name: str | None, job: Job
+            ) -> AnomalySummary:
+    """Run (or, with the same ``name``, resume) ``protocol`` over ``classes``, each class a run of ``job``
+    (pretraining): validate -> the search's tracked run -> a trial per class -> the table of AUROCs -> logged on
+    the search's run (``anomaly.csv``, ``anomaly.md``, ``anomaly.png``, metrics ``mean_<score>``)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol: {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if config.data.normal_class is not None or config.data.holdout_class is not None:
         raise ConfigError("data.normal_class / data.holdout_class: the protocol sets them for each class; leave them "
                           "unset in the job")
     chosen = classes_to_run(config, classes)
-    class_names = read_manifest(config.data.shards).class_names
     name = name or f"anomaly-{protocol}-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    search = run_search(config, anomaly_search(config, protocol, chosen, name), report=list(SCORES),
-                        register_best=False, entry_point="sslpipe anomaly")
-    key = PROTOCOLS[protocol]
-    by_class = {row[key]: row for row in search.trials}
-    scores = [score for score in SCORES if any(not math.isnan(row[score]) for row in search.trials)]
-    rows = [{"class": c, "name": class_names[c], **{s: by_class.get(c, {}).get(s, math.nan) for s in scores},
-             "mlflow_run_id": by_class.get(c, {}).get("mlflow_run_id", "")} for c in chosen]
-    mean = {s: math.fsum(row[s] for row in rows) / len(rows) for s in scores}
-    summary = AnomalySummary(name, protocol, search.parent_run_id, search.tracking_uri, scores, rows, mean)
-    tracker = Tracker(search.tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="sslpipe-anomaly-") as folder:
-        with open(Path(folder, "anomaly.csv"), "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        Path(folder, "anomaly.md").write_text(table(summary) + "\n")
-        anomaly_png(rows, {s: SCORES[s] for s in scores}, Path(folder, "anomaly.png"),
-                    f"{config.method.name}, {protocol}: AUROC per class")
-        for file in ("anomaly.csv", "anomaly.md", "anomaly.png"):
-            tracker.log_artifact(search.parent_run_id, Path(folder, file))
-    tracker.log_metrics(search.parent_run_id, {f"mean_{s}": v for s, v in mean.items() if not math.isnan(v)})
-    tracker.set_tags(search.parent_run_id, {"sslpipe.anomaly_protocol": protocol})
+    search = anomaly_search(config, protocol, chosen, name)
+    with search_run(config, search, entry_point="sslpipe anomaly") as run:
+        trials = run_trials(run, search, job, report=list(SCORES))
+        record(run, search, trials, best=None, register=False)  # no class is "best"
+        summary = _summary(run, protocol, chosen, trials)
+        _log(run, summary)
     return summary
+
+
+def _summary(run: TrackedRun, protocol: str, classes: Sequence[int], trials: list[dict[str, Any]]) -> AnomalySummary:
+    """Each class's AUROC of every score some trial reported (nan where its trial failed), and their means."""
+    class_names = read_manifest(run.config.data.shards).class_names
+    by_class = {row[PROTOCOLS[protocol]]: row for row in trials}
+    scores = [score for score in SCORES if any(not math.isnan(row[score]) for row in trials)]
+    rows = [{"class": c, "name": class_names[c], **{s: by_class.get(c, {}).get(s, math.nan) for s in scores},
+             "mlflow_run_id": by_class.get(c, {}).get("mlflow_run_id", "")} for c in classes]
+    mean = {s: math.fsum(row[s] for row in rows) / len(rows) for s in scores}
+    return AnomalySummary(run.name, protocol, run.id, run.tracker.uri, scores, rows, mean)
+
+
+def _log(run: TrackedRun, summary: AnomalySummary) -> None:
+    """The table (CSV, Markdown) and its plot on the search's run, the mean AUROCs as metrics, the protocol as a
+    tag."""
+    tracker, rows = run.tracker, summary.rows
+    tracker.log_rows(run.id, rows, "anomaly.csv")
+    tracker.log_text(run.id, table(summary) + "\n", "anomaly.md")
+    with tempfile.TemporaryDirectory(prefix="sslpipe-anomaly-") as folder:
+        tracker.log_artifact(run.id, anomaly_png(rows, {s: SCORES[s] for s in summary.scores},
+                                                 Path(folder, "anomaly.png"),
+                                                 f"{run.config.method.name}, {summary.protocol}: AUROC per class"))
+    tracker.log_metrics(run.id, {f"mean_{s}": v for s, v in summary.mean.items() if not math.isnan(v)})
+    tracker.set_tags(run.id, {"sslpipe.anomaly_protocol": summary.protocol})
+
+
+def show(summary: AnomalySummary) -> None:
+    print(table(summary))
+    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}: anomaly.md, "
+          "anomaly.png, and one nested run per class")

@@ -18,7 +18,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.data.codec import ENCODINGS, encode_group
 from pipeline.data.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, write_manifest
 from pipeline.data.sources import Source, SourceSplit

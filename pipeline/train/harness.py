@@ -1,0 +1,300 @@
+"""The one training harness: every kind of Ray Train worker (pretraining a method, fine-tuning a classifier) is this
+loop run with its own :class:`Step`.
+
+Each epoch every rank reads its share of the shards, makes its views on its own device and steps the optimizer
+(a warm-up, then a cosine to 0); every ``step.report_every`` epochs and after the last, rank 0 runs the step's
+evaluation and all ranks call ``ray.train.report`` once, rank 0 with the checkpoint: the model, optimizer and
+scheduler, the counters, and every rank's random state, so a resumed run continues the same data, augmentation and
+noise streams. The checkpoint's metadata names the Ray node of every rank (:data:`WORKER_NODES`).
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import JobConfig
+from pipeline.data import Manifest, ShardLoader, read_manifest
+from pipeline.distributed import gather_objects, sum_across_ranks, world
+from pipeline.errors import SslpipeError
+from pipeline.models import EncoderSpec
+from pipeline.schedules import warmup_cosine
+from pipeline.train.checkpoint import CHECKPOINT_FILE, restore_state, rng_state, save_checkpoint, set_rng_state
+from pipeline.train.progress import EpochClock, epoch_line, quiet_ray_train_reports
+from pipeline.train.views import TrainingViews
+
+log = logging.getLogger(__name__)
+WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
+LOSS_READ_EVERY = 25  # steps between reads of the loss (a host sync on GPUs), each checking it is finite
+Forward = Callable[[nn.Module, list[torch.Tensor], torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class NonFiniteLoss(SslpipeError):
+    """The loss became NaN or infinite."""
+
+
+class Step(abc.ABC):
+    """What one kind of training hands the harness: its model, optimizer and loss, and what it reports. Picklable:
+    made on the driver, run on every rank. Subclasses define :meth:`build`, :meth:`optimizer`, :meth:`forward`
+    and :meth:`advice`; the rest are hooks that do nothing by default."""
+
+    def num_views(self, config: JobConfig) -> int:
+        """Views per image each step takes."""
+        return 1
+
+    @abc.abstractmethod
+    def build(self, config: JobConfig, manifest: Manifest) -> tuple[nn.Module, EncoderSpec]:
+        """The module to train (built on the seeded global generator: the same weights on every rank) and the
+        spec of its encoder."""
+
+    @abc.abstractmethod
+    def optimizer(self, module: nn.Module, config: JobConfig, world_size: int) -> tuple[torch.optim.Optimizer, float]:
+        """The optimizer of ``module`` and its warm-up in epochs."""
+
+    @abc.abstractmethod
+    def forward(self, model: nn.Module, views: list[torch.Tensor], labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(loss, tallies)`` of one batch under autocast: ``tallies`` (a tensor or ``None``) are summed over the
+        epoch and the ranks and handed to :meth:`epoch_metrics`."""
+
+    @abc.abstractmethod
+    def advice(self, config: JobConfig) -> str:
+        """What to do about a loss that is no longer finite."""
+
+    def after_step(self, module: nn.Module, step: int, total_steps: int) -> None:
+        """After every optimizer step (e.g. an EMA update)."""
+
+    def epoch_metrics(self, module: nn.Module, tallies: torch.Tensor | None, images: float) -> dict[str, float]:
+        """Metrics of the epoch beside the harness's own; every rank calls this (collectives allowed)."""
+        return {}
+
+    def report_every(self, epochs: int) -> int:
+        """Epochs between reports (and checkpoints)."""
+        return 1
+
+    def evaluate(self, module: nn.Module, device: torch.device, last: bool) -> dict[str, float]:
+        """Metrics rank 0 measures at each report (``last``: after the final epoch), on a fork of the generators."""
+        return {}
+
+    def finish(self, module: nn.Module, device: torch.device) -> None:
+        """Every rank, after the last epoch (also when a resumed run has no epoch left)."""
+
+
+@dataclass
+class Training:
+    """One rank's training: the job, its step, data, views, the module and its wrapped (DDP, compiled) model."""
+
+    config: JobConfig
+    step: Step
+    device: torch.device
+    manifest: Manifest
+    views: TrainingViews
+    loader: ShardLoader
+    module: nn.Module
+    spec: EncoderSpec
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    per_epoch: list[int]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.per_epoch)
+
+
+def steps_in(loader: ShardLoader, epochs: int, cap: int | None = None) -> list[int]:
+    """Batches per epoch for ``epochs`` epochs (it can vary by one shard's worth between epochs), at most ``cap``."""
+    counts = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        counts.append(len(loader) if cap is None else min(len(loader), cap))
+    return counts
+
+
+def optimize(model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor], autocast: bool,
+             forward: Forward, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step of ``model`` on ``views`` (channels-last, under bf16 autocast with ``autocast``):
+    ``forward(model, views, labels)`` gives ``(loss, tallies)``, returned detached where they were computed
+    (reading them waits for the device: the loop reads the loss every :data:`LOSS_READ_EVERY` steps)."""
+    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss, tallies = forward(model, views, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), tallies
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor],
+               autocast: bool) -> torch.Tensor:
+    """One optimizer step of a method (or its DDP wrapper), ``loss = model(*views)``; returns the loss."""
+    return optimize(model, optimizer, views, autocast, lambda method, inputs, _: (method(*inputs), None))[0]
+
+
+def check_finite(loss_sum: torch.Tensor, last: torch.Tensor, epoch: int, step: int, rank: int, advice: str) -> None:
+    """Raise :class:`NonFiniteLoss` once the epoch's running loss is NaN or infinite (so the epoch's checkpoint
+    is never written)."""
+    if not math.isfinite(loss_sum.item()):
+        raise NonFiniteLoss(f"loss is {last.item()} at epoch {epoch}, step {step} (rank {rank}); {advice}")
+
+
+def prepare(config: JobConfig, step: Step, device: torch.device) -> Training:
+    """This rank's loader, views, module (SyncBatchNorm, DDP and ``torch.compile`` as the job says), optimizer and
+    warm-up-cosine schedule."""
+    import ray.train.torch
+
+    rank, world_size = world()
+    manifest = read_manifest(config.data.shards)
+    views = TrainingViews(config, manifest, step.num_views(config), device, rank)
+    loader = ShardLoader(
+        config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
+        mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
+        pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
+        skip_bad_samples=config.data.skip_bad_samples, manifest=manifest, **views.loader_options(),
+    )
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rank (BYOL's target included)
+    module, spec = step.build(config, manifest)
+    module = module.to(memory_format=torch.channels_last)
+    torch.manual_seed(config.train.seed + 1 + rank)
+    if config.train.sync_batchnorm and world_size > 1:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    model = ray.train.torch.prepare_model(module)  # moves to device, wraps in DDP when world_size > 1
+    if config.train.compile:
+        model = torch.compile(model)  # the first steps compile; checkpoints keep the plain module's weights
+    optimizer, warmup_epochs = step.optimizer(module, config, world_size)
+    per_epoch = steps_in(loader, config.train.epochs, config.train.max_steps_per_epoch)
+    total, warmup = sum(per_epoch), max(1, math.ceil(warmup_epochs * per_epoch[0]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, min(total, warmup)))
+    return Training(config, step, device, manifest, views, loader, module, spec, model, optimizer, scheduler,
+                    per_epoch)
+
+
+def resume(training: Training) -> tuple[int, int]:
+    """``(epoch, step)`` to start from: the last checkpoint's, its state restored, or ``(0, 0)``."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0, 0
+    state = restore_state(checkpoint)
+    training.module.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.views.augmenter.calls = state["step"]  # continue the augmentation stream instead of replaying it
+    rank, world_size = world()
+    saved = state.get("rng", [])  # (none in checkpoints of sslpipe 0.1)
+    if len(saved) == world_size:
+        set_rng_state(saved[rank], training.device)
+    else:
+        log.warning("the checkpoint holds the random state of %d ranks, this run has %d: random streams restart "
+                    "from train.seed", len(saved), world_size)
+    return state["epoch"], state["step"]
+
+
+def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) -> tuple[int, dict[str, float]]:
+    """One epoch of this rank from global step ``step``; returns ``(the step after it, the epoch's metrics over all
+    ranks)``."""
+    config, device, loader = training.config, training.device, training.loader
+    rank, autocast = world()[0], device.type == "cuda" and config.train.amp
+    loader.set_epoch(epoch)
+    training.views.set_epoch(epoch)
+    training.model.train()
+    loss_sum = value = torch.zeros((), device=device)
+    tallies = None
+    capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
+    for images, labels, _ in clock.batches(itertools.islice(loader, training.per_epoch[epoch]) if capped else loader):
+        value, tally = optimize(training.model, training.optimizer, training.views(images), autocast,
+                                training.step.forward, labels)
+        loss_sum += value.float()
+        tallies = tally if tallies is None else tallies + tally
+        training.scheduler.step()
+        step += 1
+        training.step.after_step(training.module, step, training.total_steps)
+        clock.step(len(labels), step)
+        if step % LOSS_READ_EVERY == 0:
+            check_finite(loss_sum, value, epoch, step, rank, training.step.advice(config))
+    check_finite(loss_sum, value, epoch, step, rank, training.step.advice(config))
+    return step, epoch_metrics(training, epoch, step, clock, loss_sum, tallies)
+
+
+def epoch_metrics(training: Training, epoch: int, step: int, clock: EpochClock, loss_sum: torch.Tensor,
+                  tallies: torch.Tensor | None) -> dict[str, float]:
+    """The epoch's loss, LR, images and their rates (every rank's), data wait, skipped samples, and the step's
+    own metrics, over all ranks."""
+    elapsed, world_size = clock.elapsed, world()[1]
+    counts = torch.tensor([clock.images, training.loader.skipped, loss_sum.item()], dtype=torch.float64,
+                          device=training.device)
+    images, skipped, losses = sum_across_ranks(counts).tolist()
+    summed = None if tallies is None else sum_across_ranks(tallies)
+    rates = gather_objects(clock.images_per_s)
+    return {
+        "epoch": epoch, "step": step, "loss": losses / max(1, training.per_epoch[epoch]) / world_size,
+        "lr": training.scheduler.get_last_lr()[-1], "images": images, "images_per_s": images / elapsed,
+        **{f"images_per_s_rank_{r}": rate for r, rate in enumerate(rates)},
+        "data_wait_fraction": max(gather_objects(clock.wait_fraction)),  # the rank that waited most
+        "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
+        **({"photos_decoded_on_device": float(training.views.decode_on_device)} if training.manifest.photos else {}),
+        **training.step.epoch_metrics(training.module, summed, images),
+    }
+
+
+def report(training: Training, metrics: dict[str, float], nodes: list[str]) -> None:
+    """Every rank's report of an epoch; rank 0's with the checkpoint (every rank's random state in it)."""
+    import ray.train
+
+    rank = world()[0]
+    state = {"model": training.module.state_dict(), "optimizer": training.optimizer.state_dict(),
+             "scheduler": training.scheduler.state_dict(), "epoch": metrics["epoch"] + 1, "step": metrics["step"],
+             "rng": gather_objects(rng_state(training.device)), "config": training.config.to_dict(),
+             "spec": training.spec.to_dict(), "metrics": metrics}
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(Path(directory) / CHECKPOINT_FILE, state)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+            checkpoint.set_metadata({WORKER_NODES: nodes})
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_worker(payload: dict) -> None:
+    """``train_loop_per_worker``: ``payload`` holds the ``config`` (a :class:`~pipeline.config.JobConfig`) and the
+    ``step`` (a :class:`Step`)."""
+    import ray
+    import ray.train.torch
+
+    config, step = payload["config"], payload["step"]
+    rank = world()[0]
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(config.train.cpus_per_worker)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
+    training = prepare(config, step, device)
+    start_epoch, first_step = resume(training)
+    nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs (after a restart too)
+    quiet_ray_train_reports()
+    every, started, steps_done = step.report_every(config.train.epochs), time.perf_counter(), first_step
+    for epoch in range(start_epoch, config.train.epochs):
+        clock = EpochClock(epoch, config.train.epochs, training.total_steps, started, first_step,
+                           show=log.info if rank == 0 else None, world_size=world()[1])  # Ray shows INFO
+        steps_done, metrics = train_epoch(training, epoch, steps_done, clock)
+        last = epoch + 1 == config.train.epochs
+        if not (last or (epoch + 1) % every == 0):
+            continue
+        metrics |= {"start_epoch": start_epoch}
+        if rank == 0:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                metrics |= step.evaluate(training.module, device, last)  # (it must not shift the random streams)
+            scores = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.endswith("_accuracy"))
+            log.info(epoch_line(epoch, config.train.epochs, metrics["loss"], metrics["images_per_s"],
+                                metrics["data_wait_fraction"], clock.elapsed) + scores)
+        report(training, metrics, nodes)
+    step.finish(training.module, device)
