@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from augment.presets import to_unit_float
 from benchmarks.common import local_ray, print_table, write_results
 from pipeline.config import JobConfig, load_config, with_values
-from augment.presets import to_unit_float
 from pipeline.data import evaluation_loader, read_manifest, write_shards
 from pipeline.data.sources import Source, SourceSplit
 from pipeline.evaluate.knn import knn_accuracy
@@ -42,8 +42,8 @@ from pipeline.job import evaluation_plan, features_folder, resolve_paths
 from pipeline.methods import trained_method
 from pipeline.models import build_encoder
 from pipeline.train import fit
-from pipeline.train.pretraining import Pretraining
 from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.pretraining import Pretraining
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "simclr_fashion_mnist.yaml"
 CPUS = 2

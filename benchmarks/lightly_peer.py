@@ -65,7 +65,6 @@ from augment.presets import jitter_strength_for
 from benchmarks.common import print_table, write_results
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
 from pipeline.config import load_config
-from pipeline.sections import AugmentConfig
 from pipeline.data import LabeledShards, evaluation_loader, read_manifest
 from pipeline.errors import ConfigError
 from pipeline.evaluate.features import extract_features
@@ -74,6 +73,7 @@ from pipeline.methods import build_method, trained_method
 from pipeline.models import encoder_spec
 from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
+from pipeline.sections import AugmentConfig
 
 JOB = JOBS / "simclr_fashion_mnist.yaml"
 LIGHTLY_WORKERS = 2

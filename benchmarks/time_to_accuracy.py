@@ -36,8 +36,8 @@ from pipeline.config import JobConfig, load_config, with_values
 from pipeline.data import LabeledShards, ShardLoader, read_manifest
 from pipeline.evaluate.features import extract_features
 from pipeline.evaluate.probe import linear_probe
-from pipeline.methods import trained_method
 from pipeline.job import resolve_paths
+from pipeline.methods import trained_method
 from pipeline.train import fit, steps_in
 from pipeline.train.checkpoint import load_checkpoint
 

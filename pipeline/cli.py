@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import SslpipeError
@@ -104,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslpipe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sslpipe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(commands)
+    _job_commands(commands)
+    _encoder_commands(commands)
+    return parser
 
+
+def _data_commands(commands: Any) -> None:
+    """``shard``, ``verify``, ``preview``."""
     shard = commands.add_parser("shard", help="write a data set as WebDataset tar shards + manifest.json")
     shard.add_argument("source", help="fashion-mnist, mnist, cifar10, synthetic, folder:PATH (photos: one subfolder "
                        "per class, or a flat folder of unlabeled photos) or list:FILE (a path or URL per line, "
@@ -113,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--root", type=Path, help="where the source's files are (searched first)")
     shard.add_argument("--samples-per-shard", type=int, help="default 4096 (arrays), 1000 (photos)")
     shard.add_argument("--encoding", choices=("png", "npy"), default="png")
-    shard.add_argument("--images-per-member", type=int, help="images per tar member (default: 256 up to 64x64x3, else 1)")
+    shard.add_argument("--images-per-member", type=int, help="images per tar member (default: 256 up to 64x64x3, "
+                       "else 1)")
     shard.add_argument("--seed", type=int, default=0, help="seed of the sample order (and of synthetic data)")
     shard.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     shard.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing data set")
@@ -146,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--image-size", type=int, default=224, help="photos: side of the crops")
     preview.set_defaults(run=_preview)
+
+
+def _job_commands(commands: Any) -> None:
+    """``validate``, ``options``, ``pretrain``, ``tune``, ``anomaly``."""
     validate = commands.add_parser("validate", help="check a job or search file (and its shards' manifest) without "
                                    "running it; print the resolved job")
     validate.add_argument("config", help="job or search YAML")
@@ -172,8 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     anomaly.add_argument("--classes", help="comma-separated labels (default: every class)")
     anomaly.add_argument("--name", help="rerunning with the same name resumes (default: protocol, method and time)")
     anomaly.set_defaults(run=_anomaly, overrides_anywhere=True)
-    embed = commands.add_parser("embed", help="embeddings of a data set by an exported encoder (Parquet + a 2-D map)")
-    embed.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI (models:/sslpipe-encoder/1)")
+
+
+def _encoder_commands(commands: Any) -> None:
+    """What uses an exported encoder: ``embed``, ``finetune``."""
+    embed = commands.add_parser("embed", help="embeddings of a data set by an exported encoder (Parquet + a 2-D "
+                                "map)")
+    embed.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI "
+                       "(models:/sslpipe-encoder/1)")
     embed.add_argument("data", help="shard folder or URL prefix with manifest.json, or a folder of images "
                        "(folder:PATH or a plain directory; one subfolder per class, or none)")
     embed.add_argument("--out", required=True, help="output folder: embeddings.parquet, map.png, embed.json")
@@ -194,7 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "job's eval.shards, else data.shards)")
     finetune.add_argument("--fractions", help="labeled fractions of train, comma-separated (default 0.01,0.1)")
     finetune.set_defaults(run=_finetune, overrides_anywhere=True)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ small CNN, ``method.decoder_std`` for a Gaussian likelihood) and, for the ``mode
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from collections.abc import Collection, Mapping
@@ -148,7 +149,8 @@ def _shown(value: Any) -> str:
 def _with_defaults(job: JobConfig, section: str) -> Any:
     """``job``'s ``section`` with every key that does not apply at its default: a job holds one form."""
     values = getattr(job, section)
-    return dataclasses.replace(values, **{each.name: each.default for each in options.declared(type(values))
+    return dataclasses.replace(values, **{each.name: copy.deepcopy(each.default)
+                                          for each in options.declared(type(values))
                                           if not applies(job, section, each.name)})
 
 

@@ -1,6 +1,6 @@
 """What a pretraining job's config means to the parts of the library that read no config: its paths (absolute:
-Ray workers and Tune trials run in other folders), its evaluation plan, the datasets and description of its MLflow
-run, and the preview of its views."""
+Ray workers and Tune trials run in other folders), its evaluation plan and where the ranks write its features, the
+description of its MLflow run, and the preview of its views."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from augment import preview_batch
 from pipeline import storage
 from pipeline.config import JobConfig
 from pipeline.data import LabeledShards, Manifest, ShardLoader, read_manifest
-from pipeline.evaluate.pixels import pixel_plan
 from pipeline.evaluate.evaluation_plan import AnomalyPlan, EvaluationPlan
+from pipeline.evaluate.pixels import pixel_plan
 from pipeline.methods import METHODS
 
 EVALUATION_FOLDER = "evaluation"  # in the run's folder beside its checkpoints: the ranks' features, then gone
@@ -51,14 +51,6 @@ def evaluation_plan(config: JobConfig, manifest: Manifest) -> EvaluationPlan:
 def features_folder(config: JobConfig) -> str:
     """Where the Ray Train ranks write their features: ``evaluation/`` in the run's folder (its name resolved)."""
     return storage.join(storage.join(config.train.storage_path, config.train.name), EVALUATION_FOLDER)
-
-
-def run_datasets(config: JobConfig, manifest: Manifest) -> dict[str, tuple[str, Manifest]]:
-    """The shard sets a run reads, by MLflow dataset context: ``training``, and ``evaluation`` when it differs."""
-    datasets = {"training": (config.data.shards, manifest)}
-    if config.evaluation_shards != config.data.shards:
-        datasets["evaluation"] = (config.evaluation_shards, read_manifest(config.evaluation_shards))
-    return datasets
 
 
 def description(config: JobConfig, metrics: dict[str, float]) -> str:

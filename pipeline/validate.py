@@ -13,7 +13,7 @@ from pipeline import options
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
-from pipeline.methods import METHODS
+from pipeline.methods import METHODS, Method
 from pipeline.methods.capabilities import Capability
 from pipeline.models import check_encoder, encoder_spec
 from pipeline.models.decoders import check_decodable
@@ -27,30 +27,63 @@ CPU_WORKERS = 2  # train.num_workers unset, without GPUs
 def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
     """``config`` once everything that can be checked without reading data holds; with the shards' ``manifest``,
     also what depends on their images, classes and shard sizes. ``pretrain``, ``tune`` and ``sslpipe validate``
-    call this before Ray starts; a failure is one :class:`ConfigError` naming the key or file."""
-    for section in dataclasses.fields(config):  # again: a config may have been changed in Python
+    call this before Ray starts; a failure is one :class:`ConfigError` naming the key or file. The checks go from
+    the job's own combinations to each part's rules (augmentation, encoder, every field: a config may have been
+    changed in Python) and down to the data."""
+    method = _method(config)
+    _check_combinations(config, method)
+    if manifest is not None:
+        _check_images(config, manifest)
+    check_strengths(config.augment.preset, config.augment.jitter_strength)
+    check_encoder(config.model)
+    if manifest is not None:
+        spec = encoder_spec(config.model, manifest, config.data.crop_size)  # its name, arguments and stem checked
+        if Capability.RECONSTRUCTS in method.capabilities:
+            check_decodable(spec)
+    for section in dataclasses.fields(config):
         options.check(getattr(config, section.name), section.name)
+    if manifest is None:
+        return config
+    ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
+    ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,  # the epoch plan
+                mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
+                manifest=manifest, exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
+                views=config.data.training_views(method.num_views, config.augment.crop_scale))
+    evaluation = read_manifest(config.eval.shards) if config.eval.shards else manifest
+    where = "eval.shards" if config.eval.shards else "data.shards"
+    if not evaluation.labeled:
+        raise ConfigError(f"{where}: {config.evaluation_shards} holds unlabeled images; evaluation needs labels: set "
+                          "eval.shards to labeled shards (e.g. `sslpipe shard folder:LABELED --out DIR`)")
+    if missing := [split for split in ("train", "test") if split not in evaluation.splits]:
+        raise ConfigError(f"{where}: {config.evaluation_shards} has no {missing[0]!r} split; evaluation fits on "
+                          "train and scores on test")
+    return config
+
+
+def _method(config: JobConfig) -> type[Method]:
+    """The method that ``method.name`` names, once the ``method`` section holds its options."""
     method = METHODS.get(config.method.name)
     if method is None or type(config.method) is not method.Options:
         raise ConfigError(f"method.name: {config.method.name!r} does not name the options the method section holds "
                           f"({type(config.method).__name__}); switch methods with with_values(config, "
                           "{'method.name': ...}) or in the job file")
+    return method
+
+
+def _check_combinations(config: JobConfig, method: type[Method]) -> None:
+    """Keys that cannot work together: identical views for a method that needs them to differ, a linear encoder
+    without a bottleneck, ONNX without its packages, a run name MLflow cannot look up."""
     if method.needs_augmentation and config.augment.preset == "none":
         others = ", ".join(preset for preset in PRESETS if preset != "none")
         raise ConfigError(f"augment.preset: none cannot serve {config.method.name}, whose {method.num_views} views "
                           f"of an image would be identical; choose {others}")
-    check_strengths(config.augment.preset, config.augment.jitter_strength)
     if config.model.encoder == "linear" and Capability.RECONSTRUCTS not in method.capabilities:
         raise ConfigError("model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
                           f"autoencoder or vae, not {config.method.name})")
-    check_encoder(config.model)
     if config.export.onnx and not all(importlib.util.find_spec(name) for name in ("onnxscript", "onnxruntime")):
         raise ConfigError("export.onnx needs onnx, onnxscript and onnxruntime: pip install 'sslpipe[onnx]', or set "
                           "export.onnx=false")
     check_run_name(config.train.name, "train.name")
-    if manifest is not None:
-        _validate_data(config, manifest)
-    return config
 
 
 def check_run_name(name: str | None, key: str) -> None:
@@ -60,10 +93,9 @@ def check_run_name(name: str | None, key: str) -> None:
                           "by its name")
 
 
-def _validate_data(config: JobConfig, manifest: Manifest) -> None:
-    """Images square with 1 or 3 channels (arrays) or photos, decodable by a reconstructing method's decoder; the
-    training split enough for every rank (the epoch plan) and any held-out class one of its classes; labeled
-    evaluation shards with train and test splits."""
+def _check_images(config: JobConfig, manifest: Manifest) -> None:
+    """Array images square with 1 or 3 channels and at their own size; one anomaly protocol, with a class the
+    shards have."""
     if not manifest.photos:
         channels, height, width = manifest.image_shape
         if height != width:
@@ -81,19 +113,3 @@ def _validate_data(config: JobConfig, manifest: Manifest) -> None:
             raise ConfigError(f"data.normal_class: {config.data.normal_class} is not a label of {config.data.shards}"
                               f" ({len(manifest.class_names)} classes: 0-{len(manifest.class_names) - 1}; unlabeled "
                               "shards have none)")
-    spec = encoder_spec(config.model, manifest, config.data.crop_size)  # its name, arguments and stem checked
-    if Capability.RECONSTRUCTS in METHODS[config.method.name].capabilities:
-        check_decodable(spec)
-    ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
-    ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,
-                mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-                manifest=manifest, exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
-                views=config.data.training_views(METHODS[config.method.name].num_views, config.augment.crop_scale))
-    evaluation = read_manifest(config.eval.shards) if config.eval.shards else manifest
-    where = "eval.shards" if config.eval.shards else "data.shards"
-    if not evaluation.labeled:
-        raise ConfigError(f"{where}: {config.evaluation_shards} holds unlabeled images; evaluation needs labels: set "
-                          "eval.shards to labeled shards (e.g. `sslpipe shard folder:LABELED --out DIR`)")
-    if missing := [split for split in ("train", "test") if split not in evaluation.splits]:
-        raise ConfigError(f"{where}: {config.evaluation_shards} has no {missing[0]!r} split; evaluation fits on "
-                          "train and scores on test")

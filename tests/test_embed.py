@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
-from pipeline.cli import main
 from pipeline import storage
+from pipeline.cli import main
+from pipeline.commands.embed import embed
 from pipeline.data import open_source, read_manifest
 from pipeline.data.decode import PhotoViews, photo_views
-from pipeline.commands.embed import embed
 from pipeline.embedding.embedder import fit_size, match_channels
 from pipeline.export import export_encoder
 from pipeline.models import EncoderSpec, build_encoder

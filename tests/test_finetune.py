@@ -12,14 +12,14 @@ import torch
 from mlflow.tracking import MlflowClient
 from webdataset.tariterators import tarfile_samples
 
-from pipeline.cli import main
-from pipeline.config import JobConfig, with_values
 from pipeline import storage
+from pipeline.cli import main
+from pipeline.commands.finetune import PRETRAIN_TAG, finetune_config, metric_name, pct
+from pipeline.config import JobConfig, with_values
 from pipeline.data import read_manifest
 from pipeline.data.subset import balanced_subset, write_subset
 from pipeline.errors import ConfigError
 from pipeline.export import export_encoder
-from pipeline.commands.finetune import PRETRAIN_TAG, finetune_config, metric_name, pct
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.track import Tracker
 from pipeline.train.finetuning import classifier

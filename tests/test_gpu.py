@@ -7,11 +7,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from benchmarks.photo_folder import make_photo_folder
+from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 from pipeline.export import load_encoder
-from pipeline.commands.pretrain import pretrain
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

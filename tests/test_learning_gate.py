@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import load_config
 from pipeline.commands.pretrain import PretrainSummary, pretrain
+from pipeline.config import load_config
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SEED = 0

@@ -12,9 +12,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
+from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
 from pipeline.export import load_encoder
-from pipeline.commands.pretrain import pretrain
 from pipeline.train import NonFiniteLoss
 from tests.helpers import features_with_the_library_alone
 

@@ -16,9 +16,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 
+from pipeline.commands.pretrain import pretrain
 from pipeline.config import JobConfig, load_config
 from pipeline.export import load_encoder
-from pipeline.commands.pretrain import pretrain
 from pipeline.schedules import ema_momentum, warmup_cosine
 from pipeline.track.epoch_log import NODES_TAG
 from pipeline.train import fit

@@ -11,10 +11,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import load_config, with_values
-from pipeline.errors import ConfigError
 from pipeline.commands.pretrain import pretrain
 from pipeline.commands.tune import tune
+from pipeline.config import load_config, with_values
+from pipeline.errors import ConfigError
 from pipeline.search.space import SearchConfig, load_search
 
 

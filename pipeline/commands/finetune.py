@@ -155,7 +155,7 @@ def finetune(model: str, encoder: nn.Module, meta: dict[str, Any], config: Finet
     name = config.train.name or f"finetune-{pretraining}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tracked_run(config, name, entry_point="sslpipe finetune", params={"finetune.model": model},
                      tags={**source.lineage, "sslpipe.finetune_model": str(model)},
-                     datasets={"evaluation": (labeled, manifest)}) as run:
+                     datasets={"evaluation": labeled}) as run:
         rows = [_fraction(run, source, labeled, manifest, fraction, epochs) for fraction, epochs in schedule]
         run.tracker.log_text(run.id, table(rows), "finetune.md")
         on_pretraining_run = bool(source.pretrain_run_id) and run.tracker.run_exists(source.pretrain_run_id)
@@ -184,8 +184,7 @@ def _fraction(run: TrackedRun, source: Source, labeled: str, manifest: Manifest,
                   "finetune.model": source.model}
         with tracked_run(job, child, entry_point="sslpipe finetune", params=params, parent_run_id=run.id,
                          tags={**source.lineage, FRACTION_TAG: str(fraction), INIT_TAG: init},
-                         datasets={"training": (subset, subset_manifest), "evaluation": (labeled, manifest)},
-                         ) as trained:
+                         datasets={"training": subset, "evaluation": labeled}) as trained:
             step = Finetuning(source.spec, source.weights if init == "pretrained" else None, (scorer,))
             state = fit(trained.config, child, [trained.epoch_logger()], step)
             trained.send_unsent()

@@ -14,7 +14,7 @@ from pipeline.config import JobConfig
 from pipeline.data import read_manifest
 from pipeline.evaluate.suite import evaluate_method, gather_features, monitors, worker_features
 from pipeline.export import BACKBONE, ONNX, PT2, export_encoder, exported_files, model_parts
-from pipeline.job import description, evaluation_plan, features_folder, preview, resolve_paths, run_datasets
+from pipeline.job import description, evaluation_plan, features_folder, preview, resolve_paths
 from pipeline.methods import Method, trained_method
 from pipeline.track.run import TrackedRun, tracked_run
 from pipeline.train import fit
@@ -43,30 +43,30 @@ def pretrain(
     name = config.train.name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = resolve_paths(config, name)
     manifest = read_manifest(config.data.shards)
-    plan = evaluation_plan(validate(config, manifest), manifest)
+    validate(config, manifest)
     with tracked_run(config, name, entry_point="sslpipe tune" if parent_run_id else "sslpipe pretrain",
-                     params={"data.manifest_sha256": manifest.digest(), **plan.params()},
-                     datasets=run_datasets(config, manifest), parent_run_id=parent_run_id,
-                     trial=parent_run_id is not None, system_metrics=True) as run, \
+                     datasets={"training": config.data.shards, "evaluation": config.evaluation_shards},
+                     parent_run_id=parent_run_id, trial=parent_run_id is not None, system_metrics=True) as run, \
             tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder:
-        run.tracker.log_artifact(run.id, preview(config, manifest, Path(folder, "augmentation_preview.png")))
-        extraction = worker_features(plan, features_folder(config))
+        job, work = run.config, Path(folder)  # the job as the run records it: its worker count settled
+        plan = evaluation_plan(job, manifest)
+        run.log_params(plan.params())
+        run.log_artifacts([preview(job, manifest, work / "augmentation_preview.png")])
+        extraction = worker_features(plan, features_folder(job))
         extraction.clear()  # what an earlier attempt left
-        state = fit(run.config, name, [run.epoch_logger(), *train_callbacks],
-                    Pretraining(monitors(plan), (extraction,)))
+        state = fit(job, name, [run.epoch_logger(), *train_callbacks], Pretraining(monitors(plan), (extraction,)))
         run.send_unsent()
-        method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
-        metrics, plots = evaluate_method(method, plan, Path(folder), gather_features(extraction))
-        run.tracker.log_metrics(run.id, metrics, step=config.train.epochs)
-        for plot in plots:
-            run.tracker.log_artifact(run.id, plot)
+        method = trained_method(job.method, job.model, manifest, state, job.data.crop_size)
+        metrics, plots = evaluate_method(method, plan, work, gather_features(extraction))
+        run.log_metrics(metrics, step=job.train.epochs)
+        run.log_artifacts(plots)
         export_dir = export_run(run, method, manifest.digest(), metrics)
         model_uri = None
         if register:
-            model_uri = run.tracker.log_encoder(run.id, *model_parts(export_dir), config.track.registered_model)
-        run.describe(description(config, metrics))
+            model_uri = run.tracker.log_encoder(run.id, *model_parts(export_dir), job.track.registered_model)
+        run.describe(description(job, metrics))
     return PretrainSummary(run.id, name, run.tracker.uri, model_uri, export_dir, metrics, state.get("metrics", {}),
-                           run.tracker.experiment_id(config.track.experiment))
+                           run.tracker.experiment_id(job.track.experiment))
 
 
 def export_run(run: TrackedRun, method: Method, manifest_sha256: str, metrics: dict[str, float]) -> str:

@@ -17,8 +17,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from pipeline import __version__
-from pipeline import storage
+from pipeline import __version__, storage
 from pipeline.data.codec import ENCODINGS, encode_group
 from pipeline.data.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, write_manifest
 from pipeline.data.sources import Source, SourceSplit

@@ -17,11 +17,10 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from pipeline import __version__
-from pipeline import storage
+from pipeline import __version__, storage
+from pipeline.data.array_shards import TAR_MTIME, HashingWriter, clear_previous
 from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest
 from pipeline.data.photos import EXTENSIONS, PhotoEntry, PhotoError, prepare_photo
-from pipeline.data.array_shards import TAR_MTIME, HashingWriter, clear_previous
 from pipeline.errors import ConfigError, ShardError
 
 

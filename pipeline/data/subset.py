@@ -18,11 +18,11 @@ import torch
 import webdataset as wds
 
 from pipeline import storage
+from pipeline.data.array_shards import TAR_MTIME, HashingWriter, clear_previous
 from pipeline.data.codec import encode_group
 from pipeline.data.decode import EncodedImages, PhotoViews
-from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, read_manifest, write_manifest
-from pipeline.data.array_shards import TAR_MTIME, HashingWriter, clear_previous
 from pipeline.data.loader import ShardLoader
+from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, read_manifest, write_manifest
 from pipeline.errors import ConfigError, ShardError
 
 READ_BATCH = 1024

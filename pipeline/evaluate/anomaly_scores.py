@@ -23,7 +23,7 @@ def auroc(scores: np.ndarray, anomalous: np.ndarray) -> float:
 
 
 def anomalous_labels(labels: np.ndarray, excluded: tuple[int, ...]) -> np.ndarray:
-    """``(N,)`` bool: which ``labels`` pretraining left out (:meth:`pipeline.config.DataConfig.exclude_classes`)."""
+    """``(N,)`` bool: which ``labels`` pretraining left out (:meth:`pipeline.sections.DataConfig.exclude_classes`)."""
     return np.isin(labels, excluded)
 
 

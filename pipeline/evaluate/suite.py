@@ -17,15 +17,22 @@ import torch
 from augment import save_image_grid
 from pipeline.console import duration, phase
 from pipeline.evaluate.anomaly_scores import (
-    KNN, MAHALANOBIS, NEGATIVE_ELBO, PCA_RESIDUAL, RECONSTRUCTION, anomalous_labels, auroc, knn_cosine_scores,
+    KNN,
+    MAHALANOBIS,
+    NEGATIVE_ELBO,
+    PCA_RESIDUAL,
+    RECONSTRUCTION,
+    anomalous_labels,
+    auroc,
+    knn_cosine_scores,
     mahalanobis_scores,
 )
+from pipeline.evaluate.evaluation_plan import EvaluationPlan
 from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER, SplitFeatures, WorkerFeatures, extract_features
 from pipeline.evaluate.generation import interpolations, prior_samples
 from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.online import OnlineKnn
 from pipeline.evaluate.pixels import subsample
-from pipeline.evaluate.evaluation_plan import EvaluationPlan
 from pipeline.evaluate.plots import confusion_png, latent_scatter_png, roc_png
 from pipeline.evaluate.probe import QUIET, ProbeResult, linear_probe
 from pipeline.evaluate.reconstruction import Reconstructions, pca_reconstruction_errors, reconstruct_split

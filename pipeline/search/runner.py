@@ -30,7 +30,7 @@ from pipeline.data import read_manifest
 from pipeline.errors import RunStopped, SslpipeError
 from pipeline.evaluate.plots import search_png
 from pipeline.export import model_parts
-from pipeline.job import evaluation_plan, resolve_paths, run_datasets
+from pipeline.job import evaluation_plan, resolve_paths
 from pipeline.search.space import SearchConfig, grid_points, trial_values, tune_space, validate_search
 from pipeline.sections import TrainConfig
 from pipeline.track import Tracker
@@ -129,8 +129,9 @@ def search_run(config: JobConfig, search: SearchConfig, entry_point: str) -> Ite
     manifest = read_manifest(config.data.shards)
     validate_search(validate(config, manifest), search, manifest)  # fail here, not in every trial
     config = _trials_base(config, search)
-    params = {"data.manifest_sha256": manifest.digest(), **evaluation_plan(config, manifest).params()}
-    with tracked_run(config, name, entry_point=entry_point, params=params, datasets=run_datasets(config, manifest),
+    datasets = {"training": config.data.shards, "evaluation": config.evaluation_shards}
+    with tracked_run(config, name, entry_point=entry_point, params=evaluation_plan(config, manifest).params(),
+                     datasets=datasets,
                      omit=("method",) if "method" in search.space else (),  # the trials' methods: from the branches
                      tags={SEARCH_TAG: "parent"}, reuse_finished=True, resume_key="search.name") as run:
         run.tracker.log_text(run.id, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
@@ -182,6 +183,8 @@ def _tuner(run: TrackedRun, search: SearchConfig, job: Job) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from pipeline.search.trial_lines import TrialLines
+
     config = run.config
     concurrent = search.max_concurrent_trials or trials_that_fit(config.train, cluster.resources())
     trainable = tune.with_resources(
@@ -204,7 +207,9 @@ def _tuner(run: TrackedRun, search: SearchConfig, job: Job) -> Any:
         trainable, param_space=tune_space(search.space),
         tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples,
                                     max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=run.name, storage_path=config.train.storage_path),
+        # one line per trial report instead of Tune's tables (verbose=0 silences those)
+        run_config=tune.RunConfig(name=run.name, storage_path=config.train.storage_path, verbose=0,
+                                  callbacks=[TrialLines(search, config.train.epochs)]),
     )
 
 

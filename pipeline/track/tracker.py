@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -51,6 +52,12 @@ MAX_DIGEST_LENGTH = 36  # what MLflow stores of a dataset's digest
 SYSTEM_METRICS_INTERVAL_S = 5.0  # $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
 SYSTEM_METRICS_FLUSH_S = 30.0
 SHIPPED = Path(__file__).with_name("sslpipe_encoder.py")  # the registered model's code: imports only torch
+# What MLflow says of its own work in a normal run (creating its database's tables, starting and stopping the system
+# metrics monitor) is not the user's news; its warnings and errors still show. So are its artifact download bars.
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+for _name in QUIET_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def quoted(value: str) -> str:
@@ -167,8 +174,7 @@ class Tracker:
         if parent_run_id:
             tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(key, str(value)[:MAX_PARAM_LENGTH])
-                                                       for key, value in params.items()])
+        self.log_params(run.info.run_id, params)
         if datasets:
             self.client.log_inputs(run.info.run_id, [
                 DatasetInput(shard_dataset(location, manifest), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
@@ -220,6 +226,10 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, params=[mlflow.entities.Param(key, str(value)[:MAX_PARAM_LENGTH])
+                                              for key, value in params.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         self.client.log_batch(run_id, metrics=[

@@ -16,8 +16,9 @@ from pipeline.config import JobConfig, with_workers
 from pipeline.errors import SslpipeError
 from pipeline.stopping import raise_if_stopped
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.harness import Step, train_worker
+from pipeline.train.harness import train_worker
 from pipeline.train.pretraining import Pretraining
+from pipeline.train.step import Step
 
 
 def _user_error(error: Exception) -> SslpipeError | None:

@@ -25,7 +25,7 @@ from pipeline.data import Manifest
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.optim import parameter_groups
 from pipeline.sections import FinetuneConfig
-from pipeline.train.harness import Step
+from pipeline.train.step import Step
 
 REPORTS = 10
 Evaluation = Callable[[nn.Module, torch.device], dict[str, float]]  # rank 0, after the last epoch: model -> metrics

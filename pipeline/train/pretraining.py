@@ -16,7 +16,7 @@ from pipeline.distributed import sum_across_ranks, world
 from pipeline.methods import METHODS, Method, build_method
 from pipeline.models import EncoderSpec, encoder_spec
 from pipeline.optim import build_optimizer
-from pipeline.train.harness import Step
+from pipeline.train.step import Step
 
 Monitor = Callable[[nn.Module, torch.device], dict[str, float]]  # rank 0, after each epoch: encoder -> metrics
 Finisher = Callable[[nn.Module, torch.device], None]  # every rank, after the last epoch: the method (e.g. features)

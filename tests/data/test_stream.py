@@ -7,9 +7,9 @@ import torch
 
 from pipeline.data import ShardLoader
 from pipeline.data.plan import batches_per_rank
-from pipeline.errors import ConfigError, ShardError
 from pipeline.data.reading import shuffled_batches
 from pipeline.distributed import position, world
+from pipeline.errors import ConfigError, ShardError
 from tests.conftest import synthetic_labels
 
 

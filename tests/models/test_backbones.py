@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.validate import validate
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.models import ModelConfig, build_encoder, encoder_spec
 from pipeline.models.backbones import classifier_path
 from pipeline.optim import parameter_groups
+from pipeline.validate import validate
 
 
 @pytest.mark.parametrize(("encoder", "dim", "classifier"), [
