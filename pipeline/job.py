@@ -64,7 +64,8 @@ def description(config: JobConfig, metrics: dict[str, float]) -> str:
         if key in metrics]
     if baselines:
         result += f" (probes of the baselines: {', '.join(baselines)})"
-    return f"{config.method.name}, {encoder} encoder, {config.train.epochs} epochs on {config.data.shards}: {result}"
+    epochs = f"{config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''}"
+    return f"{config.method.name} on a {encoder} encoder, {epochs} of {config.data.shards}: {result}"
 
 
 def preview(config: JobConfig, manifest: Manifest, path: Path) -> Path:

@@ -54,7 +54,8 @@ def pretrain(
         run.log_artifacts([preview(job, manifest, work / "augmentation_preview.png")])
         extraction = worker_features(plan, features_folder(job))
         extraction.clear()  # what an earlier attempt left
-        state = fit(job, name, [run.epoch_logger(), *train_callbacks], Pretraining(monitors(plan), (extraction,)))
+        step = Pretraining(monitors(plan), (extraction,), progress=parent_run_id is None)  # a trial: the search says it
+        state = fit(job, name, [run.epoch_logger(), *train_callbacks], step)
         run.send_unsent()
         method = trained_method(job.method, job.model, manifest, state, job.data.crop_size)
         metrics, plots = evaluate_method(method, plan, work, gather_features(extraction))

@@ -87,7 +87,8 @@ class ShardLoader:
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
         self.batch_size, self.mode, self.shuffle, self.seed, self.drop_last = batch_size, mode, shuffle, seed, drop_last
-        self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, SHUFFLE_BUFFER_BYTES // self.plan.image_bytes))
+        fitting = SHUFFLE_BUFFER_BYTES // self.plan.image_bytes
+        self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, fitting))
         self.decode_on_device = decode_on_device and self.manifest.photos
         self.transform = transform if self.manifest.photos and not self.decode_on_device else None
         self.shared_memory_checked = False

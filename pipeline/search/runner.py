@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +42,7 @@ from pipeline.validate import validate
 DEFAULT_ONLINE_KNN = 5000  # bank size when the early-stop metric is online_knn_accuracy and eval.online_knn is 0
 SEARCH_TAG = "sslpipe.search"
 TRIAL_MEMORY = 64 << 20  # bytes of Ray's logical memory resource a trial's driver asks for
+NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # Tune's switch between its output engines
 Job = Callable[..., Any]  # (config, *, parent_run_id, train_callbacks, register) -> a run's summary (pretrain's)
 
 
@@ -52,7 +55,8 @@ def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_
     config = with_values(JobConfig.from_dict(base), trial_values(params), "search trial")
     # a stable name: a restored trial resumes its own Ray Train checkpoints and MLflow run
     config.train.name = f"{search_name}-{tune.get_context().get_trial_id()}"
-    summary = job(config, parent_run_id=parent_run_id, train_callbacks=[TuneReportCallback()], register=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # its evaluation's phases: the search prints a line a report
+        summary = job(config, parent_run_id=parent_run_id, train_callbacks=[TuneReportCallback()], register=False)
     tune.report({**summary.train_metrics, **summary.metrics, "mlflow_run_id": summary.run_id,
                  "export_dir": str(summary.export_dir)})
 
@@ -141,7 +145,8 @@ def search_run(config: JobConfig, search: SearchConfig, entry_point: str) -> Ite
 def run_trials(run: TrackedRun, search: SearchConfig, job: Job, report: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run (or resume) the trials of ``search`` under ``run``, each a run of ``job``; returns one row per trial
     (with the final metrics named in ``report`` beside ``search.metric``). Raises when every trial failed."""
-    results = _tuner(run, search, job).fit()
+    with _classic_tune_output():  # its new output engine prints the experiment's setup whatever the verbosity
+        results = _tuner(run, search, job).fit()
     experiment = storage.join(run.config.train.storage_path, run.name)
     if unfinished := _unfinished_trials(experiment, search):  # Ctrl-C or SIGUSR1: Tune saved its state and returned
         for child in run.tracker.children(run.config.track.experiment, run.id):
@@ -153,6 +158,20 @@ def run_trials(run: TrackedRun, search: SearchConfig, job: Job, report: Sequence
     if errors and not _finished(rows, search):
         raise SearchError(f"all {len(rows)} trials failed; the first: {_one_line(errors[0])}")
     return rows
+
+
+@contextlib.contextmanager
+def _classic_tune_output() -> Iterator[None]:
+    """For the block, Tune's classic output engine, which at verbosity 0 prints nothing of its own."""
+    previous = os.environ.get(NEW_OUTPUT)
+    os.environ[NEW_OUTPUT] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[NEW_OUTPUT]
+        else:
+            os.environ[NEW_OUTPUT] = previous
 
 
 def _finished(rows: list[dict[str, Any]], search: SearchConfig) -> list[dict[str, Any]]:

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import logging
 import os
-import sys
 import tempfile
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
 
@@ -43,6 +40,7 @@ from mlflow.utils.mlflow_tags import (
 from pipeline import storage
 from pipeline.data import Manifest
 from pipeline.errors import SslpipeError
+from pipeline.track.registration import SHIPPED, pinned_requirements, quiet_registration, shipped_module
 
 RUN_NAME_TAG = "sslpipe.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
@@ -51,7 +49,6 @@ KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"  #
 MAX_DIGEST_LENGTH = 36  # what MLflow stores of a dataset's digest
 SYSTEM_METRICS_INTERVAL_S = 5.0  # $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
 SYSTEM_METRICS_FLUSH_S = 30.0
-SHIPPED = Path(__file__).with_name("sslpipe_encoder.py")  # the registered model's code: imports only torch
 # What MLflow says of its own work in a normal run (creating its database's tables, starting and stopping the system
 # metrics monitor) is not the user's news; its warnings and errors still show. So are its artifact download bars.
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics")
@@ -118,26 +115,6 @@ def shard_dataset(location: str, manifest: Manifest) -> Dataset:
     return Dataset(name=str(location).rstrip("/").rsplit("/", 1)[-1], digest=digest[:MAX_DIGEST_LENGTH],
                    source_type="local" if storage.is_local(location) else urlparse(str(location)).scheme,
                    source=json.dumps({"uri": str(location)}), profile=json.dumps(profile))
-
-
-def pinned_requirements() -> list[str]:
-    """What loading the registered encoder needs, pinned to the versions this process runs: torch (its local label
-    such as ``+cpu`` dropped, so that pip finds it) and cloudpickle, MLflow's pickler; MLflow adds itself."""
-    import cloudpickle
-
-    return [f"{name}=={version.split('+')[0]}" for name, version in
-            (("torch", torch.__version__), ("cloudpickle", cloudpickle.__version__))]
-
-
-def _shipped_module() -> ModuleType:
-    """:data:`SHIPPED` imported under the top-level name it has where MLflow ships it (the model's ``code/``), so
-    that a pickled encoder refers to that name and not to ``pipeline``."""
-    if (module := sys.modules.get(SHIPPED.stem)) is None:
-        spec = importlib.util.spec_from_file_location(SHIPPED.stem, SHIPPED)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[SHIPPED.stem] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 class Tracker:
@@ -264,9 +241,9 @@ class Tracker:
         register it, and return its ``models:/name/version`` URI. ``mlflow.pytorch.load_model`` gives a module
         whose ``.eval()`` and ``.to(device)`` work, without our code: the program in :data:`SHIPPED`'s
         ``ExportedEncoder``, which is shipped with the model and imports only torch."""
-        loadable = _shipped_module().ExportedEncoder(program)
+        loadable = shipped_module().ExportedEncoder(program)
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id), _written(files) as paths, _without_pickle_advice():
+        with mlflow.start_run(run_id=run_id), _written(files) as paths, quiet_registration():
             info = mlflow.pytorch.log_model(
                 # pickled: only the shipped class and the program's bytes (MLflow's pt2 format cannot .eval())
                 loadable, name="encoder", input_example=example.numpy(), serialization_format="pickle",
@@ -277,21 +254,6 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
-
-
-@contextlib.contextmanager
-def _without_pickle_advice() -> Iterator[None]:
-    """MLflow's warning against pickled models, which advises its pt2 format, left out for the block: ours pickles
-    only the shipped class and a pt2 program's bytes."""
-    def advice(record: logging.LogRecord) -> bool:
-        return "exercising caution" not in record.getMessage()
-
-    logger = logging.getLogger("mlflow.pytorch")
-    logger.addFilter(advice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(advice)
 
 
 @contextlib.contextmanager

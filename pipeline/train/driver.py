@@ -37,7 +37,7 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
     ``callbacks`` are Ray Train callbacks, run on its controller after every report. A run that SIGTERM stopped
     raises :class:`~pipeline.errors.RunStopped`."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = with_workers(config, ray.cluster_resources())
@@ -55,6 +55,7 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
                 max_failures=config.train.max_failures, controller_failure_limit=config.train.start_attempts
             ),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),  # the progress lines and metrics say it for people
         ),
     )
     try:

@@ -233,10 +233,12 @@ def train_worker(payload: dict) -> None:
     start_epoch, first_step = resume(training)
     nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs (after a restart too)
     quiet_ray_train_reports()
+    if not step.progress:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)  # a search trial: the search prints its lines
     every, started, steps_done = step.report_every(config.train.epochs), time.perf_counter(), first_step
     for epoch in range(start_epoch, config.train.epochs):
         clock = EpochClock(epoch, config.train.epochs, training.total_steps, started, first_step,
-                           show=log.info if rank == 0 else None, world_size=world()[1])  # Ray shows INFO
+                           show=log.info if rank == 0 else None, world_size=world()[1])
         steps_done, metrics = train_epoch(training, epoch, steps_done, clock)
         last = epoch + 1 == config.train.epochs
         if not (last or (epoch + 1) % every == 0):

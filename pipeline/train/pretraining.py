@@ -24,10 +24,13 @@ Finisher = Callable[[nn.Module, torch.device], None]  # every rank, after the la
 
 @dataclass(frozen=True)
 class Pretraining(Step):
-    """``monitors`` and ``finishers`` are picklable: made where the job is configured, run where it trains."""
+    """``monitors`` and ``finishers`` are picklable: made where the job is configured, run where it trains.
+    Without ``progress``, the workers log warnings and errors only (a search trial: the search prints its own
+    lines)."""
 
     monitors: tuple[Monitor, ...] = ()
     finishers: tuple[Finisher, ...] = ()
+    progress: bool = True
 
     def num_views(self, config: JobConfig) -> int:
         return METHODS[config.method.name].num_views

@@ -21,6 +21,8 @@ class Step(abc.ABC):
     made on the driver, run on every rank. Subclasses define :meth:`build`, :meth:`optimizer`, :meth:`forward`
     and :meth:`advice`; the rest are hooks that do nothing by default."""
 
+    progress = True  # without: the workers log warnings and errors only (a search prints its own lines)
+
     def num_views(self, config: JobConfig) -> int:
         """Views per image each step takes."""
         return 1
