@@ -196,7 +196,7 @@ def compare(args: argparse.Namespace) -> None:
     run = Path(args.run).resolve()
     checkpoint = max(path for path in run.glob("checkpoint_*") if path.is_dir())
     state = load_checkpoint(checkpoint)
-    config = JobConfig.from_dict(state["config"])
+    config = JobConfig.from_stored(state["config"], f"{checkpoint}")
     config = with_values(config, {"data.shards": str(Path(args.shards).resolve()), "eval.shards": None,
                                   "eval.baselines": True}, "compare")  # as the demo's job evaluates
     manifest = read_manifest(config.data.shards)

@@ -34,10 +34,9 @@ def _preview(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from pipeline.config import dump_config, load_config, read_yaml
+    from pipeline.config import dump_config, load_config, read_yaml, validate
     from pipeline.data import read_manifest
     from pipeline.search.space import load_search, validate_search
-    from pipeline.validate import validate
 
     if "search" in read_yaml(args.config):
         config, search = load_search(args.config, args.overrides)

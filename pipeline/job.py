@@ -9,7 +9,7 @@ from pathlib import Path
 
 from augment import preview_batch
 from pipeline import storage
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data import LabeledShards, Manifest, ShardLoader, read_manifest
 from pipeline.evaluate.evaluation_plan import AnomalyPlan, EvaluationPlan
 from pipeline.evaluate.pixels import pixel_plan

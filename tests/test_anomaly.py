@@ -9,11 +9,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.commands.anomaly import AnomalySummary, table
-from pipeline.config import load_config
+from pipeline.config import load_config, validate
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.sections import DataConfig
-from pipeline.validate import validate
 
 
 def test_each_protocol_leaves_out_what_it_scores_as_anomalous():

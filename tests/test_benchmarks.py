@@ -13,24 +13,12 @@ import pytest
 import torch
 
 from benchmarks.common import MIB, RssSampler, footprint, interleaved, rss_summary
-from benchmarks.lightly_peer import InMemoryImages, lightly_transform, lr_factor
-from benchmarks.lightly_peer import main as lightly_peer_main
+from benchmarks.lightly_peer import InMemoryImages, lightly_transform, lr_factor, main as lightly_peer_main
 from benchmarks.throughput import (
-    AUGMENT,
-    CEILING,
-    LOADER,
-    OURS_DATA,
-    PEER,
-    PEER_DATA,
-    PLAIN,
-    RAY_2,
-    PerImageViews,
-    Setup,
-    peer_transform,
+    AUGMENT, CEILING, LOADER, OURS_DATA, PEER, PEER_DATA, PLAIN, RAY_2, PerImageViews, Setup, peer_transform,
     target_checks,
 )
-from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views
-from benchmarks.view_ablation import main as view_ablation_main
+from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views, main as view_ablation_main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method

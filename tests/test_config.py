@@ -3,12 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import JobConfig, load_config, reference, with_values
+from pipeline.config import JobConfig, load_config, reference, validate, with_values
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.methods.byol import BYOLOptions
 from pipeline.search.space import load_search
-from pipeline.validate import validate
 
 
 def test_yaml_and_dotted_overrides(tmp_path):

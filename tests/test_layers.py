@@ -18,7 +18,7 @@ LAYERS = [
     ("augment",),
     ("pipeline.models", "pipeline.losses"),
     ("pipeline.methods", "pipeline.optim"),
-    ("pipeline.sections", "pipeline.validate", "pipeline.config"),
+    ("pipeline.sections", "pipeline.config"),
     ("pipeline.train",),
     ("pipeline.evaluate",),
     ("pipeline.track", "pipeline.export"),

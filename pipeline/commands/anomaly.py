@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.evaluate.plots import anomaly_png

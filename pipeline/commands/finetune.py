@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from pipeline import storage
-from pipeline.config import FinetuneJob, flatten, parse_overrides, with_values
+from pipeline.config.files import parse_overrides
+from pipeline.config.job_config import FinetuneJob, with_values
+from pipeline.config.validation import validate
 from pipeline.data import LabeledShards, Manifest, read_manifest
 from pipeline.data.subset import write_subset
 from pipeline.errors import ConfigError
@@ -37,7 +39,6 @@ from pipeline.sections import AugmentConfig
 from pipeline.track.run import TrackedRun, tracked_run
 from pipeline.train import fit
 from pipeline.train.finetuning import Finetuning
-from pipeline.validate import validate
 
 PRETRAIN_TAG = "sslpipe.pretrain_run_id"  # on every fine-tuning run: the run that pretrained the encoder
 FINETUNE_TAG = "sslpipe.finetune_run_id"  # on the pretraining run: the latest fine-tuning parent run
@@ -83,7 +84,7 @@ def finetune_config(pretraining: dict[str, Any], overrides: Sequence[str] = (), 
     raw.pop("export", None)
     for key in RUN_KEYS:
         (raw.get("train") or {}).pop(key, None)
-    config = FinetuneJob.from_dict(raw, origin, carried=flatten(raw, origin))
+    config = FinetuneJob.from_stored(raw, origin)
     values = ({"eval.shards": shards} if shards else {}) | parse_overrides(overrides)
     config = validate(with_values(config, values, origin))
     config.finetune.schedule()

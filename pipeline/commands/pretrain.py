@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
+from pipeline.config.validation import validate
 from pipeline.data import read_manifest
 from pipeline.evaluate.suite import evaluate_method, gather_features, monitors, worker_features
 from pipeline.export import BACKBONE, ONNX, PT2, export_encoder, exported_files, model_parts
@@ -19,7 +20,6 @@ from pipeline.methods import Method, trained_method
 from pipeline.track.run import TrackedRun, tracked_run
 from pipeline.train import fit
 from pipeline.train.pretraining import Pretraining
-from pipeline.validate import validate
 
 
 @dataclass
@@ -54,7 +54,7 @@ def pretrain(
         run.log_artifacts([preview(job, manifest, work / "augmentation_preview.png")])
         extraction = worker_features(plan, features_folder(job))
         extraction.clear()  # what an earlier attempt left
-        step = Pretraining(monitors(plan), (extraction,), progress=parent_run_id is None)  # a trial: the search says it
+        step = Pretraining(monitors(plan), (extraction,), progress=parent_run_id is None)  # a trial's: the search's
         state = fit(job, name, [run.epoch_logger(), *train_callbacks], step)
         run.send_unsent()
         method = trained_method(job.method, job.model, manifest, state, job.data.crop_size)

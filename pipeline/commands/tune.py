@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.search.runner import Job, best_trial, record, run_trials, search_run
 from pipeline.search.space import SearchConfig
 

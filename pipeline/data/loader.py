@@ -125,10 +125,10 @@ class ShardLoader:
         free = shutil.disk_usage(shm).free
         if needed > free:
             raise ConfigError(
-                f"{shm} has {free >> 20} MiB free, but {self.num_workers} loader processes x {self.prefetch_factor + 1} "
-                f"batches of {self.batch_bytes() >> 20} MiB need {needed >> 20} MiB: give the container more shared "
-                "memory (docker run --shm-size=8g, or a memory-backed /dev/shm volume in Kubernetes) or lower "
-                "data.num_workers or data.batch_size"
+                f"{shm} has {free >> 20} MiB free, but {self.num_workers} loader processes x "
+                f"{self.prefetch_factor + 1} batches of {self.batch_bytes() >> 20} MiB need {needed >> 20} MiB: give "
+                "the container more shared memory (docker run --shm-size=8g, or a memory-backed /dev/shm volume in "
+                "Kubernetes) or lower data.num_workers or data.batch_size"
             )
 
     def _items(self, refill: int) -> Iterator[Batch | Skipped | WorkerFailure]:

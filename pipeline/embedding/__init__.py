@@ -1,2 +1,2 @@
-"""Embedding data sets with an exported encoder: what to embed, in pieces (``plan``), and the workers that embed
+"""Embedding data sets with an exported encoder: what to embed, in pieces (``pieces``), and the workers that embed
 them (``embedder``)."""

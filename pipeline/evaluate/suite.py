@@ -17,14 +17,7 @@ import torch
 from augment import save_image_grid
 from pipeline.console import duration, phase
 from pipeline.evaluate.anomaly_scores import (
-    KNN,
-    MAHALANOBIS,
-    NEGATIVE_ELBO,
-    PCA_RESIDUAL,
-    RECONSTRUCTION,
-    anomalous_labels,
-    auroc,
-    knn_cosine_scores,
+    KNN, MAHALANOBIS, NEGATIVE_ELBO, PCA_RESIDUAL, RECONSTRUCTION, anomalous_labels, auroc, knn_cosine_scores,
     mahalanobis_scores,
 )
 from pipeline.evaluate.evaluation_plan import EvaluationPlan

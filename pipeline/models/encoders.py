@@ -15,12 +15,7 @@ from torch import nn
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import (
-    ALIASES,
-    check_name,
-    constructor_args,
-    has_resnet_stem,
-    library_backbone,
-    library_model,
+    ALIASES, check_name, constructor_args, has_resnet_stem, library_backbone, library_model,
 )
 from pipeline.models.model_options import ModelConfig
 

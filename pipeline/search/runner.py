@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from pipeline import cluster, storage
-from pipeline.config import JobConfig, with_values
+from pipeline.config.job_config import JobConfig, with_values
+from pipeline.config.validation import validate
 from pipeline.data import read_manifest
 from pipeline.errors import RunStopped, SslpipeError
 from pipeline.evaluate.plots import search_png
@@ -37,7 +38,6 @@ from pipeline.search.space import SearchConfig, grid_points, trial_values, tune_
 from pipeline.sections import TrainConfig
 from pipeline.track import Tracker
 from pipeline.track.run import TrackedRun, tracked_run
-from pipeline.validate import validate
 
 DEFAULT_ONLINE_KNN = 5000  # bank size when the early-stop metric is online_knn_accuracy and eval.online_knn is 0
 SEARCH_TAG = "sslpipe.search"
@@ -52,7 +52,7 @@ def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    config = with_values(JobConfig.from_dict(base), trial_values(params), "search trial")
+    config = with_values(JobConfig.from_stored(base, "search trial"), trial_values(params), "search trial")
     # a stable name: a restored trial resumes its own Ray Train checkpoints and MLflow run
     config.train.name = f"{search_name}-{tune.get_context().get_trial_id()}"
     with contextlib.redirect_stdout(io.StringIO()):  # its evaluation's phases: the search prints a line a report

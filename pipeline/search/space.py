@@ -31,11 +31,12 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge
 
 from pipeline import options
-from pipeline.config import JobConfig, flatten, parse_overrides, read_yaml, with_values
+from pipeline.config.files import parse_overrides, read_yaml
+from pipeline.config.job_config import JobConfig, flatten, with_values
+from pipeline.config.validation import check_run_name, validate
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
 from pipeline.methods import METHODS
-from pipeline.validate import check_run_name, validate
 
 LISTS = ("grid", "choice")  # {grid: [a, b]}: every value (times num_samples); {choice: [a, b]}: sampled
 RANGES = ("uniform", "loguniform", "randint")  # {uniform: [low, high]}, randint's high excluded

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import cluster, storage
-from pipeline.config import JobConfig, dump_config, with_workers
+from pipeline.config.job_config import JobConfig, dump_config, with_workers
 from pipeline.data import read_manifest
 from pipeline.errors import RunStopped
 from pipeline.stopping import SIGTERM_RECEIVED, sigterm_as_interrupt

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import JobConfig, with_workers
+from pipeline.config.job_config import JobConfig, with_workers
 from pipeline.errors import SslpipeError
 from pipeline.stopping import raise_if_stopped
 from pipeline.train.checkpoint import load_checkpoint

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data import Manifest
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.optim import parameter_groups

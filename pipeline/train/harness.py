@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data import Manifest, ShardLoader, read_manifest
 from pipeline.distributed import gather_objects, sum_across_ranks, world
 from pipeline.errors import SslpipeError

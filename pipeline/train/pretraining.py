@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data import Manifest
 from pipeline.distributed import sum_across_ranks, world
 from pipeline.methods import METHODS, Method, build_method

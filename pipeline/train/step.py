@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data import Manifest
 from pipeline.models import EncoderSpec
 

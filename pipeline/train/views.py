@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from augment import ViewAugmenter
-from pipeline.config import JobConfig
+from pipeline.config.job_config import JobConfig
 from pipeline.data.decode import EncodedImages, photo_views
 from pipeline.data.manifest import Manifest
 

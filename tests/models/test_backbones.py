@@ -4,13 +4,12 @@ and channels handled as each library supports, ViT parameters exempt from decay,
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import load_config, validate
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.models import ModelConfig, build_encoder, encoder_spec
 from pipeline.models.backbones import classifier_path
 from pipeline.optim import parameter_groups
-from pipeline.validate import validate
 
 
 @pytest.mark.parametrize(("encoder", "dim", "classifier"), [

@@ -7,11 +7,7 @@ import pytest
 
 from pipeline.console import duration
 from pipeline.train.progress import (
-    RAY_TRAIN_REPORT_MODULES,
-    EpochClock,
-    epoch_line,
-    progress_line,
-    quiet_ray_train_reports,
+    RAY_TRAIN_REPORT_MODULES, EpochClock, epoch_line, progress_line, quiet_ray_train_reports,
 )
 
 

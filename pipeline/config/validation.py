@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import TYPE_CHECKING
 
 from augment.presets import PRESETS, check_strengths
 from pipeline import options
+from pipeline.config.job_config import CPU_WORKERS, JobConfig
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
@@ -17,11 +17,6 @@ from pipeline.methods import METHODS, Method
 from pipeline.methods.capabilities import Capability
 from pipeline.models import check_encoder, encoder_spec
 from pipeline.models.decoders import check_decodable
-
-if TYPE_CHECKING:
-    from pipeline.config import JobConfig
-
-CPU_WORKERS = 2  # train.num_workers unset, without GPUs
 
 
 def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:

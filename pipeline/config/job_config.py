@@ -1,6 +1,5 @@
-"""The job: its sections, read from YAML with ``section.key=value`` overrides, and the one rule for which keys apply
-to it (:func:`applies`). The job's dict, its MLflow params, the refusal of a key set where it does not apply and
-``sslpipe options`` all follow from that rule.
+"""The job: its sections and the one rule for which keys apply to it (:func:`applies`). The job's dict, its MLflow
+params, the refusal of a key set where it does not apply and ``sslpipe options`` all follow from that rule.
 
 Each part of the library declares its own section: the models ``model`` (with the options of each kind of
 encoder), the optimizers ``optim`` (with each optimizer's), each method its options, picked by ``method.name``;
@@ -18,7 +17,6 @@ import dataclasses
 import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,16 +28,10 @@ from pipeline.methods.simclr import SimCLROptions
 from pipeline.models import ModelConfig
 from pipeline.optim import OptimConfig
 from pipeline.sections import (
-    AugmentConfig,
-    DataConfig,
-    EvalConfig,
-    ExportConfig,
-    FinetuneConfig,
-    TrackConfig,
-    TrainConfig,
+    AugmentConfig, DataConfig, EvalConfig, ExportConfig, FinetuneConfig, TrackConfig, TrainConfig,
 )
-from pipeline.validate import CPU_WORKERS, validate
 
+CPU_WORKERS = 2  # train.num_workers unset, without GPUs
 KINDS = {"method": "name", "optim": "name", "model": "encoder"}  # the key that names each section's kind
 SELECTORS = ("name", "kind")  # what When conditions on a section's kind are keyed by
 COMMANDS = {"finetune": "sslpipe finetune", "search": "sslpipe tune"}  # sections that one command's files hold
@@ -90,6 +82,12 @@ class JobConfig:
                 if f"{section}.{key}" not in carried and (problem := why_not(job, section, key)):
                     raise ConfigError(f"{origin}: {problem}")
         return dataclasses.replace(job, **{section: _with_defaults(job, section) for section in sections(job)})
+
+    @classmethod
+    def from_stored(cls, raw: dict[str, Any], origin: str) -> JobConfig:
+        """A job as an earlier run stored it (a checkpoint's, an export's ``encoder.json``): what no longer applies
+        (earlier versions stored keys that did not apply) is left out instead of refused."""
+        return cls.from_dict(raw, origin, carried=flatten(raw, origin))
 
 
 @dataclass
@@ -171,44 +169,12 @@ def _method_options(values: Any, origin: str) -> MethodOptions:
     return options.build(METHODS[name].Options, values, f"{origin}: method")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding a mapping of sections (empty file: ``{}``)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job config not found") from None
-    except yaml.YAMLError as exn:
-        raise ConfigError(f"{path}: not valid YAML ({exn})".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return raw
-
-
-def parse_overrides(overrides: Collection[str]) -> dict[str, Any]:
-    """``{"section.key": value}`` of ``section.key=value`` overrides, the values parsed as YAML."""
-    values = {}
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or key.count(".") != 1:
-            raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.epochs=1")
-        values[key] = yaml.safe_load(text) if text else None
-    return values
-
-
 def flatten(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """``{"section.key": value}`` of a mapping of sections."""
     for section, values in raw.items():
         if not isinstance(values or {}, dict):
             raise ConfigError(f"{origin}: {section}: expected a mapping, got {values!r}")
     return {f"{section}.{key}": value for section, values in raw.items() for key, value in (values or {}).items()}
-
-
-def load_config(path: str | Path | None = None, overrides: Collection[str] = ()) -> JobConfig:
-    """Read a YAML job file (or start from defaults), apply ``section.key=value`` overrides (YAML values) and
-    :func:`~pipeline.validate.validate` the result."""
-    origin = str(path) if path is not None else "defaults"
-    config = JobConfig.from_dict(read_yaml(path), origin) if path is not None else JobConfig()
-    return validate(with_values(config, parse_overrides(overrides), origin))
 
 
 def with_values(config: JobConfig, values: Mapping[str, Any], origin: str) -> JobConfig:
