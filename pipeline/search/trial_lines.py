@@ -3,7 +3,6 @@ it by, what became of it), instead of Tune's tables of every metric."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
@@ -15,9 +14,9 @@ class TrialLines(Callback):
     """A Tune callback: ``trial 3f2a_00001 (optim.lr=0.01) epoch 2/4: online_knn_accuracy 0.8123``, then the
     trial's end: finished with its ranked metric, stopped early, or failed."""
 
-    def __init__(self, search: SearchConfig, epochs: int, show: Callable[[str], None] = print) -> None:
+    def __init__(self, search: SearchConfig, epochs: int) -> None:
         self.keys, self.metric, self.early = search.keys(), search.metric, search.early_stop_metric
-        self.epochs, self.show = epochs, show
+        self.epochs = epochs  # (no printer held: Tune pickles its callbacks with the experiment's state)
 
     def _trial(self, trial: Any) -> str:
         values = trial_values(trial.config)
@@ -29,14 +28,14 @@ class TrialLines(Callback):
             return
         value = result.get(self.early)
         shown = f"{self.early} {value:.4f}" if isinstance(value, (int, float)) else "no " + self.early
-        self.show(f"{self._trial(trial)} epoch {int(result.get('epoch', 0)) + 1}/{self.epochs}: {shown}")
+        print(f"{self._trial(trial)} epoch {int(result.get('epoch', 0)) + 1}/{self.epochs}: {shown}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         if self.metric in result:
-            self.show(f"{self._trial(trial)} finished: {self.metric} {result[self.metric]:.4f}")
+            print(f"{self._trial(trial)} finished: {self.metric} {result[self.metric]:.4f}")
         else:
-            self.show(f"{self._trial(trial)} stopped early after epoch {int(result.get('epoch', 0)) + 1}")
+            print(f"{self._trial(trial)} stopped early after epoch {int(result.get('epoch', 0)) + 1}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.show(f"{self._trial(trial)} failed (its error is above; the table below marks it)")
+        print(f"{self._trial(trial)} failed (its error is above; the table below marks it)")
