@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval bench-peer bench-views clean
+.PHONY: venv lint test test-fast gpu-check demo demo-photos bench bench-photos bench-tta bench-eval bench-peer bench-views clean
 
 SHARDS ?= data/fashion-mnist
 JOB    ?= jobs/simclr_fashion_mnist.yaml
@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'  # bench: lightly, the peer of benchmarks/lightly_peer.py
 	touch $@
+
+# ruff's lint and format check, configured in pyproject.toml; `.ci/run` runs it before the tests.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: venv
 	$(BIN)/python -m pytest

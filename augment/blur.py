@@ -13,10 +13,10 @@ TRUNCATE = 3.0  # sigmas each side: the weights left out sum to under 0.3%
 
 class RandomGaussianBlur(nn.Module):
     """``x`` float ``(B, C, H, W)``: with probability ``p`` an image is blurred by a Gaussian of ``sigma`` drawn
-    uniformly from ``sigma`` (Kornia's ``gaussian_blur2d``, separable, reflected borders). The kernel is at most
-    ``kernel_size`` wide but only ``2 ceil(3 sigma) + 1`` for the largest sigma drawn: SimCLR's 23 px kernel at 224
-    px carries a sigma of at most 2, so most of it is zeros. Only the chosen images are blurred: at p=0.5 on 224 px
-CPU batches 0.8 ms an image against 2.1 ms for Kornia's ``RandomGaussianBlur``, the same result within 0.3%."""
+        uniformly from ``sigma`` (Kornia's ``gaussian_blur2d``, separable, reflected borders). The kernel is at most
+        ``kernel_size`` wide but only ``2 ceil(3 sigma) + 1`` for the largest sigma drawn: SimCLR's 23 px kernel at 224
+        px carries a sigma of at most 2, so most of it is zeros. Only the chosen images are blurred: at p=0.5 on 224 px
+    CPU batches 0.8 ms an image against 2.1 ms for Kornia's ``RandomGaussianBlur``, the same result within 0.3%."""
 
     def __init__(self, kernel_size: int, sigma: tuple[float, float], p: float) -> None:
         super().__init__()

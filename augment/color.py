@@ -28,8 +28,9 @@ def shift_hue(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
     high, low = x.amax(1), x.amin(1)
     chroma = high - low
     inverse = chroma.reciprocal().nan_to_num_(0.0, posinf=0.0)  # grays: chroma 0, hue 0
-    sector = torch.where(high == r, g - b, torch.where(high == g, (b - r).add_(chroma, alpha=2),
-                                                       (r - g).add_(chroma, alpha=4)))
+    sector = torch.where(
+        high == r, g - b, torch.where(high == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4))
+    )
     sector.mul_(inverse).add_((6 * turn).view(-1, 1, 1)).remainder_(6.0)  # hue in sixths of a turn
     out = torch.empty_like(x)
     for channel, offset in enumerate((5.0, 3.0, 1.0)):  # hsv -> rgb: V - C max(0, min(k, 4 - k, 1)), k = n + H/60
@@ -42,9 +43,7 @@ def _identity(batch: int) -> torch.Tensor:
     return torch.eye(3).expand(batch, 3, 3).clone()
 
 
-def affine_steps(
-    steps: torch.Tensor, factors: torch.Tensor, means: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_steps(steps: torch.Tensor, factors: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One affine map ``(M (B, 3, 3), o (B, 3))`` per image for its sequence of ``steps`` ``(B, S)`` (BRIGHTNESS,
     CONTRAST or SATURATION; any other value is skipped) with ``factors`` ``(B, 4)`` (indexed by step), for images
     whose channel means are ``means`` ``(B, 3)`` (contrast blends with the mean gray of the image so far)."""

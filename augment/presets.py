@@ -42,7 +42,9 @@ CROP_MODE = "resample"
 CPU_CHUNK_BYTES = 8 << 20
 
 
-def _color(channels: int, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> list[nn.Module]:
+def _color(
+    channels: int, brightness: float, contrast: float, saturation: float, hue: float, p: float
+) -> list[nn.Module]:
     """RGB: our batched :class:`~augment.color.ColorJitter` (torchvision's jitter, about 3x Kornia's on 224 px CPU
     batches, whose hue step dominates), then grayscale; one channel: Kornia's brightness and contrast."""
     if channels == 3:
@@ -117,8 +119,15 @@ class ViewAugmenter(nn.Module):
     """
 
     def __init__(
-        self, preset: str, image_size: int, channels: int, num_views: int = 2, seed: int | None = None,
-        crop: bool = True, crop_min_scale: float | None = None, jitter_strength: float | None = None,
+        self,
+        preset: str,
+        image_size: int,
+        channels: int,
+        num_views: int = 2,
+        seed: int | None = None,
+        crop: bool = True,
+        crop_min_scale: float | None = None,
+        jitter_strength: float | None = None,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -135,9 +144,12 @@ class ViewAugmenter(nn.Module):
         image_bytes = sources[0][0].numel() * 4
         chunk = len(batch) if batch.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // image_bytes)
         if chunk >= len(batch) and not stacked:
-            return [pipe(to_unit_float(source)).clamp_(0.0, 1.0) for pipe, source in zip(self.pipelines, sources)]
+            return [
+                pipe(to_unit_float(source)).clamp_(0.0, 1.0)
+                for pipe, source in zip(self.pipelines, sources, strict=True)
+            ]
         out = None
-        for view, (pipeline, source) in enumerate(zip(self.pipelines, sources)):
+        for view, (pipeline, source) in enumerate(zip(self.pipelines, sources, strict=True)):
             for start in range(0, len(batch), chunk):
                 part = pipeline(to_unit_float(source[start : start + chunk])).clamp_(0.0, 1.0)
                 if out is None:

@@ -21,11 +21,17 @@ def save_image_grid(rows: list[torch.Tensor], path: str | Path) -> Path:
     that importing torchvision costs each process); small images are enlarged to ``MIN_CELL`` pixels."""
     rows = [to_unit_float(r.detach().cpu()) for r in rows]
     cell = max(MIN_CELL, *(r.shape[-1] for r in rows))
-    cells = F.pad(torch.stack([F.interpolate(r, size=(cell, cell), mode="nearest") for r in rows]),
-                  (PADDING, 0, PADDING, 0), value=1.0)  # (R, N, C, cell + pad, cell + pad): a border above and left
+    cells = F.pad(
+        torch.stack([F.interpolate(r, size=(cell, cell), mode="nearest") for r in rows]),
+        (PADDING, 0, PADDING, 0),
+        value=1.0,
+    )  # (R, N, C, cell + pad, cell + pad): a border above and left
     num_rows, num_cols, channels, height, width = cells.shape
-    grid = F.pad(cells.permute(2, 0, 3, 1, 4).reshape(channels, num_rows * height, num_cols * width),
-                 (0, PADDING, 0, PADDING), value=1.0)
+    grid = F.pad(
+        cells.permute(2, 0, 3, 1, 4).reshape(channels, num_rows * height, num_cols * width),
+        (0, PADDING, 0, PADDING),
+        value=1.0,
+    )
     pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).squeeze(-1)  # (H, W[, C])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +45,12 @@ def save_view_grid(originals: torch.Tensor, views: list[torch.Tensor], path: str
 
 
 def preview_batch(
-    loader: ShardLoader, preset: str, num_views: int, photo_size: int, seed: int, path: str | Path,
+    loader: ShardLoader,
+    preset: str,
+    num_views: int,
+    photo_size: int,
+    seed: int,
+    path: str | Path,
     **strengths: float | None,
 ) -> Path:
     """Write the first batch of ``loader`` above its ``num_views`` views of ``preset`` (with :class:`ViewAugmenter`'s
@@ -48,6 +59,7 @@ def preview_batch(
     images = next(iter(loader))[0]
     photos = loader.manifest.photos
     size = photo_size if photos else loader.manifest.image_shape[1]
-    augmenter = ViewAugmenter(preset, size, loader.manifest.channels, num_views, seed=seed, crop=not photos,
-                             **strengths)
+    augmenter = ViewAugmenter(
+        preset, size, loader.manifest.channels, num_views, seed=seed, crop=not photos, **strengths
+    )
     return save_view_grid(images[:, 0] if photos else images, augmenter(images), path)

@@ -11,8 +11,9 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 from unittest import mock
 
 import psutil
@@ -27,7 +28,7 @@ WARMUP_FRACTION = 0.25  # of an RSS series: where "after warm-up" is read
 
 def machine_info() -> dict:
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -107,7 +108,7 @@ class RssSampler:
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -139,8 +140,14 @@ def local_ray(cpus: int) -> Iterator[None]:
     gcs, dashboard = free_port(), free_port()
     own = {"RAY_GCS_SERVER_PORT": str(gcs), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{gcs}"}
     with mock.patch.dict(os.environ, own):
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, dashboard_port=dashboard,
-                 configure_logging=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            dashboard_port=dashboard,
+            configure_logging=False,
+            log_to_driver=False,
+        )
     try:
         yield
     finally:
@@ -162,7 +169,11 @@ def print_table(rows: Sequence[dict[str, object]]) -> None:
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     print()
     for line in cells:
-        print("  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -20,9 +20,15 @@ from pipeline.train import train_step
 
 SETUPS = {  # name: (overrides, spec, batch)
     "SimCLR, small CNN, 28 px (the shipped job)": (
-        [], EncoderSpec("small_cnn", 1, 28, (0.29,), (0.35,), width=24, embed_dim=256), 256),
+        [],
+        EncoderSpec("small_cnn", 1, 28, (0.29,), (0.35,), width=24, embed_dim=256),
+        256,
+    ),
     "SimCLR, ResNet-18, 64 px photos": (
-        ["model.encoder=resnet18"], EncoderSpec("resnet18", 3, 64, (0.5,) * 3, (0.25,) * 3, cifar_stem=True), 64),
+        ["model.encoder=resnet18"],
+        EncoderSpec("resnet18", 3, 64, (0.5,) * 3, (0.25,) * 3, cifar_stem=True),
+        64,
+    ),
 }
 
 
@@ -48,18 +54,25 @@ def main(argv: list[str] | None = None) -> None:
             if compiled:
                 compile_s = time.perf_counter() - started
 
-            def run(model=model, optimizer=optimizer) -> float:
+            def run(model=model, optimizer=optimizer, views=views) -> float:
                 begin = time.perf_counter()
                 for _ in range(args.steps):
                     loss = train_step(model, optimizer, views, autocast=False)
                 loss.item()
-                return args.steps * batch / (time.perf_counter() - begin)
+                return args.steps * len(views[0]) / (time.perf_counter() - begin)
 
             runs["compiled" if compiled else "eager"] = run
         rates = medians(interleaved(runs, args.repeats, warmup=0))
         results[name] = {"images_per_s": rates, "compile_s": compile_s}
-        rows.append({"setup": name, "eager img/s": rates["eager"], "compiled img/s": rates["compiled"],
-                     "compiled / eager": rates["compiled"] / rates["eager"], "compile s": compile_s})
+        rows.append(
+            {
+                "setup": name,
+                "eager img/s": rates["eager"],
+                "compiled img/s": rates["compiled"],
+                "compiled / eager": rates["compiled"] / rates["eager"],
+                "compile s": compile_s,
+            }
+        )
     print_table(rows)
     write_results("compile", {"steps": args.steps, "setups": results})
 

@@ -80,8 +80,12 @@ def lazy_synthetic(num_train: int, num_test: int, image_size: int, channels: int
         return SourceSplit(total, (image_size, image_size, channels), load)
 
     details = {"num_train": num_train, "num_test": num_test, "image_size": image_size, "channels": channels}
-    return Source("synthetic", {"train": split(0, num_train), "test": split(1, num_test)},
-                  [f"class{i}" for i in range(CLASSES)], details)
+    return Source(
+        "synthetic",
+        {"train": split(0, num_train), "test": split(1, num_test)},
+        [f"class{i}" for i in range(CLASSES)],
+        details,
+    )
 
 
 def timed(call: Callable[..., object], *args: object) -> tuple[object, float]:
@@ -107,44 +111,91 @@ def scaling(args: argparse.Namespace) -> None:
         shards = root / f"synthetic-{size}-{args.image_size}px"
         if not (shards / "manifest.json").exists():
             print(f"writing {size:,} + {args.test:,} images of {args.image_size} px to {shards} ...", flush=True)
-            write_shards(lazy_synthetic(size, args.test, args.image_size), shards, samples_per_shard=4096,
-                         overwrite=True, progress=False)
+            write_shards(
+                lazy_synthetic(size, args.test, args.image_size),
+                shards,
+                samples_per_shard=4096,
+                overwrite=True,
+                progress=False,
+            )
         manifest = read_manifest(shards)
         name = f"evaluation-{size}"
         with tempfile.TemporaryDirectory(prefix="sslpipe-bench-eval-") as storage:
-            config = resolve_paths(load_config(JOB, [f"data.shards={shards}", "train.epochs=1",
-                                                     f"train.max_steps_per_epoch={args.steps}",
-                                                     f"train.storage_path={storage}", *args.overrides]), name)
+            config = resolve_paths(
+                load_config(
+                    JOB,
+                    [
+                        f"data.shards={shards}",
+                        "train.epochs=1",
+                        f"train.max_steps_per_epoch={args.steps}",
+                        f"train.storage_path={storage}",
+                        *args.overrides,
+                    ],
+                ),
+                name,
+            )
             with local_ray(CPUS):
                 (state, features, worker_s, gather_s), fit_s = timed(run_on_workers, config, manifest, name)
             method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
-            (metrics, _), driver_s = timed(evaluate_method, method, evaluation_plan(config, manifest),
-                                           Path(storage) / "eval", features)
+            (metrics, _), driver_s = timed(
+                evaluate_method, method, evaluation_plan(config, manifest), Path(storage) / "eval", features
+            )
         trained = state["metrics"]
         epoch_s = size / trained["images_per_s"]  # a whole epoch at the capped steps' rate, all ranks
         evaluation_s = worker_s + gather_s + driver_s
         images = size + args.test
-        result = {"train_images": size, "test_images": args.test, "image_size": args.image_size,
-                  "worker_features_s": worker_s, "gather_s": gather_s, "probes_knn_s": driver_s,
-                  "evaluation_s": evaluation_s, "ms_per_image": 1000 * evaluation_s / images,
-                  "pretraining_images_per_s": trained["images_per_s"], "pretraining_epoch_s": epoch_s,
-                  "evaluation_over_epoch": evaluation_s / epoch_s, "fit_wall_s": fit_s, "metrics": metrics}
+        result = {
+            "train_images": size,
+            "test_images": args.test,
+            "image_size": args.image_size,
+            "worker_features_s": worker_s,
+            "gather_s": gather_s,
+            "probes_knn_s": driver_s,
+            "evaluation_s": evaluation_s,
+            "ms_per_image": 1000 * evaluation_s / images,
+            "pretraining_images_per_s": trained["images_per_s"],
+            "pretraining_epoch_s": epoch_s,
+            "evaluation_over_epoch": evaluation_s / epoch_s,
+            "fit_wall_s": fit_s,
+            "metrics": metrics,
+        }
         results.append(result)
-        rows.append({"train images": f"{size:,}", "features (workers) s": worker_s, "gather s": gather_s,
-                     "probes + kNN s": driver_s, "evaluation s": evaluation_s,
-                     "ms / image": result["ms_per_image"], "pretraining epoch s": epoch_s,
-                     "evaluation / epoch": result["evaluation_over_epoch"],
-                     "probe": metrics["probe_accuracy"], "pixels": metrics["baseline_pixels_probe_accuracy"]})
+        rows.append(
+            {
+                "train images": f"{size:,}",
+                "features (workers) s": worker_s,
+                "gather s": gather_s,
+                "probes + kNN s": driver_s,
+                "evaluation s": evaluation_s,
+                "ms / image": result["ms_per_image"],
+                "pretraining epoch s": epoch_s,
+                "evaluation / epoch": result["evaluation_over_epoch"],
+                "probe": metrics["probe_accuracy"],
+                "pixels": metrics["baseline_pixels_probe_accuracy"],
+            }
+        )
         print_table(rows)
     sizes = np.array([r["train_images"] + r["test_images"] for r in results], dtype=float)
     seconds = np.array([r["evaluation_s"] for r in results])
     slope, intercept = np.polyfit(sizes, seconds, 1)
-    fit_note = {"seconds_per_1k_images": 1000 * slope, "intercept_s": intercept,
-                "largest_relative_residual": float(np.max(np.abs(seconds - (slope * sizes + intercept)) / seconds))}
-    print(f"\nlinear fit: {1000 * slope:.2f} s per 1,000 images + {intercept:.1f} s; largest residual "
-          f"{100 * fit_note['largest_relative_residual']:.1f}% of the measured time")
-    write_results("evaluation-scaling", {"command": " ".join(["python -m benchmarks.evaluation", *sys.argv[1:]]),
-                                         "steps": args.steps, "sizes": results, "linear_fit": fit_note})
+    fit_note = {
+        "seconds_per_1k_images": 1000 * slope,
+        "intercept_s": intercept,
+        "largest_relative_residual": float(np.max(np.abs(seconds - (slope * sizes + intercept)) / seconds)),
+    }
+    print(
+        f"\nlinear fit: {1000 * slope:.2f} s per 1,000 images + {intercept:.1f} s; largest residual "
+        f"{100 * fit_note['largest_relative_residual']:.1f}% of the measured time"
+    )
+    write_results(
+        "evaluation-scaling",
+        {
+            "command": " ".join(["python -m benchmarks.evaluation", *sys.argv[1:]]),
+            "steps": args.steps,
+            "sizes": results,
+            "linear_fit": fit_note,
+        },
+    )
 
 
 @torch.no_grad()
@@ -168,27 +219,34 @@ def previous_evaluation(method, config: JobConfig) -> tuple[dict[str, float], di
     location, max_iter, times = config.evaluation_shards, config.eval.probe_max_iter, {}
 
     def features(encoder, what):
-        both, seconds = timed(lambda: [previous_features(encoder, location, s, config.eval.batch_size,
-                                                         config.data.crop_size) for s in ("train", "test")])
+        both, seconds = timed(
+            lambda: [
+                previous_features(encoder, location, s, config.eval.batch_size, config.data.crop_size)
+                for s in ("train", "test")
+            ]
+        )
         times[f"features: {what}"] = seconds
         return both
 
     def probe(both, what):
         (train_x, train_y), (test_x, test_y) = both
-        result, times[f"probe: {what}"] = timed(lambda: linear_probe(train_x, train_y, test_x, test_y, max_iter,
-                                                                     solver="sklearn"))
+        result, times[f"probe: {what}"] = timed(
+            lambda: linear_probe(train_x, train_y, test_x, test_y, max_iter, solver="sklearn")
+        )
         return result.accuracy
 
     encoder = features(method.encoder, "encoder")
     metrics = {"probe_accuracy": probe(encoder, "encoder")}
     (train_x, train_y), (test_x, test_y) = encoder
-    metrics["knn_accuracy"], times["kNN"] = timed(lambda: knn_accuracy(
-        train_x, train_y, test_x, test_y, config.eval.knn_k, config.eval.knn_temperature))
+    metrics["knn_accuracy"], times["kNN"] = timed(
+        lambda: knn_accuracy(train_x, train_y, test_x, test_y, config.eval.knn_k, config.eval.knn_temperature)
+    )
     metrics["baseline_pixels_probe_accuracy"] = probe(features(None, "pixels"), "pixels")
     torch.manual_seed(config.train.seed)
     random_encoder = build_encoder(method.spec)[0]
-    metrics["baseline_random_encoder_probe_accuracy"] = probe(features(random_encoder, "random encoder"),
-                                                              "random encoder")
+    metrics["baseline_random_encoder_probe_accuracy"] = probe(
+        features(random_encoder, "random encoder"), "random encoder"
+    )
     return metrics, times
 
 
@@ -197,8 +255,11 @@ def compare(args: argparse.Namespace) -> None:
     checkpoint = max(path for path in run.glob("checkpoint_*") if path.is_dir())
     state = load_checkpoint(checkpoint)
     config = JobConfig.from_stored(state["config"], f"{checkpoint}")
-    config = with_values(config, {"data.shards": str(Path(args.shards).resolve()), "eval.shards": None,
-                                  "eval.baselines": True}, "compare")  # as the demo's job evaluates
+    config = with_values(
+        config,
+        {"data.shards": str(Path(args.shards).resolve()), "eval.shards": None, "eval.baselines": True},
+        "compare",
+    )  # as the demo's job evaluates
     manifest = read_manifest(config.data.shards)
     method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
     runs = {}
@@ -210,21 +271,51 @@ def compare(args: argparse.Namespace) -> None:
             resumed = resolve_paths(with_values(config, {"train.storage_path": storage}, "compare"), run.name)
             with local_ray(CPUS):
                 (_, features, worker_s, gather_s), fit_s = timed(run_on_workers, resumed, manifest, run.name)
-            (now, _), driver_s = timed(evaluate_method, method, evaluation_plan(resumed, manifest),
-                                       Path(storage) / "eval", features)
+            (now, _), driver_s = timed(
+                evaluate_method, method, evaluation_plan(resumed, manifest), Path(storage) / "eval", features
+            )
         now_s = worker_s + gather_s + driver_s
-        print(f"now: {now_s:.0f} s (workers {worker_s:.0f}, gather {gather_s:.0f}, probes and kNN {driver_s:.0f}; "
-              f"the resumed Ray Train run took {fit_s:.0f} s in all) {now}", flush=True)
-        runs[round_] = {"before_s": before_s, "before_phases_s": before_times, "before": before, "now_s": now_s,
-                        "now_phases_s": {"worker_features": worker_s, "gather": gather_s, "probes_knn": driver_s},
-                        "now_resumed_fit_wall_s": fit_s, "now": now}
+        print(
+            f"now: {now_s:.0f} s (workers {worker_s:.0f}, gather {gather_s:.0f}, probes and kNN {driver_s:.0f}; "
+            f"the resumed Ray Train run took {fit_s:.0f} s in all) {now}",
+            flush=True,
+        )
+        runs[round_] = {
+            "before_s": before_s,
+            "before_phases_s": before_times,
+            "before": before,
+            "now_s": now_s,
+            "now_phases_s": {"worker_features": worker_s, "gather": gather_s, "probes_knn": driver_s},
+            "now_resumed_fit_wall_s": fit_s,
+            "now": now,
+        }
     last = runs[args.repeats - 1]
-    print_table([{"metric": key, "before": last["before"][key], "now": last["now"][key],
-                  "difference (points)": 100 * (last["now"][key] - last["before"][key])} for key in last["before"]])
-    print_table([{"round": r, "before s": v["before_s"], "now s": v["now_s"],
-                  "now / before": v["now_s"] / v["before_s"]} for r, v in runs.items()])
-    write_results("evaluation-compare", {"command": " ".join(["python -m benchmarks.evaluation", *sys.argv[1:]]),
-                                         "run": str(run), "checkpoint": checkpoint.name, "rounds": runs})
+    print_table(
+        [
+            {
+                "metric": key,
+                "before": last["before"][key],
+                "now": last["now"][key],
+                "difference (points)": 100 * (last["now"][key] - last["before"][key]),
+            }
+            for key in last["before"]
+        ]
+    )
+    print_table(
+        [
+            {"round": r, "before s": v["before_s"], "now s": v["now_s"], "now / before": v["now_s"] / v["before_s"]}
+            for r, v in runs.items()
+        ]
+    )
+    write_results(
+        "evaluation-compare",
+        {
+            "command": " ".join(["python -m benchmarks.evaluation", *sys.argv[1:]]),
+            "run": str(run),
+            "checkpoint": checkpoint.name,
+            "rounds": runs,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,8 @@ Equal wall clock: the two trainers alternate in slices of ``--slice-seconds`` of
 first alternates with the seed), so machine load falls on both alike; each clock counts only its own loop (fetching
 the next batch, augmenting, the step). While ours runs, lightly's paused DataLoader workers fill their prefetch
 queue (2 workers x 2 batches), work done outside lightly's clock: about 1,000 images' views, under 1% of the CPU
-time of a 30 s slice (a per-image data path like it makes about 4,600 images/s here, ``benchmarks.throughput``). Each clock includes its side's start-up (its first batch and step: our
+time of a 30 s slice (a per-image data path like it makes about 4,600 images/s here, ``benchmarks.throughput``).
+Each clock includes its side's start-up (its first batch and step: our
 first shard reads and Kornia's first call; lightly's DataLoader workers starting, which it pays again every epoch),
 recorded as ``first_step_s``. When a side's clock first reaches a budget of ``--minutes``, its model is
 snapshotted (at most one step past the budget; the JSON records each side's exact training minutes).
@@ -93,13 +94,28 @@ def lightly_transform(image_size: int, channels: int, augment: AugmentConfig | N
     from lightly.transforms import SimCLRTransform
 
     if channels != 1 or image_size > 32:
-        raise ConfigError(f"the lightly peer mirrors the simclr preset on small grayscale images (1 channel, at most "
-                          f"32 px), not {channels}x{image_size}x{image_size}: use Fashion-MNIST-like shards")
+        raise ConfigError(
+            f"the lightly peer mirrors the simclr preset on small grayscale images (1 channel, at most "
+            f"32 px), not {channels}x{image_size}x{image_size}: use Fashion-MNIST-like shards"
+        )
     augment = augment or AugmentConfig()
     strength = jitter_strength_for(image_size, augment.jitter_strength)
-    return SimCLRTransform(input_size=image_size, cj_prob=0.8, cj_strength=strength, cj_bright=0.8, cj_contrast=0.8,
-                           cj_sat=0.0, cj_hue=0.0, min_scale=augment.crop_scale[0], random_gray_scale=0.0,
-                           gaussian_blur=0.0, hf_prob=0.5, vf_prob=0.0, rr_prob=0.0, normalize=None)
+    return SimCLRTransform(
+        input_size=image_size,
+        cj_prob=0.8,
+        cj_strength=strength,
+        cj_bright=0.8,
+        cj_contrast=0.8,
+        cj_sat=0.0,
+        cj_hue=0.0,
+        min_scale=augment.crop_scale[0],
+        random_gray_scale=0.0,
+        gaussian_blur=0.0,
+        hf_prob=0.5,
+        vf_prob=0.0,
+        rr_prob=0.0,
+        normalize=None,
+    )
 
 
 class InMemoryImages(Dataset):
@@ -166,8 +182,9 @@ def ours(setup: Setup) -> Side:
     return Side(OURS, trainee.method, trainee.optimizer, forever(epoch), trainee.step)
 
 
-def lightly(setup: Setup, initial: State, images: np.ndarray, labels: np.ndarray, seed: int,
-            channels_last: bool) -> Side:
+def lightly(
+    setup: Setup, initial: State, images: np.ndarray, labels: np.ndarray, seed: int, channels_last: bool
+) -> Side:
     """lightly's SimCLR recipe on our encoder and head, starting from ``initial``."""
     from lightly.loss import NTXentLoss
 
@@ -180,8 +197,14 @@ def lightly(setup: Setup, initial: State, images: np.ndarray, labels: np.ndarray
     criterion = NTXentLoss(temperature=setup.config.method.temperature)
     transform = lightly_transform(setup.spec.image_size, setup.spec.channels, setup.config.augment)
     dataset = InMemoryImages(images, labels, transform)
-    loader = DataLoader(dataset, BATCH_SIZE, shuffle=True, drop_last=True, num_workers=LIGHTLY_WORKERS,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        BATCH_SIZE,
+        shuffle=True,
+        drop_last=True,
+        num_workers=LIGHTLY_WORKERS,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
     def step(batch: tuple[list[torch.Tensor], torch.Tensor]) -> None:
         x0, x1 = batch[0]
@@ -263,15 +286,27 @@ def compare(setup: Setup, train: tuple[np.ndarray, np.ndarray], seed: int, args:
     result = {"seed": seed, "initial_weights_equal": same_start, "first": sides[0].name, "wall_s": wall_s, "sides": {}}
     result["first_step_s"] = {side.name: side.first_step_s for side in (mine, theirs)}
     for side in (mine, theirs):
-        result["sides"][side.name] = [{
-            "budget_min": budget / 60, "trained_min": snap["trained_s"] / 60, "images": snap["images"],
-            "images_per_s": snap["images"] / snap["trained_s"], "epochs": snap["images"] / len(train[0]),
-            "distance_from_initial": distance(snap["state"], initial),
-            "probe_accuracy": probe_accuracy(setup, snap["state"], max_iter),
-        } for budget, snap in sorted(side.snapshots.items())]
-        print(f"seed {seed}, {side.name}: " + "; ".join(
-            f"{r['budget_min']:g} min: {r['images_per_s']:.0f} img/s, {r['epochs']:.2f} epochs, probe "
-            f"{r['probe_accuracy']:.4f}" for r in result["sides"][side.name]), flush=True)
+        result["sides"][side.name] = [
+            {
+                "budget_min": budget / 60,
+                "trained_min": snap["trained_s"] / 60,
+                "images": snap["images"],
+                "images_per_s": snap["images"] / snap["trained_s"],
+                "epochs": snap["images"] / len(train[0]),
+                "distance_from_initial": distance(snap["state"], initial),
+                "probe_accuracy": probe_accuracy(setup, snap["state"], max_iter),
+            }
+            for budget, snap in sorted(side.snapshots.items())
+        ]
+        print(
+            f"seed {seed}, {side.name}: "
+            + "; ".join(
+                f"{r['budget_min']:g} min: {r['images_per_s']:.0f} img/s, {r['epochs']:.2f} epochs, probe "
+                f"{r['probe_accuracy']:.4f}"
+                for r in result["sides"][side.name]
+            ),
+            flush=True,
+        )
     return result
 
 
@@ -286,20 +321,27 @@ def summary(runs: Sequence[dict], budgets_min: Sequence[float]) -> list[dict]:
     per-seed ratio ours / lightly of images/s and difference ours - lightly of accuracy in points."""
     rows = []
     for i, budget in enumerate(sorted(budgets_min)):
-        at = {(name, key): [run["sides"][name][i][key] for run in runs]
-              for name in (OURS, LIGHTLY) for key in ("images_per_s", "epochs", "probe_accuracy")}
-        rates, accuracies = (zip(at[OURS, key], at[LIGHTLY, key]) for key in ("images_per_s", "probe_accuracy"))
-        rows.append({
-            "budget min": f"{budget:g}",
-            "ours img/s": spread(at[OURS, "images_per_s"], 0),
-            "lightly img/s": spread(at[LIGHTLY, "images_per_s"], 0),
-            "img/s ours/lightly": spread([a / b for a, b in rates], 2),
-            "ours epochs": spread(at[OURS, "epochs"], 2),
-            "lightly epochs": spread(at[LIGHTLY, "epochs"], 2),
-            "ours probe": spread(at[OURS, "probe_accuracy"], 4),
-            "lightly probe": spread(at[LIGHTLY, "probe_accuracy"], 4),
-            "ours - lightly, points": spread([100 * (a - b) for a, b in accuracies], 2),
-        })
+        at = {
+            (name, key): [run["sides"][name][i][key] for run in runs]
+            for name in (OURS, LIGHTLY)
+            for key in ("images_per_s", "epochs", "probe_accuracy")
+        }
+        rates, accuracies = (
+            zip(at[OURS, key], at[LIGHTLY, key], strict=True) for key in ("images_per_s", "probe_accuracy")
+        )
+        rows.append(
+            {
+                "budget min": f"{budget:g}",
+                "ours img/s": spread(at[OURS, "images_per_s"], 0),
+                "lightly img/s": spread(at[LIGHTLY, "images_per_s"], 0),
+                "img/s ours/lightly": spread([a / b for a, b in rates], 2),
+                "ours epochs": spread(at[OURS, "epochs"], 2),
+                "lightly epochs": spread(at[LIGHTLY, "epochs"], 2),
+                "ours probe": spread(at[OURS, "probe_accuracy"], 4),
+                "lightly probe": spread(at[LIGHTLY, "probe_accuracy"], 4),
+                "ours - lightly, points": spread([100 * (a - b) for a, b in accuracies], 2),
+            }
+        )
     return rows
 
 
@@ -311,8 +353,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--slice-seconds", type=float, default=30.0, help="training seconds per turn of a side")
     parser.add_argument("--warmup-fraction", type=float, default=0.1, help="LR warm-up, of the largest budget")
     parser.add_argument("--probe-max-iter", type=int, help="probe iterations (default: the job's eval.probe_max_iter)")
-    parser.add_argument("--lightly-channels-last", action="store_true",
-                        help="lightly's model and batches in channels_last, as ours (its docs do not)")
+    parser.add_argument(
+        "--lightly-channels-last",
+        action="store_true",
+        help="lightly's model and batches in channels_last, as ours (its docs do not)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job (both sides)")
     args = parser.parse_args(argv)
     if min(args.minutes) <= 0 or args.slice_seconds <= 0 or not 0 <= args.warmup_fraction < 1:
@@ -322,25 +367,34 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = []
     for seed in args.seeds:
-        config = load_config(JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}",
-                                   f"train.seed={seed}"])
+        config = load_config(
+            JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}", f"train.seed={seed}"]
+        )
         manifest = read_manifest(config.data.shards)
         train = read_train_split(config.data.shards)
         setup = Setup(config, encoder_spec(config.model, manifest), torch.from_numpy(train[0]).unsqueeze(1))
         runs.append(compare(setup, train, seed, args))
     rows = summary(runs, args.minutes)
-    print(f"\nSimCLR, ours (plain loop) vs lightly {lightly_library.__version__}, equal training minutes per side; "
-          f"mean (min-max) over seeds {' '.join(map(str, args.seeds))}")
+    print(
+        f"\nSimCLR, ours (plain loop) vs lightly {lightly_library.__version__}, equal training minutes per side; "
+        f"mean (min-max) over seeds {' '.join(map(str, args.seeds))}"
+    )
     print_table(rows)
     command = shlex.join(["python", "-m", "benchmarks.lightly_peer", *(sys.argv[1:] if argv is None else argv)])
     settings = {
-        "job": str(JOB.relative_to(JOBS.parent)), "overrides": args.overrides, "shards": args.shards,
+        "job": str(JOB.relative_to(JOBS.parent)),
+        "overrides": args.overrides,
+        "shards": args.shards,
         "batch_size": BATCH_SIZE,
-        "lightly": lightly_library.__version__, "lightly_dataloader_workers": LIGHTLY_WORKERS,
-        "lightly_channels_last": args.lightly_channels_last, "torch_threads": CPUS,
-        "slice_seconds": args.slice_seconds, "budgets_min": sorted(args.minutes), "seeds": args.seeds,
+        "lightly": lightly_library.__version__,
+        "lightly_dataloader_workers": LIGHTLY_WORKERS,
+        "lightly_channels_last": args.lightly_channels_last,
+        "torch_threads": CPUS,
+        "slice_seconds": args.slice_seconds,
+        "budgets_min": sorted(args.minutes),
+        "seeds": args.seeds,
         "lr_schedule": f"base LR, warm-up over {args.warmup_fraction:g} of the largest budget, cosine to 0 at it; "
-                       f"a function of each side's own training seconds",
+        f"a function of each side's own training seconds",
         "probe_max_iter": args.probe_max_iter or config.eval.probe_max_iter,
     }
     payload = {"command": command, "settings": settings, "summary": rows, "runs": runs}

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     images_hwc, _ = train.load(np.arange(train.num_samples))
     in_memory = torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous()
     with tempfile.TemporaryDirectory() as work:
-        layouts = {"chunked png": dict(), "chunked npy": dict(encoding="npy"), "per-image png": dict(images_per_member=1)}
+        layouts = {
+            "chunked png": dict(),
+            "chunked npy": dict(encoding="npy"),
+            "per-image png": dict(images_per_member=1),
+        }
         for name, options in layouts.items():
             print(f"sharding {args.source} as {name} ...")
             write_shards(source, Path(work, name), progress=False, **options)
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                 loader = stream(layout, workers)
                 variants[f"stream {layout}, {workers} workers"] = timed(lambda loader=loader: stream_epoch(loader))
         rates = interleaved(variants, args.repeats)
-    report("loader", rates, baseline="in-memory uint8 array", extra={"source": args.source, "batch_size": args.batch_size})
+    report(
+        "loader", rates, baseline="in-memory uint8 array", extra={"source": args.source, "batch_size": args.batch_size}
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,39 @@ from PIL import Image
 _PLASMA = "/usr/share/wallpapers/{}/contents/images"
 _MATE = "/usr/share/backgrounds/mate/nature/{}.jpg"
 PHOTOS = {
-    **{name: _PLASMA.format(name) for name in (
-        "BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite", "OneStandsOut",
-        "Path", "summer_1am", "ColorfulCups")},
-    **{name: _MATE.format(name) for name in (
-        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
-        "TwoWings", "Wood", "YellowFlower")},
+    **{
+        name: _PLASMA.format(name)
+        for name in (
+            "BytheWater",
+            "ColdRipple",
+            "DarkestHour",
+            "EveningGlow",
+            "FallenLeaf",
+            "Grey",
+            "Kite",
+            "OneStandsOut",
+            "Path",
+            "summer_1am",
+            "ColorfulCups",
+        )
+    },
+    **{
+        name: _MATE.format(name)
+        for name in (
+            "Aqua",
+            "Blinds",
+            "Dune",
+            "FreshFlower",
+            "Garden",
+            "GreenMeadow",
+            "LadyBird",
+            "RainDrops",
+            "Storm",
+            "TwoWings",
+            "Wood",
+            "YellowFlower",
+        )
+    },
 }
 PACKAGES = "plasma-workspace-wallpapers mate-backgrounds"
 
@@ -50,8 +77,14 @@ def random_crop(image: Image.Image, rng: np.random.Generator, min_side: int, max
 
 
 def make_photo_folder(
-    out: Path, train_per_class: int, test_per_class: int, *, classes: int | None = None, min_side: int = 256,
-    max_side: int = 1024, seed: int = 0,
+    out: Path,
+    train_per_class: int,
+    test_per_class: int,
+    *,
+    classes: int | None = None,
+    min_side: int = 256,
+    max_side: int = 1024,
+    seed: int = 0,
 ) -> Path:
     """Write ``out/{train,test}/NAME/NNNN.jpg`` crops of the first ``classes`` photographs; returns ``out``."""
     rng = np.random.default_rng(seed)
@@ -76,8 +109,15 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    make_photo_folder(args.out, args.train_per_class, args.test_per_class, classes=args.classes,
-                      min_side=args.min_side, max_side=args.max_side, seed=args.seed)
+    make_photo_folder(
+        args.out,
+        args.train_per_class,
+        args.test_per_class,
+        classes=args.classes,
+        min_side=args.min_side,
+        max_side=args.max_side,
+        seed=args.seed,
+    )
     print(f"wrote {args.out}")
 
 

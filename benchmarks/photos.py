@@ -45,15 +45,17 @@ def peer_transform(blur: bool) -> v2.Transform:
     """SimCLR's ImageNet views in torchvision ``transforms.v2``, one PIL image at a time (``blur``: with the
     Gaussian blur of half the views, 23 px kernel, sigma 0.1-2, as our ``simclr`` preset)."""
     blurs = [v2.RandomApply([v2.GaussianBlur(23, (0.1, 2.0))], p=0.5)] if blur else []
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        *blurs,
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            *blurs,
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 class TwoViews:
@@ -66,8 +68,13 @@ class TwoViews:
 
 def peer_epoch(folder: Path, workers: int, blur: bool) -> Callable[[], int]:
     """One epoch of ``ImageFolder`` + per-sample views in a DataLoader of ``workers`` processes."""
-    loader = DataLoader(datasets.ImageFolder(str(folder), transform=TwoViews(peer_transform(blur))), BATCH,
-                        shuffle=True, num_workers=workers, drop_last=True)
+    loader = DataLoader(
+        datasets.ImageFolder(str(folder), transform=TwoViews(peer_transform(blur))),
+        BATCH,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+    )
     return lambda: sum(len(labels) for _, labels in loader)
 
 
@@ -77,10 +84,19 @@ def ours_epoch(shards: Path, workers: int, blur: bool) -> Callable[[], int]:
     augmenter = ViewAugmenter("simclr", SIZE, 3, 2, crop=False)
     if not blur:
         augmenter.pipelines = nn.ModuleList(
-            nn.Sequential(*(op for op in view if not isinstance(op, RandomGaussianBlur))) for view in augmenter.pipelines
+            nn.Sequential(*(op for op in view if not isinstance(op, RandomGaussianBlur)))
+            for view in augmenter.pipelines
         )
-    loader = ShardLoader(shards, "train", BATCH, rank=0, world_size=1, num_workers=workers,
-                         views=PhotoViews(SIZE, 2, random=True), transform=augmenter.stacked)
+    loader = ShardLoader(
+        shards,
+        "train",
+        BATCH,
+        rank=0,
+        world_size=1,
+        num_workers=workers,
+        views=PhotoViews(SIZE, 2, random=True),
+        transform=augmenter.stacked,
+    )
 
     def run() -> int:
         loader.set_epoch(loader.epoch + 1)
@@ -111,8 +127,11 @@ def decoder_rates(files: list[Path], repeats: int) -> dict[str, float]:
             scale = image.size[0] / width
             image = image.convert("RGB")
             for top, left, h, w in boxes.tolist():
-                image.resize((SIZE, SIZE), Image.Resampling.BILINEAR,
-                             box=(left * scale, top * scale, (left + w) * scale, (top + h) * scale))
+                image.resize(
+                    (SIZE, SIZE),
+                    Image.Resampling.BILINEAR,
+                    box=(left * scale, top * scale, (left + w) * scale, (top + h) * scale),
+                )
         return len(blobs)
 
     def torchvision_decode() -> int:
@@ -124,8 +143,12 @@ def decoder_rates(files: list[Path], repeats: int) -> dict[str, float]:
         photo_views(tensors, PhotoViews(SIZE, 2, random=True), rng, torch.device("cpu"))
         return len(tensors)
 
-    variants = {"PIL decode": timed(pil_decode), "PIL draft + 2 crops": timed(pil_crops),
-                "torchvision.io decode": timed(torchvision_decode), "torchvision.io + 2 crops (ours)": timed(torchvision_crops)}
+    variants = {
+        "PIL decode": timed(pil_decode),
+        "PIL draft + 2 crops": timed(pil_crops),
+        "torchvision.io decode": timed(torchvision_decode),
+        "torchvision.io + 2 crops (ours)": timed(torchvision_crops),
+    }
     try:
         import simplejpeg
 
@@ -149,9 +172,18 @@ def sharding_rates(folder: Path, work: Path, workers: int, repeats: int) -> dict
 
     def shard(count: int) -> Callable[[], int]:
         def run() -> int:
-            write_photo_shards(files, classes, work / f"shards-{count}", source={"name": "bench"}, workers=count,
-                               samples_per_shard=max(1, total // (4 * workers)), overwrite=True, progress=False)
+            write_photo_shards(
+                files,
+                classes,
+                work / f"shards-{count}",
+                source={"name": "bench"},
+                workers=count,
+                samples_per_shard=max(1, total // (4 * workers)),
+                overwrite=True,
+                progress=False,
+            )
             return total
+
         return timed(run)
 
     return medians(interleaved({"1 process": shard(1), f"{workers} processes": shard(workers)}, repeats, warmup=0))
@@ -162,8 +194,17 @@ def gpu_rate(shards: Path, repeats: int) -> float | None:
     if not torch.cuda.is_available():
         return None
     device = torch.device("cuda")
-    loader = ShardLoader(shards, "train", 256, rank=0, world_size=1, num_workers=4, pin_memory=True,
-                         views=PhotoViews(SIZE, 2, random=True), decode_on_device=True)
+    loader = ShardLoader(
+        shards,
+        "train",
+        256,
+        rank=0,
+        world_size=1,
+        num_workers=4,
+        pin_memory=True,
+        views=PhotoViews(SIZE, 2, random=True),
+        decode_on_device=True,
+    )
     batches = [batch[0] for batch in loader]
     augmenter = ViewAugmenter("simclr", SIZE, 3, 2, seed=0, crop=False)
     rng = np.random.default_rng(0)
@@ -193,8 +234,14 @@ def main(argv: list[str] | None = None) -> None:
         files = sorted(train.rglob("*.jpg"))
         print(f"{len(files)} photos (256-512 px crops of 23 photographs) in {time.perf_counter() - started:.0f} s")
         shards = work / "shards"
-        write_photo_shards({"train": [(str(f), -1) for f in files]}, [], shards, source={"name": "bench"},
-                           samples_per_shard=max(1, len(files) // 8), progress=False)
+        write_photo_shards(
+            {"train": [(str(f), -1) for f in files]},
+            [],
+            shards,
+            source={"name": "bench"},
+            samples_per_shard=max(1, len(files) // 8),
+            progress=False,
+        )
         source_bytes = sum(f.stat().st_size for f in files)
         shard_bytes = sum(f.stat().st_size for f in shards.glob("*.tar"))
         print("\nsharding (files/s)")
@@ -205,29 +252,47 @@ def main(argv: list[str] | None = None) -> None:
         print_table([{"decoder": k, "photos/s per core": v} for k, v in decoders.items()])
         print(f"\nCPU data path, {args.workers} loader processes each (source photos/s, two 224 px views each)")
         torch.set_num_threads(1)  # the main process: our augmentation, the peer's collation
-        paths = medians(interleaved({
-            f"{who}, {views}": timed(epoch(where, args.workers, blur))
-            for blur, views in ((False, VIEWS), (True, VIEWS_BLUR))
-            for who, epoch, where in (("ours", ours_epoch, shards), (PEER, peer_epoch, train))
-        }, args.repeats))
+        paths = medians(
+            interleaved(
+                {
+                    f"{who}, {views}": timed(epoch(where, args.workers, blur))
+                    for blur, views in ((False, VIEWS), (True, VIEWS_BLUR))
+                    for who, epoch, where in (("ours", ours_epoch, shards), (PEER, peer_epoch, train))
+                },
+                args.repeats,
+            )
+        )
         ratios = {views: paths[f"ours, {views}"] / paths[f"{PEER}, {views}"] for views in (VIEWS, VIEWS_BLUR)}
-        print_table([{"data path": k, "photos/s": v, "ours / peer": ratios[k.split(", ", 1)[1]]}
-                     for k, v in paths.items()])
+        print_table(
+            [{"data path": k, "photos/s": v, "ours / peer": ratios[k.split(", ", 1)[1]]} for k, v in paths.items()]
+        )
         gpu = gpu_rate(shards, args.repeats)
     single = sharding["1 process"]
     summary = {
-        "photos": len(files), "shard_bytes_over_source": shard_bytes / source_bytes,
-        "sharding_files_per_s": sharding, "sharding_efficiency": sharding[f"{args.workers} processes"] / (args.workers * single),
-        "decoders_photos_per_s_per_core": decoders, "data_path_photos_per_s": paths,
+        "photos": len(files),
+        "shard_bytes_over_source": shard_bytes / source_bytes,
+        "sharding_files_per_s": sharding,
+        "sharding_efficiency": sharding[f"{args.workers} processes"] / (args.workers * single),
+        "decoders_photos_per_s_per_core": decoders,
+        "data_path_photos_per_s": paths,
         "data_path_ours_over_peer": ratios,
-        "gpu_decode_augment_photos_per_s": gpu, "workers": args.workers, "batch_size": BATCH, "image_size": SIZE,
+        "gpu_decode_augment_photos_per_s": gpu,
+        "workers": args.workers,
+        "batch_size": BATCH,
+        "image_size": SIZE,
     }
-    print_table([{"target": "shard bytes / source bytes (<= 1.05)", "value": summary["shard_bytes_over_source"]},
-                 {"target": f"sharding: {args.workers} processes / ({args.workers} x 1) (>= 0.8)",
-                  "value": summary["sharding_efficiency"]},
-                 {"target": f"data path: ours / peer, {VIEWS} (>= 2)", "value": ratios[VIEWS]},
-                 {"target": f"data path: ours / peer, {VIEWS_BLUR}", "value": ratios[VIEWS_BLUR]},
-                 {"target": "GPU decode + augment, photos/s (> 5,000)", "value": gpu}])
+    print_table(
+        [
+            {"target": "shard bytes / source bytes (<= 1.05)", "value": summary["shard_bytes_over_source"]},
+            {
+                "target": f"sharding: {args.workers} processes / ({args.workers} x 1) (>= 0.8)",
+                "value": summary["sharding_efficiency"],
+            },
+            {"target": f"data path: ours / peer, {VIEWS} (>= 2)", "value": ratios[VIEWS]},
+            {"target": f"data path: ours / peer, {VIEWS_BLUR}", "value": ratios[VIEWS_BLUR]},
+            {"target": "GPU decode + augment, photos/s (> 5,000)", "value": gpu},
+        ]
+    )
     write_results("photos", summary)
 
 

@@ -57,7 +57,14 @@ from torchvision.transforms import v2
 
 from augment import ViewAugmenter
 from benchmarks.common import (
-    WARMUP_FRACTION, RssSampler, interleaved, local_ray, medians, print_table, timed, write_results,
+    WARMUP_FRACTION,
+    RssSampler,
+    interleaved,
+    local_ray,
+    medians,
+    print_table,
+    timed,
+    write_results,
 )
 from benchmarks.loader import stream_epoch
 from pipeline.config import JobConfig, load_config, with_values
@@ -81,8 +88,13 @@ LOADER, AUGMENT = "loader alone", "augmentation alone"
 OURS_DATA, PEER_DATA = "ours, data path alone", "peer, data path alone"
 OURS = (PLAIN, RAY_1, RAY_2)
 RAY_WORKERS = {RAY_1: 1, RAY_2: 2}
-TARGETS = {"ours / ceiling": 0.9, "ours / peer": 2.0, "data path: ours / peer": 2.0, "Ray / plain": 0.95,
-           "loader / training": 20.0}
+TARGETS = {
+    "ours / ceiling": 0.9,
+    "ours / peer": 2.0,
+    "data path: ours / peer": 2.0,
+    "Ray / plain": 0.95,
+    "loader / training": 20.0,
+}
 MAX_WORKER_MIB, MAX_GROWTH = 2048, 0.05  # per training process: peak memory, growth after warm-up (fraction)
 
 
@@ -94,14 +106,19 @@ class Setup:
 
 
 def make_setup(method: str, shards: str, storage: str, data_workers: int | None = None) -> Setup:
-    overrides = [f"data.shards={shards}", f"data.batch_size={BATCH_SIZE}", f"train.storage_path={storage}",
-                 *([f"data.num_workers={data_workers}"] if data_workers is not None else [])]
+    overrides = [
+        f"data.shards={shards}",
+        f"data.batch_size={BATCH_SIZE}",
+        f"train.storage_path={storage}",
+        *([f"data.num_workers={data_workers}"] if data_workers is not None else []),
+    ]
     config = load_config(JOBS / f"{method}_fashion_mnist.yaml", overrides)
     manifest = read_manifest(shards)
     split = open_source(manifest.source["name"], download=False).splits["train"]
     images, _ = split.load(np.arange(split.num_samples))
-    return Setup(config, encoder_spec(config.model, manifest),
-                 torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    return Setup(
+        config, encoder_spec(config.model, manifest), torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    )
 
 
 class Trainee:
@@ -110,7 +127,8 @@ class Trainee:
     def __init__(self, setup: Setup) -> None:
         torch.manual_seed(setup.config.train.seed)
         self.method = build_method(setup.config.method, setup.spec, setup.config.model).to(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
         self.optimizer = build_optimizer(self.method, setup.config.optim, BATCH_SIZE)
         self.steps = 0
 
@@ -124,22 +142,37 @@ class Trainee:
 
 def augmenter(setup: Setup) -> ViewAugmenter:
     num_views = METHODS[setup.config.method.name].num_views
-    return ViewAugmenter(setup.config.augment.preset, setup.spec.image_size, setup.spec.channels, num_views,
-                         seed=setup.config.train.seed, **setup.config.augment.view_options())
+    return ViewAugmenter(
+        setup.config.augment.preset,
+        setup.spec.image_size,
+        setup.spec.channels,
+        num_views,
+        seed=setup.config.train.seed,
+        **setup.config.augment.view_options(),
+    )
 
 
 def shard_loader(setup: Setup) -> ShardLoader:
     config = setup.config
-    return ShardLoader(config.data.shards, "train", BATCH_SIZE, rank=0, world_size=1,
-                       num_workers=config.data.num_workers, seed=config.train.seed)
+    return ShardLoader(
+        config.data.shards,
+        "train",
+        BATCH_SIZE,
+        rank=0,
+        world_size=1,
+        num_workers=config.data.num_workers,
+        seed=config.train.seed,
+    )
 
 
 def ceiling(setup: Setup) -> Callable[[int], int]:
     """``run(steps) -> images``: the step on views augmented once, kept in memory and cycled."""
     trainee, augment = Trainee(setup), augmenter(setup)
     chosen = torch.randperm(len(setup.images))[: POOL_BATCHES * BATCH_SIZE]
-    pool = [[v.contiguous(memory_format=torch.channels_last) for v in augment(batch)]
-            for batch in setup.images[chosen].split(BATCH_SIZE)]
+    pool = [
+        [v.contiguous(memory_format=torch.channels_last) for v in augment(batch)]
+        for batch in setup.images[chosen].split(BATCH_SIZE)
+    ]
     return lambda steps: sum(trainee.step(views) for views in itertools.islice(itertools.cycle(pool), steps))
 
 
@@ -161,14 +194,18 @@ def peer_transform(preset: str, spec: EncoderSpec) -> v2.Transform:
     if preset == "none":
         return to_float
     if preset not in PEER_CROP_SCALE or spec.channels != 1 or spec.image_size > 32:
-        raise ConfigError(f"the peer mirrors the presets {', '.join(PEER_CROP_SCALE)} and none on small grayscale "
-                          f"images, not {preset!r} on {spec.channels}x{spec.image_size}x{spec.image_size}")
-    return v2.Compose([
-        v2.RandomResizedCrop(spec.image_size, scale=PEER_CROP_SCALE[preset], antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
-        to_float,
-    ])
+        raise ConfigError(
+            f"the peer mirrors the presets {', '.join(PEER_CROP_SCALE)} and none on small grayscale "
+            f"images, not {preset!r} on {spec.channels}x{spec.image_size}x{spec.image_size}"
+        )
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(spec.image_size, scale=PEER_CROP_SCALE[preset], antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+            to_float,
+        ]
+    )
 
 
 class PerImageViews(Dataset):
@@ -186,8 +223,11 @@ class PerImageViews(Dataset):
 
 def peer_loader(setup: Setup) -> DataLoader:
     """Batches of per-image torchvision views, ``[(B, C, H, W)] * num_views``, from a DataLoader."""
-    views = PerImageViews(setup.images, peer_transform(setup.config.augment.preset, setup.spec),
-                          METHODS[setup.config.method.name].num_views)
+    views = PerImageViews(
+        setup.images,
+        peer_transform(setup.config.augment.preset, setup.spec),
+        METHODS[setup.config.method.name].num_views,
+    )
     return DataLoader(views, BATCH_SIZE, shuffle=True, drop_last=True, num_workers=PEER_WORKERS)
 
 
@@ -214,8 +254,12 @@ def data_path_peer(setup: Setup) -> Callable[[], int]:
 def fit_on_ray(setup: Setup, workers: int, cpus: int, epochs: int, steps: int) -> float:
     """images/s that ``train_worker`` reports for the last of ``epochs`` epochs of at most ``steps`` batches per
     rank, on ``workers`` Ray Train workers sharing ``cpus`` CPUs."""
-    values = {"train.num_workers": workers, "train.cpus_per_worker": cpus // workers, "train.epochs": epochs,
-              "train.max_steps_per_epoch": steps}
+    values = {
+        "train.num_workers": workers,
+        "train.cpus_per_worker": cpus // workers,
+        "train.epochs": epochs,
+        "train.max_steps_per_epoch": steps,
+    }
     state = fit(with_values(setup.config, values, "throughput"), f"throughput-{uuid.uuid4().hex[:8]}")
     return state["metrics"]["images_per_s"]
 
@@ -256,17 +300,20 @@ def measure(method: str, args: argparse.Namespace, storage: str) -> dict:
     """Rates, whole-epoch rates and RSS of every variant for ``method``; prints its tables."""
     setup = make_setup(method, args.shards, storage, args.data_workers)
     training = {name: build(setup) for name, build in TRAINING.items()}
-    alone = {LOADER: timed(partial(stream_epoch, shard_loader(setup))),
-             AUGMENT: timed(augmentation_alone(setup, args.steps)),
-             OURS_DATA: timed(partial(stream_epoch, shard_loader(setup), augmenter(setup))),
-             PEER_DATA: timed(data_path_peer(setup))}
+    alone = {
+        LOADER: timed(partial(stream_epoch, shard_loader(setup))),
+        AUGMENT: timed(augmentation_alone(setup, args.steps)),
+        OURS_DATA: timed(partial(stream_epoch, shard_loader(setup), augmenter(setup))),
+        PEER_DATA: timed(data_path_peer(setup)),
+    }
     for run in training.values():  # warm-up; Ray runs warm up in their own epoch 0
         run(WARMUP_STEPS)
     for run in alone.values():
         run()
     variants = {name: timed(partial(run, args.steps)) for name, run in training.items()}
-    variants |= {name: partial(fit_on_ray, setup, workers, args.cpus, 2, args.steps)
-                 for name, workers in RAY_WORKERS.items()}
+    variants |= {
+        name: partial(fit_on_ray, setup, workers, args.cpus, 2, args.steps) for name, workers in RAY_WORKERS.items()
+    }
     rates = interleaved(variants | alone, args.repeats, warmup=0)
     median = medians(rates)
 
@@ -279,19 +326,41 @@ def measure(method: str, args: argparse.Namespace, storage: str) -> dict:
                 whole_epoch[name] = fit_on_ray(setup, workers, args.cpus, 1, args.rss_images // (BATCH_SIZE * workers))
             rss[name] = sampler.summary()
 
-    print(f"\n{method}: images/s, median of {args.repeats} interleaved runs of {args.steps} steps "
-          f"(whole epoch: one run of {args.rss_images:,} images, warm-up included)")
-    print_table([{"variant": name, "images/s": rate, "/ ceiling": rate / median[CEILING], "/ peer": rate / median[PEER],
-                  "/ ours plain": rate / median[PLAIN], "whole epoch": whole_epoch.get(name)}
-                 for name, rate in median.items()])
+    print(
+        f"\n{method}: images/s, median of {args.repeats} interleaved runs of {args.steps} steps "
+        f"(whole epoch: one run of {args.rss_images:,} images, warm-up included)"
+    )
+    print_table(
+        [
+            {
+                "variant": name,
+                "images/s": rate,
+                "/ ceiling": rate / median[CEILING],
+                "/ peer": rate / median[PEER],
+                "/ ours plain": rate / median[PLAIN],
+                "whole epoch": whole_epoch.get(name),
+            }
+            for name, rate in median.items()
+        ]
+    )
     if rss:
         print(f"\n{method}: memory (MiB) over the whole epoch; after warm-up: from {WARMUP_FRACTION:.0%} of the way")
-        print_table([{"variant": name, "process": label, **summary}
-                     for name, processes in rss.items() for label, summary in processes.items()])
+        print_table(
+            [
+                {"variant": name, "process": label, **summary}
+                for name, processes in rss.items()
+                for label, summary in processes.items()
+            ]
+        )
     checks = target_checks(median, {}, f"{args.steps} steps") + target_checks(whole_epoch, rss, "whole epoch")
     print_table(checks)
-    return {"runs": rates, "median_images_per_s": median, "whole_epoch_images_per_s": whole_epoch, "rss_mib": rss,
-            "targets": checks}
+    return {
+        "runs": rates,
+        "median_images_per_s": median,
+        "whole_epoch_images_per_s": whole_epoch,
+        "rss_mib": rss,
+        "targets": checks,
+    }
 
 
 def target_checks(rates: dict[str, float], rss: dict[str, dict[str, dict[str, float]]], runs: str) -> list[dict]:
@@ -312,8 +381,11 @@ def target_checks(rates: dict[str, float], rss: dict[str, dict[str, dict[str, fl
     if OURS_DATA in rates:
         check(f"{OURS_DATA} / {PEER_DATA} >=", rates[OURS_DATA] / rates[PEER_DATA], TARGETS["data path: ours / peer"])
     if LOADER in rates:
-        check(f"{LOADER} / fastest ours >=", rates[LOADER] / max(rates[name] for name in ours),
-              TARGETS["loader / training"])
+        check(
+            f"{LOADER} / fastest ours >=",
+            rates[LOADER] / max(rates[name] for name in ours),
+            TARGETS["loader / training"],
+        )
     for name in ours:
         for label, summary in rss.get(name, {}).items():
             check(f"{name}, {label}: peak MiB <", summary["peak"], MAX_WORKER_MIB)
@@ -329,8 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps per measured run")
     parser.add_argument("--rss-images", type=int, default=60_000, help="images of the RSS epoch; 0 skips it")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for Ray and torch threads in this process")
-    parser.add_argument("--data-workers", type=int, help="DataLoader workers per process (default: the job's "
-                        "data.num_workers)")
+    parser.add_argument(
+        "--data-workers", type=int, help="DataLoader workers per process (default: the job's data.num_workers)"
+    )
     args = parser.parse_args(argv)
     args.shards = str(Path(args.shards).absolute())  # Ray Train workers run in another directory
     torch.set_num_threads(args.cpus)
@@ -339,14 +412,24 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="throughput-") as storage, local_ray(args.cpus):
         for method in args.methods:
             results[method] = measure(method, args, storage)
-    settings = {"batch_size_per_process": BATCH_SIZE, "steps": args.steps, "repeats": args.repeats,
-                "rss_images": args.rss_images, "cpus": args.cpus, "pool_batches": POOL_BATCHES,
-                "peer_dataloader_workers": PEER_WORKERS,
-                "data_workers": "the job's data.num_workers" if args.data_workers is None else args.data_workers,
-                "torch_threads": {"this process and the fresh ones": args.cpus, "DataLoader workers": 1,
-                                  "Ray Train workers": "train.cpus_per_worker: 2 (1 worker), 1 (2 workers)"}}
-    name = "-".join(["throughput", *args.methods, *([f"data-workers-{args.data_workers}"]
-                                                     if args.data_workers is not None else [])])
+    settings = {
+        "batch_size_per_process": BATCH_SIZE,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "rss_images": args.rss_images,
+        "cpus": args.cpus,
+        "pool_batches": POOL_BATCHES,
+        "peer_dataloader_workers": PEER_WORKERS,
+        "data_workers": "the job's data.num_workers" if args.data_workers is None else args.data_workers,
+        "torch_threads": {
+            "this process and the fresh ones": args.cpus,
+            "DataLoader workers": 1,
+            "Ray Train workers": "train.cpus_per_worker: 2 (1 worker), 1 (2 workers)",
+        },
+    }
+    name = "-".join(
+        ["throughput", *args.methods, *([f"data-workers-{args.data_workers}"] if args.data_workers is not None else [])]
+    )
     write_results(name, {"settings": settings, "methods": results})
 
 

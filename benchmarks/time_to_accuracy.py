@@ -72,9 +72,16 @@ def epoch_seconds(config: JobConfig) -> float:
     calibration = with_values(config, {"train.epochs": 2, "train.max_steps_per_epoch": steps}, "calibration")
     rate = fit(calibration, f"{config.train.name}-calibration")["metrics"]["images_per_s"]
     manifest = read_manifest(config.data.shards)
-    loader = ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0,
-                         world_size=config.train.num_workers, mode=config.data.mode, manifest=manifest,
-                         exclude_classes=config.data.exclude_classes(len(manifest.class_names)))
+    loader = ShardLoader(
+        config.data.shards,
+        "train",
+        config.data.batch_size,
+        rank=0,
+        world_size=config.train.num_workers,
+        mode=config.data.mode,
+        manifest=manifest,
+        exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
+    )
     batches = steps_in(loader, 1, config.train.max_steps_per_epoch)[0]
     return batches * config.data.batch_size * config.train.num_workers / rate
 
@@ -102,14 +109,16 @@ def train_and_probe(config: JobConfig, budgets_s: Sequence[float], epochs: int, 
     for budget in budgets_s:
         path = folder / f"{budget}.pt"
         snapshot = torch.load(path, weights_only=True) if path.exists() else None  # None: no epoch fitted
-        rows.append({
-            "budget min": budget / 60,
-            "schedule epochs": epochs,
-            "epochs": snapshot["epoch"] if snapshot else 0,
-            "trained min": snapshot["trained_s"] / 60 if snapshot else None,
-            "probe accuracy": probe_accuracy(config, snapshot) if snapshot else None,
-            "fit wall s": wall_s,
-        })
+        rows.append(
+            {
+                "budget min": budget / 60,
+                "schedule epochs": epochs,
+                "epochs": snapshot["epoch"] if snapshot else 0,
+                "trained min": snapshot["trained_s"] / 60 if snapshot else None,
+                "probe accuracy": probe_accuracy(config, snapshot) if snapshot else None,
+                "fit wall s": wall_s,
+            }
+        )
     return rows
 
 
@@ -129,14 +138,23 @@ def main(argv: list[str] | None = None) -> None:
         if per_epoch_s:
             print(f"an epoch takes about {per_epoch_s:.0f} s", flush=True)
         groups = [[budget] for budget in budgets_s] if args.per_budget else [budgets_s]
-        rows = [row for group in groups
-                for row in train_and_probe(config, group, args.epochs or max(1, math.floor(group[-1] / per_epoch_s)),
-                                           work)]
+        rows = [
+            row
+            for group in groups
+            for row in train_and_probe(config, group, args.epochs or max(1, math.floor(group[-1] / per_epoch_s)), work)
+        ]
     print_table(rows)
-    write_results("-".join(["time_to_accuracy", *(re.sub(r"[^\w.=,-]", "_", o) for o in args.overrides)]), {
-        "job": str(JOB.relative_to(JOB.parent.parent)), "overrides": args.overrides, "per_budget": args.per_budget,
-        "estimated_epoch_s": per_epoch_s, "config": config.to_dict(), "budgets": rows,
-    })
+    write_results(
+        "-".join(["time_to_accuracy", *(re.sub(r"[^\w.=,-]", "_", o) for o in args.overrides)]),
+        {
+            "job": str(JOB.relative_to(JOB.parent.parent)),
+            "overrides": args.overrides,
+            "per_budget": args.per_budget,
+            "estimated_epoch_s": per_epoch_s,
+            "config": config.to_dict(),
+            "budgets": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,11 @@ Views = Callable[[torch.Tensor], list[torch.Tensor]]
 
 def per_image(transform: Callable[[Image.Image], list[torch.Tensor]]) -> Views:
     """Views of a uint8 ``(B, 1, H, W)`` batch made one PIL image at a time by ``transform`` (-> two views)."""
+
     def views(batch: torch.Tensor) -> list[torch.Tensor]:
         pairs = [transform(Image.fromarray(image[0].numpy())) for image in batch]
         return [torch.stack([pair[v] for pair in pairs]) for v in range(2)]
+
     return views
 
 
@@ -71,8 +73,11 @@ def arm_views(arm: str, setup: Setup, seed: int) -> Views:
         return per_image(lightly_transform(size, channels))
     jitter = K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8)
     if arm == "slice-crop":
-        pipe = nn.Sequential(K.RandomResizedCrop((size, size), scale=(0.08, 1.0), cropping_mode="slice"),
-                             K.RandomHorizontalFlip(), jitter)
+        pipe = nn.Sequential(
+            K.RandomResizedCrop((size, size), scale=(0.08, 1.0), cropping_mode="slice"),
+            K.RandomHorizontalFlip(),
+            jitter,
+        )
         return lambda batch: [pipe(batch.float() / 255).clamp(0, 1) for _ in range(2)]
     if arm == "tv-crop":
         crop = T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.PILToTensor()])
@@ -104,8 +109,7 @@ def train_arm(setup: Setup, arm: str, seed: int, steps: int, probe_max_iter: int
     train_s = time.perf_counter() - started
     state = {k: v.detach().clone() for k, v in trainee.method.state_dict().items()}
     accuracy = probe_accuracy(setup, state, probe_max_iter)
-    return {"arm": arm, "seed": seed, "steps": steps, "probe_accuracy": accuracy, "train_s": train_s,
-            "view_s": view_s}
+    return {"arm": arm, "seed": seed, "steps": steps, "probe_accuracy": accuracy, "train_s": train_s, "view_s": view_s}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -121,27 +125,44 @@ def main(argv: list[str] | None = None) -> dict:
     command = shlex.join(["python", "-m", "benchmarks.view_ablation", *(sys.argv[1:] if argv is None else argv)])
     results = []
     for seed in args.seeds:
-        config = load_config(JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}",
-                                   f"train.seed={seed}"])
+        config = load_config(
+            JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}", f"train.seed={seed}"]
+        )
         train = read_train_split(config.data.shards)
-        setup = Setup(config, encoder_spec(config.model, read_manifest(config.data.shards)),
-                      torch.from_numpy(train[0]).unsqueeze(1))
+        setup = Setup(
+            config,
+            encoder_spec(config.model, read_manifest(config.data.shards)),
+            torch.from_numpy(train[0]).unsqueeze(1),
+        )
         tracker = Tracker(config.track.store())
         for arm in args.arms:
             params = {"arm": arm, "seed": seed, "steps": args.steps, "batch_size": BATCH_SIZE, "command": command}
-            run_id = tracker.start(EXPERIMENT, f"{arm} seed {seed} {args.steps} steps", params, dump_config(config),
-                                   entry_point="benchmarks.view_ablation")
+            run_id = tracker.start(
+                EXPERIMENT,
+                f"{arm} seed {seed} {args.steps} steps",
+                params,
+                dump_config(config),
+                entry_point="benchmarks.view_ablation",
+            )
             result = train_arm(setup, arm, seed, args.steps, args.probe_max_iter or config.eval.probe_max_iter)
             tracker.log_metrics(run_id, {k: result[k] for k in ("probe_accuracy", "train_s", "view_s")})
             tracker.finish(run_id)
             results.append(result)
-            print(f"seed {seed}, {arm}: probe {result['probe_accuracy']:.4f} ({result['train_s']:.0f} s training, "
-                  f"{result['view_s']:.0f} s views)", flush=True)
+            print(
+                f"seed {seed}, {arm}: probe {result['probe_accuracy']:.4f} ({result['train_s']:.0f} s training, "
+                f"{result['view_s']:.0f} s views)",
+                flush=True,
+            )
     rows = []
     for arm in args.arms:
         accuracies = [r["probe_accuracy"] for r in results if r["arm"] == arm]
-        rows.append({"arm": arm, **{f"seed {s}": f"{a:.4f}" for s, a in zip(args.seeds, accuracies)},
-                     "mean": f"{statistics.fmean(accuracies):.4f}"})
+        rows.append(
+            {
+                "arm": arm,
+                **{f"seed {s}": f"{a:.4f}" for s, a in zip(args.seeds, accuracies, strict=True)},
+                "mean": f"{statistics.fmean(accuracies):.4f}",
+            }
+        )
     print(f"\nSimCLR, {args.steps} steps of {BATCH_SIZE}, views swapped per arm; linear probe on Fashion-MNIST test")
     print_table(rows)
     payload = {"command": command, "summary": rows, "runs": results}

@@ -28,8 +28,7 @@ def _verify(args: argparse.Namespace) -> None:
 def _preview(args: argparse.Namespace) -> None:
     from pipeline.commands.shard import preview
 
-    path = preview(args.location, args.split, args.count, args.views, args.seed, args.image_size, args.preset,
-                   args.out)
+    path = preview(args.location, args.split, args.count, args.views, args.seed, args.image_size, args.preset, args.out)
     print(f"wrote {path}")
 
 
@@ -85,8 +84,18 @@ def _anomaly(args: argparse.Namespace) -> None:
 def _embed(args: argparse.Namespace) -> None:
     from pipeline.commands.embed import embed, show
 
-    show(embed(args.model, args.data, args.out, split=args.split, workers=args.workers, batch_size=args.batch_size,
-               overwrite=args.overwrite, skip_bad_samples=args.skip_bad_samples))
+    show(
+        embed(
+            args.model,
+            args.data,
+            args.out,
+            split=args.split,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            skip_bad_samples=args.skip_bad_samples,
+        )
+    )
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -95,8 +104,12 @@ def _finetune(args: argparse.Namespace) -> None:
 
     encoder, meta = read_export(args.model)
     fractions = [f"finetune.fractions=[{args.fractions}]"] if args.fractions else []
-    config = finetune_config(meta.get("config") or {}, [*fractions, *args.overrides], args.shards,
-                             f"{args.model} (encoder.json) with the overrides")
+    config = finetune_config(
+        meta.get("config") or {},
+        [*fractions, *args.overrides],
+        args.shards,
+        f"{args.model} (encoder.json) with the overrides",
+    )
     show(finetune(args.model, encoder, meta, config))
 
 
@@ -113,26 +126,36 @@ def build_parser() -> argparse.ArgumentParser:
 def _data_commands(commands: Any) -> None:
     """``shard``, ``verify``, ``preview``."""
     shard = commands.add_parser("shard", help="write a data set as WebDataset tar shards + manifest.json")
-    shard.add_argument("source", help="fashion-mnist, mnist, cifar10, synthetic, folder:PATH (photos: one subfolder "
-                       "per class, or a flat folder of unlabeled photos) or list:FILE (a path or URL per line, "
-                       "optionally TAB and a class)")
+    shard.add_argument(
+        "source",
+        help="fashion-mnist, mnist, cifar10, synthetic, folder:PATH (photos: one subfolder "
+        "per class, or a flat folder of unlabeled photos) or list:FILE (a path or URL per line, "
+        "optionally TAB and a class)",
+    )
     shard.add_argument("--out", required=True, help="output folder (or object-store URL prefix)")
     shard.add_argument("--root", type=Path, help="where the source's files are (searched first)")
     shard.add_argument("--samples-per-shard", type=int, help="default 4096 (arrays), 1000 (photos)")
     shard.add_argument("--encoding", choices=("png", "npy"), default="png")
-    shard.add_argument("--images-per-member", type=int, help="images per tar member (default: 256 up to 64x64x3, "
-                       "else 1)")
+    shard.add_argument(
+        "--images-per-member", type=int, help="images per tar member (default: 256 up to 64x64x3, else 1)"
+    )
     shard.add_argument("--seed", type=int, default=0, help="seed of the sample order (and of synthetic data)")
     shard.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     shard.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing data set")
-    shard.add_argument("--image-size", type=int, help="folder: resize + center-crop to N px arrays instead of "
-                       "keeping photos; synthetic: side")
+    shard.add_argument(
+        "--image-size",
+        type=int,
+        help="folder: resize + center-crop to N px arrays instead of keeping photos; synthetic: side",
+    )
     shard.add_argument("--max-side", type=int, default=512, help="photos: longer sides are resized to this once")
     shard.add_argument("--lossless", action="store_true", help="photos: store converted images as PNG, not JPEG")
     shard.add_argument("--unlabeled", action="store_true", help="photos: ignore subfolders as classes")
     shard.add_argument("--workers", type=int, default=1, help="photos: processes writing shards in parallel")
-    shard.add_argument("--ray", action="store_true", help="photos: write each shard as a Ray task on the cluster "
-                       "($RAY_ADDRESS or a local Ray)")
+    shard.add_argument(
+        "--ray",
+        action="store_true",
+        help="photos: write each shard as a Ray task on the cluster ($RAY_ADDRESS or a local Ray)",
+    )
     shard.add_argument("--channels", type=int, choices=(1, 3), help="folder (default 3) and synthetic (default 1)")
     shard.add_argument("--num-train", type=int, default=2048, help="synthetic: train samples")
     shard.add_argument("--num-test", type=int, default=512, help="synthetic: test samples")
@@ -158,8 +181,10 @@ def _data_commands(commands: Any) -> None:
 
 def _job_commands(commands: Any) -> None:
     """``validate``, ``options``, ``pretrain``, ``tune``, ``anomaly``."""
-    validate = commands.add_parser("validate", help="check a job or search file (and its shards' manifest) without "
-                                   "running it; print the resolved job")
+    validate = commands.add_parser(
+        "validate",
+        help="check a job or search file (and its shards' manifest) without running it; print the resolved job",
+    )
     validate.add_argument("config", help="job or search YAML")
     validate.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. method.temperature=0.1")
     validate.add_argument("--no-data", action="store_true", help="check the config alone, not against its shards")
@@ -174,13 +199,20 @@ def _job_commands(commands: Any) -> None:
     tune.add_argument("search", help="search YAML, e.g. jobs/search_simclr_fashion_mnist.yaml")
     tune.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. search.num_samples=2")
     tune.set_defaults(run=_tune)
-    anomaly = commands.add_parser("anomaly", help="anomaly detection per class (one-class or leave-one-out): one "
-                                  "pretraining run per class, AUROC of every score beside PCA's")
+    anomaly = commands.add_parser(
+        "anomaly",
+        help="anomaly detection per class (one-class or leave-one-out): one "
+        "pretraining run per class, AUROC of every score beside PCA's",
+    )
     anomaly.add_argument("config", help="job YAML, e.g. jobs/simclr_anomaly_fashion_mnist.yaml")
     anomaly.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=2")
-    anomaly.add_argument("--protocol", required=True, choices=("one-class", "leave-one-out"),
-                         help="one-class: pretrain on one class, the others are anomalies; leave-one-out: pretrain "
-                         "on all but one class, which is the anomaly")
+    anomaly.add_argument(
+        "--protocol",
+        required=True,
+        choices=("one-class", "leave-one-out"),
+        help="one-class: pretrain on one class, the others are anomalies; leave-one-out: pretrain "
+        "on all but one class, which is the anomaly",
+    )
     anomaly.add_argument("--classes", help="comma-separated labels (default: every class)")
     anomaly.add_argument("--name", help="rerunning with the same name resumes (default: protocol, method and time)")
     anomaly.set_defaults(run=_anomaly, overrides_anywhere=True)
@@ -188,28 +220,41 @@ def _job_commands(commands: Any) -> None:
 
 def _encoder_commands(commands: Any) -> None:
     """What uses an exported encoder: ``embed``, ``finetune``."""
-    embed = commands.add_parser("embed", help="embeddings of a data set by an exported encoder (Parquet + a 2-D "
-                                "map)")
-    embed.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI "
-                       "(models:/sslpipe-encoder/1)")
-    embed.add_argument("data", help="shard folder or URL prefix with manifest.json, or a folder of images "
-                       "(folder:PATH or a plain directory; one subfolder per class, or none)")
+    embed = commands.add_parser("embed", help="embeddings of a data set by an exported encoder (Parquet + a 2-D map)")
+    embed.add_argument(
+        "model", help="export folder (exports/RUN), URL prefix, or MLflow URI (models:/sslpipe-encoder/1)"
+    )
+    embed.add_argument(
+        "data",
+        help="shard folder or URL prefix with manifest.json, or a folder of images "
+        "(folder:PATH or a plain directory; one subfolder per class, or none)",
+    )
     embed.add_argument("--out", required=True, help="output folder: embeddings.parquet, map.png, embed.json")
     embed.add_argument("--split", help="only this split (default: every split)")
-    embed.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else 2); 0 or 1: this process, "
-                       "no Ray")
+    embed.add_argument(
+        "--workers", type=int, help="Ray actors (default: one per GPU, else 2); 0 or 1: this process, no Ray"
+    )
     embed.add_argument("--batch-size", type=int, default=256, help="images per encoder call")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing embeddings.parquet")
-    embed.add_argument("--skip-bad-samples", action="store_true", help="skip and count images that cannot be "
-                       "decoded instead of failing")
+    embed.add_argument(
+        "--skip-bad-samples",
+        action="store_true",
+        help="skip and count images that cannot be decoded instead of failing",
+    )
     embed.set_defaults(run=_embed)
-    finetune = commands.add_parser("finetune", help="fine-tune an exported encoder + linear head on 1%% and 10%% "
-                                   "of the labels, beside the same from random initialisation (Ray Train)")
-    finetune.add_argument("model", help="export folder (exports/RUN), URL prefix, or MLflow URI "
-                          "(models:/sslpipe-encoder/1)")
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune an exported encoder + linear head on 1%% and 10%% "
+        "of the labels, beside the same from random initialisation (Ray Train)",
+    )
+    finetune.add_argument(
+        "model", help="export folder (exports/RUN), URL prefix, or MLflow URI (models:/sslpipe-encoder/1)"
+    )
     finetune.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. finetune.epochs=[20,10]")
-    finetune.add_argument("--shards", help="labeled shards with train and test splits (default: the pretraining "
-                          "job's eval.shards, else data.shards)")
+    finetune.add_argument(
+        "--shards",
+        help="labeled shards with train and test splits (default: the pretraining job's eval.shards, else data.shards)",
+    )
     finetune.add_argument("--fractions", help="labeled fractions of train, comma-separated (default 0.01,0.1)")
     finetune.set_defaults(run=_finetune, overrides_anywhere=True)
 

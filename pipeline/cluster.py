@@ -43,8 +43,10 @@ def connect() -> None:
         return
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_NotBenign())
     ray.init(address=os.environ.get("RAY_ADDRESS"), configure_logging=False)
-    dispatcher.handlers = [(name, functools.partial(_without_benign, handler)) if name == "ray_print_logs" else
-                           (name, handler) for name, handler in dispatcher.handlers]
+    dispatcher.handlers = [
+        (name, functools.partial(_without_benign, handler)) if name == "ray_print_logs" else (name, handler)
+        for name, handler in dispatcher.handlers
+    ]
 
 
 def resources() -> dict[str, float]:

@@ -32,7 +32,7 @@ def position() -> tuple[int, int]:
             return context.get_world_rank(), context.get_world_size()
         except (RuntimeError, DeprecationWarning):  # not inside a Ray Train worker (the latter: in a Tune trial)
             pass
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class _GatherWithGrad(torch.autograd.Function):

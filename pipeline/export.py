@@ -33,16 +33,22 @@ from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.models.backbones import classifier_path, library_backbone, library_model, load_recipe
 
-PT2, WEIGHTS, META, BACKBONE, ONNX = "encoder.pt2", "encoder.safetensors", "encoder.json", "backbone.safetensors", \
-    "encoder.onnx"
+PT2, WEIGHTS, META, BACKBONE, ONNX = (
+    "encoder.pt2",
+    "encoder.safetensors",
+    "encoder.json",
+    "backbone.safetensors",
+    "encoder.onnx",
+)
 
 
 def example_input(spec: EncoderSpec, batch: int = 2) -> torch.Tensor:
     return torch.rand(batch, spec.channels, spec.image_size, spec.image_size)
 
 
-def export_encoder(encoder: nn.Module, spec: EncoderSpec, out: str | Path, metadata: dict, onnx: bool = False
-                   ) -> dict[str, str]:
+def export_encoder(
+    encoder: nn.Module, spec: EncoderSpec, out: str | Path, metadata: dict, onnx: bool = False
+) -> dict[str, str]:
     """Write the forms of ``encoder`` (``nn.Sequential``: normalisation, backbone, ...) to folder or URL prefix
     ``out``, ``encoder.onnx`` too with ``onnx``; returns their locations by kind (``pt2``, ``weights``, ``meta``,
     and ``backbone``, ``onnx`` where written)."""
@@ -51,19 +57,28 @@ def export_encoder(encoder: nn.Module, spec: EncoderSpec, out: str | Path, metad
     with torch.no_grad():
         dim = encoder(example).shape[1]
     program = io.BytesIO()
-    torch.export.save(torch.export.export(encoder, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
-                      program)
+    torch.export.save(
+        torch.export.export(encoder, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)), program
+    )
     meta = {
-        "spec": spec.to_dict(), "embedding_dim": dim,
-        "input": {"shape": ["B", spec.channels, spec.image_size, spec.image_size], "dtype": "float32",
-                  "range": [0.0, 1.0], "normalization": "inside the encoder: (x - mean) / std"},
+        "spec": spec.to_dict(),
+        "embedding_dim": dim,
+        "input": {
+            "shape": ["B", spec.channels, spec.image_size, spec.image_size],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "normalization": "inside the encoder: (x - mean) / std",
+        },
         **metadata,
     }
-    files = {PT2: program.getvalue(),
-             WEIGHTS: save_safetensors({k: v.contiguous() for k, v in encoder.state_dict().items()}, {"format": "pt"})}
+    files = {
+        PT2: program.getvalue(),
+        WEIGHTS: save_safetensors({k: v.contiguous() for k, v in encoder.state_dict().items()}, {"format": "pt"}),
+    }
     if library_model(spec.arch) is not None:
-        files[BACKBONE] = save_safetensors({k: v.contiguous() for k, v in encoder[1].state_dict().items()},
-                                           {"format": "pt"})
+        files[BACKBONE] = save_safetensors(
+            {k: v.contiguous() for k, v in encoder[1].state_dict().items()}, {"format": "pt"}
+        )
         meta["backbone"] = backbone_entry(spec, encoder[1](encoder[0](example)).shape[1])
     if onnx:
         files[ONNX] = onnx_bytes(encoder, example)
@@ -81,13 +96,19 @@ def backbone_entry(spec: EncoderSpec, dim: int) -> dict:
     Python that loads it, the classifier it lacks, and the input it expects."""
     library, name = library_model(spec.arch)
     return {
-        "file": BACKBONE, "library": library, "model": name, "arguments": spec.backbone_args,
+        "file": BACKBONE,
+        "library": library,
+        "model": name,
+        "arguments": spec.backbone_args,
         "load": load_recipe(library, name, spec.backbone_args, spec.channels, spec.cifar_stem, BACKBONE),
         "classifier": classifier_path(library, name, spec.backbone_args),
         "features": f"(B, {dim}) pooled features once the classifier is torch.nn.Identity()",
-        "input": {"shape": ["B", spec.channels, spec.image_size, spec.image_size], "range": [0.0, 1.0],
-                  "normalize": {"mean": list(spec.mean), "std": list(spec.std)},
-                  "note": "images in [0, 1], then (x - mean) / std per channel (the pretraining data's statistics)"},
+        "input": {
+            "shape": ["B", spec.channels, spec.image_size, spec.image_size],
+            "range": [0.0, 1.0],
+            "normalize": {"mean": list(spec.mean), "std": list(spec.std)},
+            "note": "images in [0, 1], then (x - mean) / std per channel (the pretraining data's statistics)",
+        },
         "ends_before": "the bottleneck of encoder.safetensors" if spec.bottleneck else None,
     }
 
@@ -95,8 +116,9 @@ def backbone_entry(spec: EncoderSpec, dim: int) -> dict:
 def onnx_bytes(encoder: nn.Module, example: torch.Tensor) -> bytes:
     """``encoder`` as an ONNX model with a dynamic batch dimension (``torch.onnx`` with its dynamo exporter)."""
     try:
-        program = torch.onnx.export(encoder, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                    dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            encoder, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False
+        )
     except ImportError as exn:
         raise SslpipeError(f"export.onnx: {exn}; pip install 'sslpipe[onnx]' or set export.onnx=false") from None
     return program.model_proto.SerializeToString()
@@ -115,8 +137,9 @@ def model_parts(location: str | Path) -> tuple[bytes, torch.Tensor, dict[str, by
     return files.pop(PT2), example_input(spec), files
 
 
-def verify_export(encoder: nn.Module, spec: EncoderSpec, out: str | Path, example: torch.Tensor, onnx: bool = False
-                  ) -> None:
+def verify_export(
+    encoder: nn.Module, spec: EncoderSpec, out: str | Path, example: torch.Tensor, onnx: bool = False
+) -> None:
     """Load every exported form from ``out`` (``encoder.onnx`` too with ``onnx``) and check it embeds ``example``
     as ``encoder`` (eval mode) does, ``backbone.safetensors`` as ``encoder``'s backbone does; raises naming the
     file that does not. Runs before anything is registered."""
@@ -125,7 +148,7 @@ def verify_export(encoder: nn.Module, spec: EncoderSpec, out: str | Path, exampl
     with torch.no_grad():
         try:
             loaded = {pt2: torch.export.load(io.BytesIO(storage.read_bytes(pt2))).module()}
-        except Exception as exn:  # noqa: BLE001 - torch.export raises many kinds for a damaged file
+        except Exception as exn:
             raise SslpipeError(f"{pt2}: the export does not load ({exn})") from None
         loaded[storage.join(out, WEIGHTS)] = _load(str(out))[0].eval()
         checks = [(location, module(example), encoder(example), 1e-5) for location, module in loaded.items()]
@@ -182,7 +205,7 @@ def read_export(location: str | Path) -> tuple[nn.Module, dict]:
             return _load(_holding_export(folder, text))
     except SslpipeError:
         raise
-    except Exception as exn:  # noqa: BLE001 - MLflow raises many kinds for a model it cannot find
+    except Exception as exn:
         raise SslpipeError(f"{text}: cannot download the model ({str(exn).splitlines()[0]})") from None
 
 
@@ -200,8 +223,9 @@ def _load(location: str) -> tuple[nn.Module, dict]:
     try:
         files = exported_files(location)
     except FileNotFoundError:
-        raise SslpipeError(f"{location}: no {META} and {WEIGHTS} here; pass an export folder or an sslpipe model "
-                           "URI") from None
+        raise SslpipeError(
+            f"{location}: no {META} and {WEIGHTS} here; pass an export folder or an sslpipe model URI"
+        ) from None
     except OSError as exn:
         raise SslpipeError(f"{location}: unreadable export ({exn}); export the encoder again") from None
     return encoder_from_files(files, location)[0], json.loads(files[META])

@@ -82,11 +82,17 @@ def declared(cls: type) -> tuple[Declared, ...]:
             else:
                 kinds.append(typing.get_origin(member) or member)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        result.append(Declared(
-            f.name, tuple(kinds), tuple(choices), tuple(m for m in metadata if isinstance(m, LIMITS)),
-            " ".join(m for m in metadata if isinstance(m, str)), default, tuple(m for m in metadata
-                                                                              if isinstance(m, When)),
-        ))
+        result.append(
+            Declared(
+                f.name,
+                tuple(kinds),
+                tuple(choices),
+                tuple(m for m in metadata if isinstance(m, LIMITS)),
+                " ".join(m for m in metadata if isinstance(m, str)),
+                default,
+                tuple(m for m in metadata if isinstance(m, When)),
+            )
+        )
     return tuple(result)
 
 
@@ -182,7 +188,12 @@ def describe(cls: type) -> list[tuple[str, str, str, str]]:
         takes += "".join(f" {_limit_text(limit)}" for limit in field.limits)
         if NONE in field.kinds:
             takes += " or null"
-        default = "null" if field.default is None else str(field.default).lower() if isinstance(
-            field.default, bool) else str(field.default)
+        default = (
+            "null"
+            if field.default is None
+            else str(field.default).lower()
+            if isinstance(field.default, bool)
+            else str(field.default)
+        )
         rows.append((field.name, takes, f"`{default}`", field.doc))
     return rows

@@ -27,13 +27,23 @@ class DataConfig:
     batch_size: Annotated[int, Gt(0), "images per step per rank"] = 256
     num_workers: Annotated[int, Ge(0), "DataLoader workers per rank (0: read in the training process)"] = 2
     mode: Annotated[Mode, "epoch semantics (see Streaming loader)"] = "exact"
-    holdout_class: Annotated[int | None, Ge(0), "a label left out of pretraining: evaluation scores it as the "
-                                                "anomaly (leave-one-out protocol)"] = None
-    normal_class: Annotated[int | None, Ge(0), "the only label pretraining reads: evaluation scores every other "
-                                               "label as the anomaly (one-class protocol)"] = None
+    holdout_class: Annotated[
+        int | None,
+        Ge(0),
+        "a label left out of pretraining: evaluation scores it as the anomaly (leave-one-out protocol)",
+    ] = None
+    normal_class: Annotated[
+        int | None,
+        Ge(0),
+        "the only label pretraining reads: evaluation scores every other label as the anomaly (one-class protocol)",
+    ] = None
     skip_bad_samples: Annotated[bool, "skip and count samples that cannot be decoded instead of failing"] = False
-    image_size: Annotated[int | None, Gt(0), "photo shards: side of the training crops and evaluation center crops "
-                                             "(default 224); array shards keep their own size"] = None
+    image_size: Annotated[
+        int | None,
+        Gt(0),
+        "photo shards: side of the training crops and evaluation center crops "
+        "(default 224); array shards keep their own size",
+    ] = None
 
     def exclude_classes(self, num_classes: int) -> tuple[int, ...]:
         """The labels pretraining leaves out of ``num_classes``: the held-out class, or all but the normal one;
@@ -56,10 +66,17 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     preset: Annotated[Preset, "views (see Augmentation); `none` for autoencoders and VAEs"] = "simclr"
-    crop_min_scale: Annotated[float | None, Interval(gt=0, le=1), "smallest random crop, as a share of the image's "
-                              "area (unset: the preset's, 0.08; light 0.5)"] = None
-    jitter_strength: Annotated[float | None, Ge(0), "simclr preset: colour jitter strength s (brightness, contrast "
-                               "and saturation 0.8 s, hue 0.2 s; unset: 1, or 0.5 for images of 32 px and less)"] = None
+    crop_min_scale: Annotated[
+        float | None,
+        Interval(gt=0, le=1),
+        "smallest random crop, as a share of the image's area (unset: the preset's, 0.08; light 0.5)",
+    ] = None
+    jitter_strength: Annotated[
+        float | None,
+        Ge(0),
+        "simclr preset: colour jitter strength s (brightness, contrast "
+        "and saturation 0.8 s, hue 0.2 s; unset: 1, or 0.5 for images of 32 px and less)",
+    ] = None
 
     @property
     def crop_scale(self) -> tuple[float, float]:
@@ -74,42 +91,62 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     epochs: Annotated[int, Gt(0), "passes over the training split"] = 5
-    num_workers: Annotated[int | None, Gt(0), "Ray Train workers (DDP ranks); unset: one per GPU Ray sees with "
-                                              "use_gpu, else 2"] = None
+    num_workers: Annotated[
+        int | None, Gt(0), "Ray Train workers (DDP ranks); unset: one per GPU Ray sees with use_gpu, else 2"
+    ] = None
     use_gpu: Annotated[bool, "one GPU per worker, DDP over nccl"] = False
     cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
     sync_batchnorm: Annotated[bool, "BatchNorm statistics over all ranks"] = False
     amp: Annotated[bool, "bf16 autocast, on GPUs only"] = True
     compile: Annotated[bool, "torch.compile the model (opt-in: on CPUs it does not pay, see Performance)"] = False
     seed: Annotated[int, Ge(0), "initial weights, data order, augmentation and noise streams"] = 0
-    name: Annotated[str | None, "run name; rerunning with the same name and storage resumes (default: "
-                                "method and time)"] = None
+    name: Annotated[
+        str | None, "run name; rerunning with the same name and storage resumes (default: method and time)"
+    ] = None
     storage_path: Annotated[str, "checkpoints: a folder or URL (`s3://...`)"] = "ray_results"
     max_failures: Annotated[int, Ge(0), "worker failures survived by restarting from the last checkpoint"] = 1
     start_attempts: Annotated[int, Ge(-1), "tries (60 s each) to get the workers' resources; -1: wait forever"] = 10
-    max_steps_per_epoch: Annotated[int | None, Gt(0), "caps the batches of every epoch (benchmarks, smoke "
-                                                      "runs)"] = None
+    max_steps_per_epoch: Annotated[int | None, Gt(0), "caps the batches of every epoch (benchmarks, smoke runs)"] = None
 
 
 @dataclass
 class EvalConfig:
     batch_size: Annotated[int, Gt(0), "images per evaluation batch"] = 1024
-    probe_max_iter: Annotated[int, Gt(0), "L-BFGS iterations of the linear probe (the torch probe's final fit; "
-                                          "each fit of its weight-decay grid gets a fifth)"] = 500
+    probe_max_iter: Annotated[
+        int,
+        Gt(0),
+        "L-BFGS iterations of the linear probe (the torch probe's final fit; "
+        "each fit of its weight-decay grid gets a fifth)",
+    ] = 500
     knn_k: Annotated[int, Gt(0), "neighbours of the kNN classifier"] = 200
     knn_temperature: Annotated[float, Gt(0), "kNN vote weight exp(similarity / temperature)"] = 0.1
     baselines: Annotated[bool, "also probe raw pixels and a randomly initialised encoder"] = True
-    pixels_max_gb: Annotated[float, Gt(0), "raw-pixel baseline: a split whose float32 pixels take more GiB is "
-                                           "downsampled to 32 px and, still above, a seeded subsample that fits "
-                                           "(params `eval.baseline_pixels_*` record what was used)"] = 0.25
-    anomaly_knn_k: Annotated[int, Gt(0), "anomaly protocols: the kNN score is the mean cosine distance to this many "
-                                         "nearest training embeddings"] = 5
-    anomaly_pca_k: Annotated[int, Gt(0), "anomaly protocols: PCA components of the residual baseline for methods "
-                                         "without a bottleneck (autoencoders and VAEs use theirs)"] = 32
-    online_knn: Annotated[int, Ge(0), "> 0: each epoch, online_knn_accuracy of the first n train images voting "
-                                      "for the next n/4"] = 0
-    shards: Annotated[str | None, "labeled shards that evaluation reads (train split: probe fit and kNN bank, test "
-                                  "split: scores); default data.shards"] = None
+    pixels_max_gb: Annotated[
+        float,
+        Gt(0),
+        "raw-pixel baseline: a split whose float32 pixels take more GiB is "
+        "downsampled to 32 px and, still above, a seeded subsample that fits "
+        "(params `eval.baseline_pixels_*` record what was used)",
+    ] = 0.25
+    anomaly_knn_k: Annotated[
+        int,
+        Gt(0),
+        "anomaly protocols: the kNN score is the mean cosine distance to this many nearest training embeddings",
+    ] = 5
+    anomaly_pca_k: Annotated[
+        int,
+        Gt(0),
+        "anomaly protocols: PCA components of the residual baseline for methods "
+        "without a bottleneck (autoencoders and VAEs use theirs)",
+    ] = 32
+    online_knn: Annotated[
+        int, Ge(0), "> 0: each epoch, online_knn_accuracy of the first n train images voting for the next n/4"
+    ] = 0
+    shards: Annotated[
+        str | None,
+        "labeled shards that evaluation reads (train split: probe fit and kNN bank, test "
+        "split: scores); default data.shards",
+    ] = None
 
 
 @dataclass
@@ -117,8 +154,9 @@ class TrackConfig:
     experiment: Annotated[str, "MLflow experiment"] = "sslpipe"
     tracking_uri: Annotated[str | None, "default: $MLFLOW_TRACKING_URI, else `./mlflow.db` (sqlite)"] = None
     registered_model: Annotated[str, "MLflow registered model the encoder becomes a version of"] = "sslpipe-encoder"
-    server_wait_s: Annotated[float, Ge(0), "after training, how long to wait for a tracking server that went "
-                                           "away"] = 600.0
+    server_wait_s: Annotated[float, Ge(0), "after training, how long to wait for a tracking server that went away"] = (
+        600.0
+    )
 
     def store(self) -> str:
         """The tracking store to use, made absolute so Ray workers (whose cwd differs) write to the same place."""
@@ -136,17 +174,21 @@ class ExportConfig:
 
 @dataclass
 class FinetuneConfig:
-    fractions: Annotated[list[float], "labeled fractions of the train split, each "
-                                      "class-balanced"] = field(default_factory=lambda: [0.01, 0.1])
-    epochs: Annotated[list[int], "epochs for each fraction, or one value for all (SimCLR's: 60 for 1%, 30 for "
-                                 "10%)"] = field(default_factory=lambda: [60, 30])
+    fractions: Annotated[list[float], "labeled fractions of the train split, each class-balanced"] = field(
+        default_factory=lambda: [0.01, 0.1]
+    )
+    epochs: Annotated[list[int], "epochs for each fraction, or one value for all (SimCLR's: 60 for 1%, 30 for 10%)"] = (
+        field(default_factory=lambda: [60, 30])
+    )
     batch_size: Annotated[int, Gt(0), "images per step per rank (at most a rank's share of the subset)"] = 64
-    lr: Annotated[float, Gt(0), "AdamW learning rate of the linear head: one epoch of warm-up, then a cosine to "
-                                "0"] = 1e-3
+    lr: Annotated[float, Gt(0), "AdamW learning rate of the linear head: one epoch of warm-up, then a cosine to 0"] = (
+        1e-3
+    )
     encoder_lr_scale: Annotated[float, Ge(0), "the encoder's learning rate over the head's"] = 1.0
     weight_decay: Annotated[float, Ge(0), "not applied to BatchNorm weights and biases"] = 1e-4
-    augment: Annotated[Preset, "views of the labeled images (`light`: crop and flip, brightness and "
-                               "contrast)"] = "light"
+    augment: Annotated[Preset, "views of the labeled images (`light`: crop and flip, brightness and contrast)"] = (
+        "light"
+    )
 
     def schedule(self) -> list[tuple[float, int]]:
         """``(fraction, epochs)`` for each fraction; raises naming the key when a value is not a fraction in
@@ -155,12 +197,15 @@ class FinetuneConfig:
         fractions = [_number(value, float, "finetune.fractions") for value in self.fractions]
         epochs = [_number(value, int, "finetune.epochs") for value in self.epochs]
         if not fractions or any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) < len(fractions):
-            raise ConfigError(f"finetune.fractions: {self.fractions!r}; give distinct fractions in (0, 1], e.g. "
-                              "[0.01, 0.1]")
+            raise ConfigError(
+                f"finetune.fractions: {self.fractions!r}; give distinct fractions in (0, 1], e.g. [0.01, 0.1]"
+            )
         if any(e < 1 for e in epochs) or len(epochs) not in (1, len(fractions)):
-            raise ConfigError(f"finetune.epochs: {self.epochs!r} for fractions {self.fractions!r}; give one whole "
-                              "number > 0 for every fraction, or one for all")
-        return list(zip(fractions, epochs * len(fractions) if len(epochs) == 1 else epochs))
+            raise ConfigError(
+                f"finetune.epochs: {self.epochs!r} for fractions {self.fractions!r}; give one whole "
+                "number > 0 for every fraction, or one for all"
+            )
+        return list(zip(fractions, epochs * len(fractions) if len(epochs) == 1 else epochs, strict=True))
 
 
 def _number(value: Any, kind: type, key: str) -> float | int:

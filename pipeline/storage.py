@@ -62,7 +62,8 @@ def atomic_writer(location: str | os.PathLike, name: str) -> Iterator[BinaryIO]:
     directory = local_path(location) if local else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False)
+    # closed by the `with` below; its name outlives it for the rename
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False)  # noqa: SIM115
     try:
         with handle:
             yield handle

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.photo_folder import make_photo_folder
 from pipeline.data import open_source, write_shards
@@ -15,6 +16,17 @@ from pipeline.data.sources import _IDX_SETS, Source, array_split
 from pipeline.data.subset import balanced_subset
 
 FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``gpu`` marker is the one way a test says it needs CUDA: marked tests are skipped without a device, and
+    ``make gpu-check`` (``-m gpu``) runs every one of them."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (`make gpu-check` on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +68,7 @@ def fashion_subset_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows = balanced_subset(labels, keep / len(labels), seed=0)
         splits[name] = array_split(images[rows], labels[rows])
     out = tmp_path_factory.mktemp("fashion-subset")
-    write_shards(Source(full.name, splits, full.class_names, full.details), out, samples_per_shard=2500,
-                 progress=False)
+    write_shards(Source(full.name, splits, full.class_names, full.details), out, samples_per_shard=2500, progress=False)
     return out
 
 

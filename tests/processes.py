@@ -79,7 +79,7 @@ def wait_until(check, timeout_s: float, what: str, process: subprocess.Popen | N
         value = check()
         if value:
             return value
-        if process is not None and process.poll() is not None or time.monotonic() > deadline:
+        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise AssertionError(f"{what} did not happen within {timeout_s} s\n{tail}")
         time.sleep(0.5)
@@ -96,9 +96,13 @@ class S3Server:
         """A boto3 S3 client of this server."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-                            region_name=self.env["AWS_DEFAULT_REGION"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
 
 
 @contextlib.contextmanager
@@ -109,8 +113,15 @@ def s3_server(work: Path) -> Iterator[S3Server]:
     process = start([str(BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], clean_env(), log)
     try:
         wait_until(lambda: _answers(url), 60, "moto's S3 server starting", process, log)
-        yield S3Server(url, {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                             "AWS_DEFAULT_REGION": "us-east-1"})
+        yield S3Server(
+            url,
+            {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
+        )
     finally:
         stop([process])
 
@@ -130,11 +141,24 @@ class MlflowServer:
 
     def start(self) -> None:
         log = self.work / "mlflow-server.log"
-        self.process = start([
-            str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}",
-            "--artifacts-destination", str(self.work / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1",
-        ], clean_env(), log)
+        self.process = start(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.work / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.work / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            clean_env(),
+            log,
+        )
         wait_until(lambda: _answers(f"{self.url}/health"), 60, "the MLflow server starting", self.process, log)
 
     def stop(self) -> None:
@@ -168,8 +192,9 @@ class RayCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster(work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[str, str] | None = None
-                ) -> Iterator[RayCluster]:
+def ray_cluster(
+    work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[str, str] | None = None
+) -> Iterator[RayCluster]:
     """Start a head with ``cpus_per_node[0]`` CPUs and one worker node per further entry; every node runs with
     ``env`` (e.g. object-store credentials) and ``RAY_AUTH_MODE=token`` with a fresh token in ``work``."""
     token_path = work / "ray_token"
@@ -182,18 +207,44 @@ def ray_cluster(work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[s
     cluster = RayCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", token_path, node_env)
     try:
         head_log = work / "ray-head.log"
-        cluster.processes.append(start([
-            str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--num-cpus={cpus_per_node[0]}",
-            f"--temp-dir={temp_dirs[0]}", *_node_options(),
-        ], node_env, head_log))
+        cluster.processes.append(
+            start(
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--head",
+                    "--block",
+                    "--node-ip-address=127.0.0.1",
+                    f"--port={gcs_port}",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard_port}",
+                    f"--num-cpus={cpus_per_node[0]}",
+                    f"--temp-dir={temp_dirs[0]}",
+                    *_node_options(),
+                ],
+                node_env,
+                head_log,
+            )
+        )
         wait_until(lambda: _answers(cluster.dashboard), 120, "the Ray head's dashboard", cluster.processes[0], head_log)
         for index, cpus in enumerate(cpus_per_node[1:], 1):
             log = work / f"ray-node-{index}.log"
-            cluster.processes.append(start([
-                str(BIN / "ray"), "start", "--block", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1",
-                f"--num-cpus={cpus}", f"--temp-dir={temp_dirs[index]}", *_node_options(),
-            ], node_env, log))
+            cluster.processes.append(
+                start(
+                    [
+                        str(BIN / "ray"),
+                        "start",
+                        "--block",
+                        f"--address={cluster.gcs}",
+                        "--node-ip-address=127.0.0.1",
+                        f"--num-cpus={cpus}",
+                        f"--temp-dir={temp_dirs[index]}",
+                        *_node_options(),
+                    ],
+                    node_env,
+                    log,
+                )
+            )
         wait_until(lambda: alive_nodes(cluster) == len(cpus_per_node), 120, "every Ray node joining")
         # the job server answers before the head's agent takes jobs ("No available agent to submit job")
         wait_until(lambda: _submit(cluster, "true").returncode == 0, 120, "the job server accepting jobs")
@@ -207,17 +258,45 @@ def ray_cluster(work: Path, cpus_per_node: tuple[int, ...] = (1, 1), env: dict[s
 def _node_options() -> list[str]:
     """No usage stats, and free ports for the node's agents: nodes on one machine would otherwise all take the
     default agent port, and the head's job agent (which runs submitted jobs) can lose that race."""
-    return ["--disable-usage-stats", *(f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"))]
+    return [
+        "--disable-usage-stats",
+        *(
+            f"--{name}={free_port()}"
+            for name in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+                "metrics-export-port",
+            )
+        ),
+    ]
 
 
 def _submit(cluster: RayCluster, *entrypoint: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--", *entrypoint],
-                          env=cluster.client_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--", *entrypoint],
+        env=cluster.client_env(),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
 
 
 def alive_nodes(cluster: RayCluster) -> int:
     """Nodes the cluster reports alive (asked as a client would, with the token)."""
-    result = subprocess.run([str(BIN / "ray"), "list", "nodes", f"--address={cluster.dashboard}", "--format=yaml",
-                             "--filter", "state=ALIVE"], env=cluster.client_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "list",
+            "nodes",
+            f"--address={cluster.dashboard}",
+            "--format=yaml",
+            "--filter",
+            "state=ALIVE",
+        ],
+        env=cluster.client_env(),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     return result.stdout.count("node_id:") if result.returncode == 0 else 0

@@ -27,7 +27,9 @@ def test_protocol_keys_are_checked_against_the_shards(synthetic_shards):
     with pytest.raises(ConfigError, match=re.escape("data.normal_class: 10 is not a label of")):
         validate(config, manifest)
     config.data.normal_class, config.data.holdout_class = 1, 2
-    with pytest.raises(ConfigError, match="data.normal_class and data.holdout_class are two anomaly protocols"):
+    with pytest.raises(
+        ConfigError, match=re.escape("data.normal_class and data.holdout_class are two anomaly protocols")
+    ):
         validate(config, manifest)
     config.data.holdout_class = None
     config.data.batch_size = 512  # 300 images of class 1 cannot fill a batch on each of 2 ranks
@@ -36,13 +38,24 @@ def test_protocol_keys_are_checked_against_the_shards(synthetic_shards):
 
 
 def test_the_table_marks_failed_classes_and_bolds_the_means():
-    summary = AnomalySummary("a", "one-class", "r", "u", ["anomaly_auroc_knn", "pca_anomaly_auroc"], [
-        {"class": 0, "name": "tee", "anomaly_auroc_knn": 0.91234, "pca_anomaly_auroc": 0.8},
-        {"class": 1, "name": "shoe", "anomaly_auroc_knn": math.nan, "pca_anomaly_auroc": 0.6},
-    ], {"anomaly_auroc_knn": math.nan, "pca_anomaly_auroc": 0.7})
+    summary = AnomalySummary(
+        "a",
+        "one-class",
+        "r",
+        "u",
+        ["anomaly_auroc_knn", "pca_anomaly_auroc"],
+        [
+            {"class": 0, "name": "tee", "anomaly_auroc_knn": 0.91234, "pca_anomaly_auroc": 0.8},
+            {"class": 1, "name": "shoe", "anomaly_auroc_knn": math.nan, "pca_anomaly_auroc": 0.6},
+        ],
+        {"anomaly_auroc_knn": math.nan, "pca_anomaly_auroc": 0.7},
+    )
     assert table(summary).splitlines() == [
-        "| class | name | kNN cosine | PCA |", "| --- | --- | ---: | ---: |",
-        "| 0 | tee | 0.912 | 0.800 |", "| 1 | shoe | failed | 0.600 |", "| mean | | **failed** | **0.700** |",
+        "| class | name | kNN cosine | PCA |",
+        "| --- | --- | ---: | ---: |",
+        "| 0 | tee | 0.912 | 0.800 |",
+        "| 1 | shoe | failed | 0.600 |",
+        "| mean | | **failed** | **0.700** |",
     ]
 
 
@@ -61,12 +74,33 @@ def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
     monkeypatch.chdir(tmp_path)
     job = tmp_path / "job.yaml"
     job.write_text("")  # the embedded defaults, with the overrides below
-    assert main([
-        "anomaly", str(job), "--protocol", "one-class", "--classes", "0,3", "--name", "oc", "method.name=autoencoder",
-        "augment.preset=none", "method.bottleneck=8", f"data.shards={synthetic_shards}", "data.batch_size=32",
-        "data.num_workers=0", "model.width=8", "train.epochs=2", "train.num_workers=1", "eval.baselines=false",
-        "eval.probe_max_iter=50", "eval.anomaly_pca_k=4",
-    ]) == 0
+    assert (
+        main(
+            [
+                "anomaly",
+                str(job),
+                "--protocol",
+                "one-class",
+                "--classes",
+                "0,3",
+                "--name",
+                "oc",
+                "method.name=autoencoder",
+                "augment.preset=none",
+                "method.bottleneck=8",
+                f"data.shards={synthetic_shards}",
+                "data.batch_size=32",
+                "data.num_workers=0",
+                "model.width=8",
+                "train.epochs=2",
+                "train.num_workers=1",
+                "eval.baselines=false",
+                "eval.probe_max_iter=50",
+                "eval.anomaly_pca_k=4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     header = "| class | name | kNN cosine | Mahalanobis | reconstruction | PCA |"
     assert header in printed and "| mean | |" in printed
@@ -75,7 +109,8 @@ def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
     assert parent.data.tags["sslpipe.anomaly_protocol"] == "one-class"
     assert parent.data.tags["mlflow.source.name"] == "sslpipe anomaly"
     assert {"anomaly.csv", "anomaly.md", "anomaly.png", "trials.csv"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     children = client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_class = {int(run.data.params["data.normal_class"]): run for run in children}
     assert sorted(by_class) == [0, 3] and all(run.info.status == "FINISHED" for run in children)

@@ -13,12 +13,24 @@ import pytest
 import torch
 
 from benchmarks.common import MIB, RssSampler, footprint, interleaved, rss_summary
-from benchmarks.lightly_peer import InMemoryImages, lightly_transform, lr_factor, main as lightly_peer_main
+from benchmarks.lightly_peer import InMemoryImages, lightly_transform, lr_factor
+from benchmarks.lightly_peer import main as lightly_peer_main
 from benchmarks.throughput import (
-    AUGMENT, CEILING, LOADER, OURS_DATA, PEER, PEER_DATA, PLAIN, RAY_2, PerImageViews, Setup, peer_transform,
+    AUGMENT,
+    CEILING,
+    LOADER,
+    OURS_DATA,
+    PEER,
+    PEER_DATA,
+    PLAIN,
+    RAY_2,
+    PerImageViews,
+    Setup,
+    peer_transform,
     target_checks,
 )
-from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views, main as view_ablation_main
+from benchmarks.view_ablation import ARMS, EXPERIMENT, arm_views
+from benchmarks.view_ablation import main as view_ablation_main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.methods import build_method
@@ -57,7 +69,7 @@ def test_train_step_updates_the_weights_and_returns_the_loss():
     before = [p.detach().clone() for p in method.parameters()]
     loss = train_step(method, build_optimizer(method, config.optim, 4), [torch.rand(4, 1, 8, 8)] * 2, autocast=False)
     assert loss.shape == () and not loss.requires_grad and loss.item() > 0  # read by the loop when it chooses
-    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))
 
 
 def test_interleaved_alternates_variants_and_drops_warmup():
@@ -68,8 +80,10 @@ def test_interleaved_alternates_variants_and_drops_warmup():
 
 
 def test_rss_summary_reads_after_warmup_end_peak_and_growth():
-    samples = [m * MIB for m in (100, 100, 500, 300, 300, 310, 300, 320, 330, 340, 400, 350, 360, 370, 380, 390,
-                                 395, 395, 400, 100)]  # a dip at the very end: workers gone
+    samples = [
+        m * MIB
+        for m in (100, 100, 500, 300, 300, 310, 300, 320, 330, 340, 400, 350, 360, 370, 380, 390, 395, 395, 400, 100)
+    ]  # a dip at the very end: workers gone
     assert rss_summary(samples) == {"after_warmup": 310, "end": 400, "peak": 500, "growth": 90}
     assert rss_summary(samples, warmup_fraction=0.5)["after_warmup"] == 400
     assert rss_summary([MIB]) == {"after_warmup": 1, "end": 1, "peak": 1, "growth": 0}
@@ -92,15 +106,23 @@ def test_peer_views_are_independent_float_views_of_one_image():
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     views = PerImageViews(images, peer_transform("simclr", spec), num_views=2)[1]
     assert [v.shape for v in views] == [(1, 28, 28)] * 2 and views[0].dtype == torch.float32
-    assert 0 <= views[0].min() and views[0].max() <= 1 and not torch.equal(views[0], views[1])
+    assert views[0].min() >= 0 and views[0].max() <= 1 and not torch.equal(views[0], views[1])
     assert torch.allclose(PerImageViews(images, peer_transform("none", spec), 1)[0][0], images[0] / 255)
     with pytest.raises(ConfigError, match="the peer mirrors the presets"):
         peer_transform("byol", spec)
 
 
 def test_target_checks_hold_or_miss_each_target():
-    rates = {CEILING: 1000, PLAIN: 950, PEER: 600, RAY_2: 880, LOADER: 30_000, AUGMENT: 40_000, OURS_DATA: 24_000,
-             PEER_DATA: 4_000}
+    rates = {
+        CEILING: 1000,
+        PLAIN: 950,
+        PEER: 600,
+        RAY_2: 880,
+        LOADER: 30_000,
+        AUGMENT: 40_000,
+        OURS_DATA: 24_000,
+        PEER_DATA: 4_000,
+    }
     rss = {PLAIN: {"process": {"after_warmup": 1000, "end": 1100, "peak": 2100, "growth": 100}}}
     checks = {c["target"]: (round(c["value"], 3), c["held"]) for c in target_checks(rates, rss, "30 steps")}
     assert checks == {
@@ -120,7 +142,7 @@ def test_lightly_peer_views_and_schedule():
     images = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
     views, label = InMemoryImages(images, np.array([3, 4]), lightly_transform(28, 1))[1]
     assert label == 4 and [v.shape for v in views] == [(1, 28, 28)] * 2 and not torch.equal(*views)
-    assert all(v.dtype == torch.float32 and 0 <= v.min() and v.max() <= 1 for v in views)  # no normalisation
+    assert all(v.dtype == torch.float32 and v.min() >= 0 and v.max() <= 1 for v in views)  # no normalisation
     with pytest.raises(ConfigError, match="small grayscale"):
         lightly_transform(28, 3)
     whole = lightly_transform(28, 1, AugmentConfig(crop_min_scale=1.0, jitter_strength=0.0))  # the job's strengths
@@ -133,8 +155,19 @@ def test_lightly_peer_views_and_schedule():
 @pytest.mark.slow
 def test_lightly_peer_trains_both_sides_from_the_same_weights(synthetic_shards, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("benchmarks.common.RESULTS", tmp_path)
-    args = ["--shards", str(synthetic_shards), "--minutes", "0.03", "0.05", "--seeds", "1", "--slice-seconds", "1",
-            "--probe-max-iter", "20"]
+    args = [
+        "--shards",
+        str(synthetic_shards),
+        "--minutes",
+        "0.03",
+        "0.05",
+        "--seeds",
+        "1",
+        "--slice-seconds",
+        "1",
+        "--probe-max-iter",
+        "20",
+    ]
     (run,) = lightly_peer_main(args)["runs"]
     assert run["initial_weights_equal"] and run["first"] == "lightly"  # odd seeds start with lightly
     for side in ("ours", "lightly"):

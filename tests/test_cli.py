@@ -10,12 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _sslpipe(*args):
-    return subprocess.run([str(SSLPIPE), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([str(SSLPIPE), *map(str, args)], check=False, capture_output=True, text=True)
 
 
 def test_shard_verify_preview(tmp_path):
     out = tmp_path / "shards"
-    result = _sslpipe("shard", "synthetic", "--out", out, "--num-train", 600, "--num-test", 100, "--samples-per-shard", 256)
+    result = _sslpipe(
+        "shard", "synthetic", "--out", out, "--num-train", 600, "--num-test", 100, "--samples-per-shard", 256
+    )
     assert result.returncode == 0, result.stderr
     assert "train: 600 samples in 3 shards" in result.stdout
     assert "samples" in result.stderr or "img" in result.stderr  # tqdm progress bar
@@ -40,10 +42,21 @@ def test_an_unreachable_tracking_server_fails_before_training(synthetic_shards, 
     from tests.processes import free_port
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = subprocess.run([str(SSLPIPE), "pretrain", REPO / "jobs" / "simclr_fashion_mnist.yaml",
-                             f"data.shards={synthetic_shards}", f"track.tracking_uri={uri}"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                            env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    result = subprocess.run(
+        [
+            str(SSLPIPE),
+            "pretrain",
+            REPO / "jobs" / "simclr_fashion_mnist.yaml",
+            f"data.shards={synthetic_shards}",
+            f"track.tracking_uri={uri}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"sslpipe: error: MLflow tracking server {uri} does not answer")
@@ -51,7 +64,7 @@ def test_an_unreachable_tracking_server_fails_before_training(synthetic_shards, 
 
 
 def test_python_dash_m_entry_point():
-    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], check=False, capture_output=True, text=True)
     assert result.returncode == 0 and "shard" in result.stdout and "verify" in result.stdout
 
 
@@ -63,4 +76,5 @@ def test_validate_checks_a_job_against_its_shards_without_running_it(synthetic_s
     assert result.stdout.strip().endswith(f"valid (the config and {synthetic_shards}/manifest.json)")
     refused = _sslpipe("validate", job, f"data.shards={synthetic_shards}", "method.temperature=0.1")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        f"sslpipe: error: {job}: method.temperature does not apply to byol; byol takes ema_base"]
+        f"sslpipe: error: {job}: method.temperature does not apply to byol; byol takes ema_base"
+    ]

@@ -31,9 +31,22 @@ def s3(tmp_path_factory) -> S3Server:
 def s3_shards(s3) -> str:
     """Shards written by ``sslpipe shard --out s3://...``: 4 train shards of 256, 1 test shard."""
     url = f"s3://{BUCKET}/shards/synthetic"
-    run = subprocess.run([str(BIN / "sslpipe"), "shard", "synthetic", "--out", url, f"--num-train={TRAIN_SAMPLES}",
-                          "--num-test=256", "--samples-per-shard=256"],
-                         env=clean_env(**s3.env), capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            str(BIN / "sslpipe"),
+            "shard",
+            "synthetic",
+            "--out",
+            url,
+            f"--num-train={TRAIN_SAMPLES}",
+            "--num-test=256",
+            "--samples-per-shard=256",
+        ],
+        env=clean_env(**s3.env),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     return url
 
@@ -50,19 +63,28 @@ def test_shards_on_s3_verify(s3, s3_shards):
     objects = s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]
     names = sorted(o["Key"].rsplit("/", 1)[1] for o in objects)
     assert names == ["manifest.json", "test-000000.tar", *(f"train-{i:06d}.tar" for i in range(4))]
-    run = subprocess.run([str(BIN / "sslpipe"), "verify", s3_shards], env=clean_env(**s3.env),
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [str(BIN / "sslpipe"), "verify", s3_shards],
+        env=clean_env(**s3.env),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0 and "5 shards match" in run.stdout, run.stderr
 
 
 def test_job_submission_without_the_token_is_refused(cluster, tmp_path):
     submit = [str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--", "echo", "hello"]
-    for env in (clean_env(HOME=str(tmp_path)),  # no token anywhere (not even ~/.ray/auth_token)
-                clean_env(HOME=str(tmp_path), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token")):
-        refused = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+    for env in (
+        clean_env(HOME=str(tmp_path)),  # no token anywhere (not even ~/.ray/auth_token)
+        clean_env(HOME=str(tmp_path), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token"),
+    ):
+        refused = subprocess.run(submit, env=env, check=False, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0
         assert re.search(r"401|[Uu]nauthori[sz]ed|[Aa]uthentication", refused.stdout + refused.stderr)
-    accepted = subprocess.run(submit, env=cluster.client_env(), capture_output=True, text=True, timeout=120)
+    accepted = subprocess.run(
+        submit, env=cluster.client_env(), check=False, capture_output=True, text=True, timeout=120
+    )
     assert accepted.returncode == 0 and "hello" in accepted.stdout, accepted.stdout + accepted.stderr
 
 
@@ -70,21 +92,37 @@ def readme_submit_command() -> str:
     """The ``ray job submit`` command of the README's local cluster example, continuation lines joined."""
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- tested by tests/test_cluster.py -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    command = block[block.index("ray job submit"):]
+    command = block[block.index("ray job submit") :]
     return command.split("\n\n", 1)[0].replace("\\\n", " ").strip()
 
 
 def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
     # the README's command as written, from the repository, plus overrides for a tiny run whose outputs land here
     overrides = [
-        f"data.shards={s3_shards}", "data.batch_size=64", "model.width=8", "model.embed_dim=32",
-        "model.head_hidden=64", "model.head_dim=32", "train.epochs=1", "train.name=submitted",
-        "eval.baselines=false", "eval.probe_max_iter=100", f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"export.out_dir={tmp_path}/exports", f"train.storage_path={tmp_path}/ray_results",
+        f"data.shards={s3_shards}",
+        "data.batch_size=64",
+        "model.width=8",
+        "model.embed_dim=32",
+        "model.head_hidden=64",
+        "model.head_dim=32",
+        "train.epochs=1",
+        "train.name=submitted",
+        "eval.baselines=false",
+        "eval.probe_max_iter=100",
+        f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"export.out_dir={tmp_path}/exports",
+        f"train.storage_path={tmp_path}/ray_results",
     ]
     command = f"{readme_submit_command()} {shlex.join(overrides)}"
-    run = subprocess.run(["bash", "-c", command], cwd=REPO, env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
-                         capture_output=True, text=True, timeout=420)
+    run = subprocess.run(
+        ["bash", "-c", command],
+        cwd=REPO,
+        env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -111,14 +149,20 @@ def test_resharding_on_s3_needs_overwrite_and_never_leaves_a_stale_manifest(s3, 
     broken.splits["train"].load = load
     with pytest.raises(KeyboardInterrupt):
         write_shards(broken, url, samples_per_shard=300, overwrite=True, progress=False)
-    with pytest.raises(ShardError, match="manifest.json not found"):
+    with pytest.raises(ShardError, match=re.escape("manifest.json not found")):
         read_manifest(url)  # the old manifest went first: nothing there looks whole
 
-    write_shards(open_source("synthetic", num_train=600, num_test=100), url, samples_per_shard=300, overwrite=True,
-                 progress=False)
+    write_shards(
+        open_source("synthetic", num_train=600, num_test=100),
+        url,
+        samples_per_shard=300,
+        overwrite=True,
+        progress=False,
+    )
     names = sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET, Prefix="reshard/")["Contents"])
-    assert names == [f"reshard/{name}" for name in ("manifest.json", "test-000000.tar", "train-000000.tar",
-                                                    "train-000001.tar")]  # train-000002.tar of the first write: gone
+    assert names == [
+        f"reshard/{name}" for name in ("manifest.json", "test-000000.tar", "train-000000.tar", "train-000001.tar")
+    ]  # train-000002.tar of the first write: gone
     assert read_manifest(url).splits["train"].num_samples == 600
 
 
@@ -127,18 +171,48 @@ def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(clust
     trial's encoder lands in the bucket, the best is registered from there, and the same command again finds the
     finished search in the bucket and runs nothing."""
     overrides = [
-        "search.name=s3-search", "search.space={eval.probe_max_iter: {grid: [1, 50]}}", f"data.shards={s3_shards}",
-        "data.batch_size=64", "data.num_workers=0", "model.width=8", "model.embed_dim=32", "model.head_hidden=64",
-        "model.head_dim=32", "train.epochs=1", "train.num_workers=1", f"train.storage_path=s3://{BUCKET}/ray_results",
-        f"export.out_dir=s3://{BUCKET}/exports", "eval.online_knn=400", "eval.knn_k=20",
+        "search.name=s3-search",
+        "search.space={eval.probe_max_iter: {grid: [1, 50]}}",
+        f"data.shards={s3_shards}",
+        "data.batch_size=64",
+        "data.num_workers=0",
+        "model.width=8",
+        "model.embed_dim=32",
+        "model.head_hidden=64",
+        "model.head_dim=32",
+        "train.epochs=1",
+        "train.num_workers=1",
+        f"train.storage_path=s3://{BUCKET}/ray_results",
+        f"export.out_dir=s3://{BUCKET}/exports",
+        "eval.online_knn=400",
+        "eval.knn_k=20",
         f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
     ]
-    command = [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
-               "sslpipe", "tune", "jobs/search_simclr_fashion_mnist.yaml", *overrides]
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "sslpipe",
+        "tune",
+        "jobs/search_simclr_fashion_mnist.yaml",
+        *overrides,
+    ]
 
     def submit() -> subprocess.CompletedProcess:
-        run = subprocess.run(command, cwd=REPO, env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
-                             capture_output=True, text=True, timeout=420)
+        run = subprocess.run(
+            command,
+            cwd=REPO,
+            env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
         assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
         return run
 
@@ -155,7 +229,8 @@ def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(clust
     assert version.run_id == parent.data.tags["sslpipe.best_run_id"]
 
     submit()  # the same command: restored from the bucket, nothing runs again, nothing is registered twice
-    assert {r.info.run_id: r.info.end_time for r in client.search_runs(
-        ["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")} == {r.info.run_id: r.info.end_time
-                                                                       for r in children}
+    assert {
+        r.info.run_id: r.info.end_time
+        for r in client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    } == {r.info.run_id: r.info.end_time for r in children}
     assert len(client.search_model_versions("name = 'sslpipe-encoder'")) == 1

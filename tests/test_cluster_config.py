@@ -36,14 +36,17 @@ def test_cluster_yaml_installs_the_project_and_requires_the_token(cluster):
     assert all("--dashboard-host=127.0.0.1" in c for c in ray_starts if "--head" in c)  # reached by SSH tunnel only
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda c: c.update(max_wokers=3),  # a misspelt key
-    lambda c: c["available_node_types"]["head"].pop("node_config"),
-    lambda c: c.update(head_node_type="cpu_head"),
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda c: c.update(max_wokers=3),  # a misspelt key
+        lambda c: c["available_node_types"]["head"].pop("node_config"),
+        lambda c: c.update(head_node_type="cpu_head"),
+    ],
+)
 def test_schema_validation_catches_mistakes(cluster, break_it):
     break_it(cluster)
-    with pytest.raises(Exception, match="max_wokers|node_config|head_node_type"):
+    with pytest.raises(Exception, match=r"max_wokers|node_config|head_node_type"):
         validate_config(prepare_config(cluster))
 
 

@@ -13,7 +13,9 @@ from pipeline.search.space import load_search
 def test_yaml_and_dotted_overrides(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("train:\n  epochs: 3\noptim:\n  lr: 1e-3\n")
-    config = load_config(path, ["train.epochs=1", "data.shards=s3://bucket/x", "train.name=null", "method.temperature=0.2"])
+    config = load_config(
+        path, ["train.epochs=1", "data.shards=s3://bucket/x", "train.name=null", "method.temperature=0.2"]
+    )
     assert config.train.epochs == 1
     assert config.optim.lr == 0.001  # PyYAML reads 1e-3 as a string; it is converted
     assert config.data.shards == "s3://bucket/x"
@@ -38,23 +40,26 @@ def test_unknown_section_and_bad_type():
         load_config(None, ["train.epochs=1.5"])
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["data.batch_size=0"], "data.batch_size must be > 0, got 0"),
-    (["method.name=autoencoder", "method.bottleneck=-4"], "method.bottleneck must be > 0, got -4"),
-    (["method.temperature=0"], "method.temperature must be > 0, got 0.0"),
-    (["method.name=byol", "method.ema_base=1"], "method.ema_base must be in [0, 1), got 1.0"),
-    (["train.num_workers=0"], "train.num_workers must be > 0, got 0"),
-    (["optim.weight_decay=-1e-4"], "optim.weight_decay must be >= 0, got -0.0001"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batch_size=0"], "data.batch_size must be > 0, got 0"),
+        (["method.name=autoencoder", "method.bottleneck=-4"], "method.bottleneck must be > 0, got -4"),
+        (["method.temperature=0"], "method.temperature must be > 0, got 0.0"),
+        (["method.name=byol", "method.ema_base=1"], "method.ema_base must be in [0, 1), got 1.0"),
+        (["train.num_workers=0"], "train.num_workers must be > 0, got 0"),
+        (["optim.weight_decay=-1e-4"], "optim.weight_decay must be >= 0, got -0.0001"),
+    ],
+)
 def test_impossible_values_are_refused_by_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
 
 
 def test_malformed_override_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=re.escape("expected section.key=value")):
         load_config(None, ["epochs=1"])
-    with pytest.raises(ConfigError, match="nope.yaml: job config not found"):
+    with pytest.raises(ConfigError, match=re.escape("nope.yaml: job config not found")):
         load_config(tmp_path / "nope.yaml")
 
 
@@ -70,17 +75,34 @@ def test_shipped_jobs_load(path):
         assert path.stem.startswith(load_config(path).method.name)
 
 
-@pytest.mark.parametrize(("job", "override", "message"), [
-    ("byol_fashion_mnist", "method.temperature=0.1", "method.temperature does not apply to byol; byol takes ema_base"),
-    ("vae_fashion_mnist", "method.sparsity=l1", "method.sparsity does not apply to vae; vae takes bottleneck, beta"),
-    ("simclr_fashion_mnist", "method.bottlenek=3", "unknown key 'method.bottlenek'; simclr takes temperature"),
-    ("vae_fashion_mnist", "model.head_dim=64", "model.head_dim does not apply to vae; simclr, byol read it"),
-    ("simclr_fashion_mnist", "method.name=moco",
-     "method.name: unknown method 'moco'; choose one of simclr, byol, autoencoder, vae"),
-    ("autoencoder_fashion_mnist", "method.sparsity=l2", "method.sparsity: 'l2'; choose one of none, l1, kl"),
-    ("autoencoder_fashion_mnist", "method.corruption=blur",
-     "method.corruption: 'blur'; choose one of gaussian, mask, salt_pepper (or null)"),
-])
+@pytest.mark.parametrize(
+    ("job", "override", "message"),
+    [
+        (
+            "byol_fashion_mnist",
+            "method.temperature=0.1",
+            "method.temperature does not apply to byol; byol takes ema_base",
+        ),
+        (
+            "vae_fashion_mnist",
+            "method.sparsity=l1",
+            "method.sparsity does not apply to vae; vae takes bottleneck, beta",
+        ),
+        ("simclr_fashion_mnist", "method.bottlenek=3", "unknown key 'method.bottlenek'; simclr takes temperature"),
+        ("vae_fashion_mnist", "model.head_dim=64", "model.head_dim does not apply to vae; simclr, byol read it"),
+        (
+            "simclr_fashion_mnist",
+            "method.name=moco",
+            "method.name: unknown method 'moco'; choose one of simclr, byol, autoencoder, vae",
+        ),
+        ("autoencoder_fashion_mnist", "method.sparsity=l2", "method.sparsity: 'l2'; choose one of none, l1, kl"),
+        (
+            "autoencoder_fashion_mnist",
+            "method.corruption=blur",
+            "method.corruption: 'blur'; choose one of gaussian, mask, salt_pepper (or null)",
+        ),
+    ],
+)
 def test_a_key_the_method_does_not_have_is_refused_naming_what_it_takes(job, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(JOBS / f"{job}.yaml", [override])
@@ -91,25 +113,40 @@ def test_the_method_section_holds_only_its_own_options():
     assert config.method == BYOLOptions(ema_base=0.99)
     assert [key for key in config.flat() if key.startswith("method.")] == ["method.name", "method.ema_base"]
     vae = with_values(config, {"method.name": "vae", "method.beta": 4.0, "augment.preset": "none"}, "test")
-    assert vae.to_dict()["method"] == {"name": "vae", "bottleneck": 32, "beta": 4.0, "kl_anneal_steps": 0,
-                                       "free_bits": 0.0, "likelihood": "bernoulli"}  # decoder_std: Gaussian only
+    assert vae.to_dict()["method"] == {
+        "name": "vae",
+        "bottleneck": 32,
+        "beta": 4.0,
+        "kl_anneal_steps": 0,
+        "free_bits": 0.0,
+        "likelihood": "bernoulli",
+    }  # decoder_std: Gaussian only
     assert "model.head_dim" in config.flat() and "model.head_dim" not in vae.flat()  # BYOL has heads, a VAE none
     assert JobConfig.from_dict(vae.to_dict()) == vae
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["augment.preset=none"], "augment.preset: none cannot serve simclr, whose 2 views of an image would be identical"),
-    (["method.name=byol", "augment.preset=none"], "augment.preset: none cannot serve byol"),
-    (["model.encoder=linear"], "model.encoder: linear needs an autoencoder's method.bottleneck"),
-    (["augment.preset=light", "augment.jitter_strength=0.5"], "augment.jitter_strength applies to the simclr preset"),
-    (["augment.crop_min_scale=0"], "augment.crop_min_scale must be in (0, 1], got 0.0"),
-    (["train.name='it''s \"x\"'"], "train.name: 'it\\'s \"x\"' holds both ' and \" or a backslash"),
-    (["train.name=ends\\"], "train.name: 'ends\\\\' holds both ' and \" or a backslash"),
-    (["train.seed=-1"], "train.seed must be >= 0, got -1"),
-    (["method.name=[simclr]"], "method.name: unknown method ['simclr']"),
-    (["model.last_kernel=2"], "model.last_kernel: 2; choose one of 1, 3"),
-    (["model.last_kernel='1'"], "model.last_kernel: '1'; choose one of 1, 3"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["augment.preset=none"],
+            "augment.preset: none cannot serve simclr, whose 2 views of an image would be identical",
+        ),
+        (["method.name=byol", "augment.preset=none"], "augment.preset: none cannot serve byol"),
+        (["model.encoder=linear"], "model.encoder: linear needs an autoencoder's method.bottleneck"),
+        (
+            ["augment.preset=light", "augment.jitter_strength=0.5"],
+            "augment.jitter_strength applies to the simclr preset",
+        ),
+        (["augment.crop_min_scale=0"], "augment.crop_min_scale must be in (0, 1], got 0.0"),
+        (["train.name='it''s \"x\"'"], "train.name: 'it\\'s \"x\"' holds both ' and \" or a backslash"),
+        (["train.name=ends\\"], "train.name: 'ends\\\\' holds both ' and \" or a backslash"),
+        (["train.seed=-1"], "train.seed must be >= 0, got -1"),
+        (["method.name=[simclr]"], "method.name: unknown method ['simclr']"),
+        (["model.last_kernel=2"], "model.last_kernel: 2; choose one of 1, 3"),
+        (["model.last_kernel='1'"], "model.last_kernel: '1'; choose one of 1, 3"),
+    ],
+)
 def test_validate_refuses_what_cannot_work_together(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
@@ -144,8 +181,12 @@ def test_photo_jobs_need_labeled_evaluation_shards_and_array_jobs_keep_their_siz
     unlabeled_photo_shards, labeled_photo_shards, synthetic_shards
 ):
     photos = load_config(None, [f"data.shards={unlabeled_photo_shards}", "data.batch_size=8"])
-    with pytest.raises(ConfigError, match=re.escape(f"data.shards: {unlabeled_photo_shards} holds unlabeled images; "
-                                                    "evaluation needs labels: set eval.shards")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"data.shards: {unlabeled_photo_shards} holds unlabeled images; evaluation needs labels: set eval.shards"
+        ),
+    ):
         validate(photos, read_manifest(unlabeled_photo_shards))
     photos.eval.shards = str(unlabeled_photo_shards)
     with pytest.raises(ConfigError, match=r"eval.shards: .* holds unlabeled images"):
@@ -177,9 +218,12 @@ def test_gpu_jobs_use_every_gpu_ray_sees_unless_told():
     gpu = load_config(None, ["train.use_gpu=true", "train.cpus_per_worker=4"])
     assert gpu.train.num_workers is None
     assert with_workers(gpu, {"CPU": 32.0, "GPU": 4.0}).train.num_workers == 4
-    assert with_workers(load_config(None, ["train.use_gpu=true", "train.num_workers=2"]), {"GPU": 8.0}).train.num_workers == 2
+    assert (
+        with_workers(load_config(None, ["train.use_gpu=true", "train.num_workers=2"]), {"GPU": 8.0}).train.num_workers
+        == 2
+    )
     assert with_workers(load_config(None), {"CPU": 2.0}).train.num_workers == 2  # CPUs: the old default
-    with pytest.raises(ConfigError, match="train.use_gpu: Ray sees no GPU in this cluster"):
+    with pytest.raises(ConfigError, match=re.escape("train.use_gpu: Ray sees no GPU in this cluster")):
         with_workers(gpu, {"CPU": 16.0})
     # a search sizes its concurrency by GPUs too: 8 GPUs and 64 CPUs hold 4 trials of 2 workers x 4 CPUs
     two = with_workers(load_config(None, ["train.use_gpu=true", "train.num_workers=2", "train.cpus_per_worker=4"]), {})
@@ -190,30 +234,69 @@ def test_gpu_jobs_use_every_gpu_ray_sees_unless_told():
 
 
 def test_photo_crops_follow_the_augmentation_crop_scale():
-    for overrides, scale in [([], (0.08, 1.0)), (["augment.preset=light"], (0.5, 1.0)),
-                             (["augment.crop_min_scale=0.3"], (0.3, 1.0))]:
+    for overrides, scale in [
+        ([], (0.08, 1.0)),
+        (["augment.preset=light"], (0.5, 1.0)),
+        (["augment.crop_min_scale=0.3"], (0.3, 1.0)),
+    ]:
         config = load_config(None, overrides)
         assert config.data.training_views(2, config.augment.crop_scale).scale == scale
 
 
-@pytest.mark.parametrize(("job", "overrides", "message"), [
-    ("simclr_fashion_mnist", ["optim.momentum=0.8"],
-     "optim.momentum does not apply to adamw; adamw takes lr, weight_decay, warmup_epochs"),
-    ("simclr_fashion_mnist", ["model.encoder=timm:resnet18", "model.width=8"],
-     "model.width does not apply to timm:resnet18; timm:resnet18 takes backbone_args, head_hidden, head_dim"),
-    ("simclr_fashion_mnist", ["model.encoder=torchvision:resnet18", "model.embed_dim=64"],
-     "model.embed_dim does not apply to torchvision:resnet18; torchvision:resnet18 takes backbone_args, cifar_stem"),
-    ("simclr_fashion_mnist", ["model.encoder=timm:resnet18", "model.last_kernel=1"],
-     "model.last_kernel does not apply to timm:resnet18"),
-    ("simclr_fashion_mnist", ["model.backbone_args={depth: 3}"],
-     "model.backbone_args does not apply to small_cnn; small_cnn takes width, embed_dim, last_kernel, head_hidden"),
-    ("vae_fashion_mnist", ["method.decoder_std=0.2"], "method.decoder_std does not apply to vae with likelihood "
-     "bernoulli; vae with likelihood bernoulli takes bottleneck, beta, kl_anneal_steps, free_bits, likelihood"),
-    ("autoencoder_fashion_mnist", ["method.corruption_amount=0.5"],
-     "method.corruption_amount does not apply to autoencoder with corruption unset"),
-    ("simclr_fashion_mnist", ["finetune.lr=0.1"],
-     "unknown section 'finetune'; the finetune section is for `sslpipe finetune`"),
-])
+@pytest.mark.parametrize(
+    ("job", "overrides", "message"),
+    [
+        (
+            "simclr_fashion_mnist",
+            ["optim.momentum=0.8"],
+            "optim.momentum does not apply to adamw; adamw takes lr, weight_decay, warmup_epochs",
+        ),
+        (
+            "simclr_fashion_mnist",
+            ["model.encoder=timm:resnet18", "model.width=8"],
+            "model.width does not apply to timm:resnet18; timm:resnet18 takes backbone_args, head_hidden, head_dim",
+        ),
+        (
+            "simclr_fashion_mnist",
+            ["model.encoder=torchvision:resnet18", "model.embed_dim=64"],
+            (
+                "model.embed_dim does not apply to torchvision:resnet18; "
+                "torchvision:resnet18 takes backbone_args, cifar_stem"
+            ),
+        ),
+        (
+            "simclr_fashion_mnist",
+            ["model.encoder=timm:resnet18", "model.last_kernel=1"],
+            "model.last_kernel does not apply to timm:resnet18",
+        ),
+        (
+            "simclr_fashion_mnist",
+            ["model.backbone_args={depth: 3}"],
+            (
+                "model.backbone_args does not apply to small_cnn; "
+                "small_cnn takes width, embed_dim, last_kernel, head_hidden"
+            ),
+        ),
+        (
+            "vae_fashion_mnist",
+            ["method.decoder_std=0.2"],
+            (
+                "method.decoder_std does not apply to vae with likelihood bernoulli; "
+                "vae with likelihood bernoulli takes bottleneck, beta, kl_anneal_steps, free_bits, likelihood"
+            ),
+        ),
+        (
+            "autoencoder_fashion_mnist",
+            ["method.corruption_amount=0.5"],
+            "method.corruption_amount does not apply to autoencoder with corruption unset",
+        ),
+        (
+            "simclr_fashion_mnist",
+            ["finetune.lr=0.1"],
+            "unknown section 'finetune'; the finetune section is for `sslpipe finetune`",
+        ),
+    ],
+)
 def test_a_key_set_where_it_does_not_apply_is_refused_naming_the_kind_and_what_it_takes(job, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(JOBS / f"{job}.yaml", overrides)
@@ -230,7 +313,10 @@ def test_a_job_records_only_the_keys_that_apply_and_a_switch_leaves_the_rest_out
     timm = with_values(demo, {"model.encoder": "timm:resnet18"}, "test")  # the job file's width: the small CNN's
     assert {"model.width", "model.embed_dim", "model.last_kernel"}.isdisjoint(timm.flat())
     assert timm.model.width == 24 and JobConfig.from_dict(timm.to_dict()) == timm  # what does not apply: default
-    gaussian = with_values(load_config(JOBS / "vae_fashion_mnist.yaml"), {"method.likelihood": "gaussian",
-                                                                          "method.decoder_std": 0.2}, "test")
+    gaussian = with_values(
+        load_config(JOBS / "vae_fashion_mnist.yaml"),
+        {"method.likelihood": "gaussian", "method.decoder_std": 0.2},
+        "test",
+    )
     assert gaussian.flat()["method.decoder_std"] == 0.2
     assert "method.decoder_std" not in with_values(gaussian, {"method.likelihood": "bernoulli"}, "test").flat()

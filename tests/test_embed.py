@@ -49,8 +49,12 @@ def _rows(out: Path) -> dict:
 def _shard_samples(location: Path) -> list[dict]:
     """Every tar sample of every shard, in manifest order, read with webdataset alone (split added)."""
     manifest = read_manifest(location)
-    return [{**sample, "split": split} for split, info in manifest.splits.items() for shard in info.shards
-            for sample in tarfile_samples([{"url": storage.join(location, shard.name)}])]
+    return [
+        {**sample, "split": split}
+        for split, info in manifest.splits.items()
+        for shard in info.shards
+        for sample in tarfile_samples([{"url": storage.join(location, shard.name)}])
+    ]
 
 
 def _photo_input(blobs: list[bytes], size: int) -> torch.Tensor:
@@ -80,11 +84,11 @@ def test_shard_ids_and_labels_round_trip_and_rows_are_the_encoder_of_those_image
     samples = _shard_samples(synthetic_shards)
     assert all("indices.npy" in s for s in samples)  # chunked shards: a member holds many images
     indices = [np.load(io.BytesIO(s["indices.npy"])) for s in samples]
-    expected_ids = [f"{s['split']}-{i:08d}" for s, chunk in zip(samples, indices) for i in chunk.tolist()]
+    expected_ids = [f"{s['split']}-{i:08d}" for s, chunk in zip(samples, indices, strict=True) for i in chunk.tolist()]
     expected_labels = np.concatenate([np.load(io.BytesIO(s["labels.npy"])) for s in samples])
     assert rows["id"] == expected_ids and len(set(rows["id"])) == 3500
     assert rows["label"] == expected_labels.tolist()
-    assert rows["split"] == [s["split"] for s, chunk in zip(samples, indices) for _ in chunk]
+    assert rows["split"] == [s["split"] for s, chunk in zip(samples, indices, strict=True) for _ in chunk]
     assert rows["class_name"] == [f"class{label}" for label in expected_labels.tolist()]
     # the same images generated again by the source, by index: the encoder applied directly
     source = open_source("synthetic", num_train=3000, num_test=500)
@@ -119,8 +123,9 @@ def test_photo_shard_ids_are_the_sample_keys(labeled_photo_shards, tmp_path):
 def test_folder_ids_are_relative_paths_and_photos_meet_a_grey_encoder_as_center_crops(
     grey_export, photo_folder, tmp_path
 ):
-    embed(str(grey_export[0]), f"folder:{photo_folder}", str(tmp_path / "out"), workers=0, batch_size=30,
-          progress=False)
+    embed(
+        str(grey_export[0]), f"folder:{photo_folder}", str(tmp_path / "out"), workers=0, batch_size=30, progress=False
+    )
     rows = _rows(tmp_path / "out")
     files = sorted(photo_folder.rglob("*.jpg"), key=lambda p: (p.parts[-3] != "train", p.parts[-2], p.name))
     assert rows["id"] == [str(p.relative_to(photo_folder)) for p in files] and len(files) == 128
@@ -135,18 +140,26 @@ def test_folder_ids_are_relative_paths_and_photos_meet_a_grey_encoder_as_center_
     np.testing.assert_allclose(rows["embedding"], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_two_ray_workers_give_the_rows_of_one_process(ray_local, grey_export, synthetic_shards, synthetic_embedded,
-                                                      photo_folder, tmp_path):
-    summary = embed(str(grey_export[0]), str(synthetic_shards), str(tmp_path / "ray"), workers=2, piece_size=300,
-                    progress=False)
+def test_two_ray_workers_give_the_rows_of_one_process(
+    ray_local, grey_export, synthetic_shards, synthetic_embedded, photo_folder, tmp_path
+):
+    summary = embed(
+        str(grey_export[0]), str(synthetic_shards), str(tmp_path / "ray"), workers=2, piece_size=300, progress=False
+    )
     assert summary.workers == 2 and summary.count == 3500
     alone, ray = _rows(synthetic_embedded), _rows(tmp_path / "ray")
     assert ray["id"] == alone["id"] and ray["label"] == alone["label"] and ray["split"] == alone["split"]
     np.testing.assert_allclose(ray["embedding"], alone["embedding"], rtol=0, atol=1e-5)
     # an image folder in pieces of 8 files
     for workers, name in ((0, "folder-alone"), (2, "folder-ray")):
-        embed(str(grey_export[0]), str(photo_folder / "test"), str(tmp_path / name), workers=workers, piece_size=8,
-              progress=False)
+        embed(
+            str(grey_export[0]),
+            str(photo_folder / "test"),
+            str(tmp_path / name),
+            workers=workers,
+            piece_size=8,
+            progress=False,
+        )
     alone, ray = _rows(tmp_path / "folder-alone"), _rows(tmp_path / "folder-ray")
     assert ray["id"] == alone["id"] and len(ray["id"]) == 32 and ray["label"] == alone["label"]
     assert set(ray["split"]) == {None}  # a folder without train/test subfolders has no split

@@ -67,8 +67,11 @@ def test_photo_subsets_copy_the_files_byte_for_byte(labeled_photo_shards, tmp_pa
 
     def samples(location: Path) -> dict[str, dict]:
         info = read_manifest(location).split("train")
-        return {s["__key__"]: s for shard in info.shards
-                for s in tarfile_samples([{"url": storage.join(location, shard.name)}])}
+        return {
+            s["__key__"]: s
+            for shard in info.shards
+            for s in tarfile_samples([{"url": storage.join(location, shard.name)}])
+        }
 
     source, subset = samples(labeled_photo_shards), samples(tmp_path / "subset")
     assert manifest.photos and len(subset) == manifest.split("train").num_samples == 24  # 3 of each of 8 classes
@@ -78,15 +81,25 @@ def test_photo_subsets_copy_the_files_byte_for_byte(labeled_photo_shards, tmp_pa
 
 
 def test_the_job_is_the_pretraining_job_less_its_run_keys_with_the_overrides():
-    pretraining = with_values(JobConfig(), {"train.name": "simclr-1", "train.max_steps_per_epoch": 8,
-                                            "export.onnx": True, "data.shards": "/data/unlabeled"}, "test").to_dict()
+    pretraining = with_values(
+        JobConfig(),
+        {
+            "train.name": "simclr-1",
+            "train.max_steps_per_epoch": 8,
+            "export.onnx": True,
+            "data.shards": "/data/unlabeled",
+        },
+        "test",
+    ).to_dict()
     config = finetune_config(pretraining, ["finetune.fractions=[0.05]", "finetune.epochs=[2]"], "/data/labeled")
     assert config.train.name is None and config.train.max_steps_per_epoch is None and not config.export.onnx
     assert config.evaluation_shards == "/data/labeled" and config.finetune.schedule() == [(0.05, 2)]
     with pytest.raises(ConfigError, match=r"finetune.epochs: \[60, 30\] for fractions \[0.05, 0.2, 0.5\]"):
         finetune_config(pretraining, ["finetune.fractions=[0.05,0.2,0.5]"])
-    assert finetune_config(pretraining, ["finetune.fractions=[1e-2,0.2]"]).finetune.schedule() == [(0.01, 60),
-                                                                                                  (0.2, 30)]
+    assert finetune_config(pretraining, ["finetune.fractions=[1e-2,0.2]"]).finetune.schedule() == [
+        (0.01, 60),
+        (0.2, 30),
+    ]
     assert [pct(f) for f in (0.01, 0.1, 0.005, 1)] == ["1pct", "10pct", "0.5pct", "100pct"]
     assert metric_name(0.1, "random_init") == "finetune_10pct_random_init_accuracy"
 
@@ -110,12 +123,22 @@ def pretrained(synthetic_shards, tmp_path_factory) -> tuple[Path, str, str]:
     folder = tmp_path_factory.mktemp("finetune")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     run_id = Tracker(uri).start("sslpipe", "simclr-pretraining", {}, "")
-    config = with_values(JobConfig(), {"data.shards": str(synthetic_shards), "model.width": 8, "model.embed_dim": 32,
-                                       "train.name": "simclr-pretraining", "data.num_workers": 0}, "test")
+    config = with_values(
+        JobConfig(),
+        {
+            "data.shards": str(synthetic_shards),
+            "model.width": 8,
+            "model.embed_dim": 32,
+            "train.name": "simclr-pretraining",
+            "data.num_workers": 0,
+        },
+        "test",
+    )
     torch.manual_seed(1)  # not the weights fine-tuning draws for its random initialisation (train.seed 0)
     encoder, _ = build_encoder(GREY)
-    export_encoder(encoder, GREY, folder / "export", {"method": "simclr", "config": config.to_dict(),
-                                                      "mlflow_run_id": run_id})
+    export_encoder(
+        encoder, GREY, folder / "export", {"method": "simclr", "config": config.to_dict(), "mlflow_run_id": run_id}
+    )
     return folder / "export", uri, run_id
 
 
@@ -127,8 +150,9 @@ def _finetune(capsys, monkeypatch, pretrained, *args: str) -> tuple[int, str, st
     return code, captured.out, captured.err
 
 
-def test_bad_inputs_give_one_line_before_ray_starts(capsys, monkeypatch, pretrained, unlabeled_photo_shards,
-                                                    even_shards, tmp_path):
+def test_bad_inputs_give_one_line_before_ray_starts(
+    capsys, monkeypatch, pretrained, unlabeled_photo_shards, even_shards, tmp_path
+):
     for args, message in [
         (("--shards", str(unlabeled_photo_shards)), "holds unlabeled images; fine-tuning needs labeled shards"),
         (("--fractions", "0.01,2"), "finetune.fractions: [0.01, 2]; give distinct fractions in (0, 1]"),
@@ -142,8 +166,17 @@ def test_bad_inputs_give_one_line_before_ray_starts(capsys, monkeypatch, pretrai
 
 @pytest.mark.slow
 def test_a_real_fine_tune_lands_on_the_pretraining_run_and_beats_chance(capsys, monkeypatch, pretrained, ray_local):
-    code, out, err = _finetune(capsys, monkeypatch, pretrained, "--fractions", "0.2", "finetune.epochs=[3]",
-                               "finetune.batch_size=16", "finetune.lr=3e-3", "train.num_workers=2")
+    code, out, err = _finetune(
+        capsys,
+        monkeypatch,
+        pretrained,
+        "--fractions",
+        "0.2",
+        "finetune.epochs=[3]",
+        "finetune.batch_size=16",
+        "finetune.lr=3e-3",
+        "train.num_workers=2",
+    )
     assert code == 0, err[-3000:]
     _, uri, run_id = pretrained
     client = MlflowClient(uri)

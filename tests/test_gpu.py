@@ -13,7 +13,7 @@ from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 from pipeline.export import load_encoder
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = pytest.mark.gpu
 
 METHODS = {  # overrides; SimCLR with the ResNet-50 of the papers
     "simclr": {"model.encoder": "resnet50"},
@@ -29,8 +29,9 @@ def gpu_photos(tmp_path_factory):
     folder = make_photo_folder(tmp_path_factory.mktemp("folder"), 40, 10, max_side=1024)
     out = tmp_path_factory.mktemp("shards")
     files, classes = photo_files(f"folder:{folder}")
-    write_photo_shards(files, classes, out, source={"name": "gpu-check"}, samples_per_shard=64, workers=4,
-                       progress=False)
+    write_photo_shards(
+        files, classes, out, source={"name": "gpu-check"}, samples_per_shard=64, workers=4, progress=False
+    )
     return out
 
 
@@ -38,17 +39,30 @@ def gpu_photos(tmp_path_factory):
 def test_method_on_gpu(ray_local, gpu_photos, tmp_path, monkeypatch, name):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, [
-        f"data.shards={gpu_photos}", "data.image_size=224", "data.batch_size=64", "data.num_workers=4",
-        "train.use_gpu=true", "train.epochs=3", "train.max_steps_per_epoch=12", "train.cpus_per_worker=4",
-        f"train.name=gpu-{name}", "eval.baselines=false", "eval.batch_size=256",
-    ])
+    config = load_config(
+        None,
+        [
+            f"data.shards={gpu_photos}",
+            "data.image_size=224",
+            "data.batch_size=64",
+            "data.num_workers=4",
+            "train.use_gpu=true",
+            "train.epochs=3",
+            "train.max_steps_per_epoch=12",
+            "train.cpus_per_worker=4",
+            f"train.name=gpu-{name}",
+            "eval.baselines=false",
+            "eval.batch_size=256",
+        ],
+    )
     summary = pretrain(with_values(config, METHODS[name], "gpu-check"))
     client = MlflowClient(summary.tracking_uri)
     losses = [m.value for m in sorted(client.get_metric_history(summary.run_id, "loss"), key=lambda m: m.step)]
     metrics = summary.train_metrics
-    print(f"\n{name}: {metrics['images_per_s']:,.0f} images/s, data wait {100 * metrics['data_wait_fraction']:.0f}%,"
-          f" loss {' -> '.join(f'{v:.4f}' for v in losses)}, probe {summary.metrics['probe_accuracy']:.4f}")
+    print(
+        f"\n{name}: {metrics['images_per_s']:,.0f} images/s, data wait {100 * metrics['data_wait_fraction']:.0f}%,"
+        f" loss {' -> '.join(f'{v:.4f}' for v in losses)}, probe {summary.metrics['probe_accuracy']:.4f}"
+    )
     assert losses[-1] < losses[0], f"{name}: the loss did not fall: {losses}"
     assert metrics["photos_decoded_on_device"] == 1.0  # nvJPEG in the training process, not the loader
     encoder = load_encoder(summary.export_dir).eval()

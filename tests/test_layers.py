@@ -12,8 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first; a module may import from its own layer and those before it. A module's layer is that of its
 # longest listed prefix.
 LAYERS = [
-    ("pipeline", "pipeline.errors", "pipeline.options", "pipeline.distributed", "pipeline.schedules",
-     "pipeline.cluster", "pipeline.storage", "pipeline.console", "pipeline.stopping"),
+    (
+        "pipeline",
+        "pipeline.errors",
+        "pipeline.options",
+        "pipeline.distributed",
+        "pipeline.schedules",
+        "pipeline.cluster",
+        "pipeline.storage",
+        "pipeline.console",
+        "pipeline.stopping",
+    ),
     ("pipeline.data",),
     ("augment",),
     ("pipeline.models", "pipeline.losses"),
@@ -30,8 +39,12 @@ LAYERS = [
 
 
 def _layer(module: str) -> int | None:
-    matches = [(len(prefix), index) for index, prefixes in enumerate(LAYERS) for prefix in prefixes
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), index)
+        for index, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     return max(matches)[1] if matches else None
 
 
@@ -60,12 +73,19 @@ def test_imports_run_down_the_flow(module):
 
 
 def test_only_tracking_imports_mlflow_and_training_knows_nothing_of_it():
-    importers = {module for module, path in _modules().items()
-                 if any(name == "mlflow" or name.startswith("mlflow.") for name in _imports(path))}
+    importers = {
+        module
+        for module, path in _modules().items()
+        if any(name == "mlflow" or name.startswith("mlflow.") for name in _imports(path))
+    }
     assert importers <= {"pipeline.track.tracker"}
     training = [module for module in _modules() if module.startswith("pipeline.train")]
-    assert training and not [name for module in training for name in _imports(_modules()[module])
-                             if name.startswith(("pipeline.track", "mlflow"))]
+    assert training and not [
+        name
+        for module in training
+        for name in _imports(_modules()[module])
+        if name.startswith(("pipeline.track", "mlflow"))
+    ]
 
 
 def test_commands_stand_on_the_library_alone():

@@ -39,8 +39,14 @@ COMMON = ["model.width=16", "eval.probe_max_iter=200", f"train.seed={SEED}"]
 REPRESENTATION = ["model.embed_dim=16", "train.epochs=2"]
 # the SimCLR recipe the margins were measured with: the job's until its search of 2026-12-01 (README: Time to
 # accuracy) moved to temperature 0.1, LR 8e-3, crops from 0.2 and jitter strength 1
-MEASURED_RECIPE = {"simclr_fashion_mnist.yaml": ["method.temperature=0.2", "optim.lr=2e-3",
-                                                 "augment.crop_min_scale=0.08", "augment.jitter_strength=0.5"]}
+MEASURED_RECIPE = {
+    "simclr_fashion_mnist.yaml": [
+        "method.temperature=0.2",
+        "optim.lr=2e-3",
+        "augment.crop_min_scale=0.08",
+        "augment.jitter_strength=0.5",
+    ]
+}
 
 # about half the smallest gap measured over seeds 0-2 (SimCLR +5.6, BYOL +3.3 points)
 PROBE_MARGIN = {"simclr": 0.025, "byol": 0.015}
@@ -68,28 +74,43 @@ def gate_run(ray_local, fashion_subset_shards, tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["simclr_fashion_mnist.yaml", "byol_fashion_mnist.yaml"], ids=["simclr", "byol"])
 def test_pretrained_encoder_probes_above_its_random_initialisation(gate_run, job):
-    overrides = [*REPRESENTATION, *MEASURED_RECIPE.get(job, []), "eval.baselines=true",
-                 f"train.name=gate-{Path(job).stem}"]
+    overrides = [
+        *REPRESENTATION,
+        *MEASURED_RECIPE.get(job, []),
+        "eval.baselines=true",
+        f"train.name=gate-{Path(job).stem}",
+    ]
     config, summary, losses = gate_run(job, overrides)
     pretrained = summary.metrics["probe_accuracy"]
     random_init = summary.metrics["baseline_random_encoder_probe_accuracy"]
     margin = PROBE_MARGIN[config.method.name]
     assert pretrained > random_init + margin, (
-        f"{config.method.name}: probe {pretrained:.4f} vs random init {random_init:.4f}, gap under {margin}")
+        f"{config.method.name}: probe {pretrained:.4f} vs random init {random_init:.4f}, gap under {margin}"
+    )
     assert losses[-1] < losses[0]
     if config.method.name == "simclr":  # a probe cannot see negatives missing from other ranks; this loss can
         chance = math.log(2 * config.data.batch_size * config.train.num_workers - 1)
         assert chance - FIRST_EPOCH_DROP_MAX < losses[0] < chance, (
             f"first-epoch NT-Xent {losses[0]:.3f}: expected within {FIRST_EPOCH_DROP_MAX} below "
             f"log(2 x global batch - 1) = {chance:.3f} (lower: fewer negatives than the global batch, or "
-            "identical views)")
+            "identical views)"
+        )
 
 
 @pytest.mark.slow
 def test_autoencoder_rebuilds_better_than_pca_at_the_same_k(gate_run):
-    _, summary, _ = gate_run("autoencoder_fashion_mnist.yaml", [
-        "model.embed_dim=64", "method.bottleneck=4", "data.batch_size=64", "optim.lr=3e-3", "train.epochs=2",
-        "eval.baselines=false", "train.name=gate-ae"])
+    _, summary, _ = gate_run(
+        "autoencoder_fashion_mnist.yaml",
+        [
+            "model.embed_dim=64",
+            "method.bottleneck=4",
+            "data.batch_size=64",
+            "optim.lr=3e-3",
+            "train.epochs=2",
+            "eval.baselines=false",
+            "train.name=gate-ae",
+        ],
+    )
     assert summary.metrics["recon_mse_over_pca"] < 0.9  # measured 0.777
 
 
@@ -97,9 +118,18 @@ def test_autoencoder_rebuilds_better_than_pca_at_the_same_k(gate_run):
 def test_vae_keeps_units_active_at_beta_1_and_collapses_them_at_large_beta(gate_run):
     active = {}
     for beta in (1, 100):
-        _, summary, _ = gate_run("vae_fashion_mnist.yaml", [
-            "model.embed_dim=64", "method.bottleneck=16", "method.kl_anneal_steps=0", f"method.beta={beta}",
-            "train.epochs=1", "eval.baselines=false", f"train.name=gate-vae-{beta}"])
+        _, summary, _ = gate_run(
+            "vae_fashion_mnist.yaml",
+            [
+                "model.embed_dim=64",
+                "method.bottleneck=16",
+                "method.kl_anneal_steps=0",
+                f"method.beta={beta}",
+                "train.epochs=1",
+                "eval.baselines=false",
+                f"train.name=gate-vae-{beta}",
+            ],
+        )
         active[beta] = summary.metrics["active_units"] / 16
     assert active[1] >= 0.75, active  # measured 16 of 16
     assert active[100] <= 0.25, active  # measured 0 of 16

@@ -25,11 +25,22 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
 def config(synthetic_shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # exports/, ray_results/ and mlflow.db land here
-    return load_config(None, [
-        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=1", "model.width=8", "model.embed_dim=32",
-        "model.head_hidden=64", "model.head_dim=32", "train.epochs=1", "train.name=e2e", "eval.baselines=false",
-        "eval.probe_max_iter=200",
-    ])
+    return load_config(
+        None,
+        [
+            f"data.shards={synthetic_shards}",
+            "data.batch_size=64",
+            "data.num_workers=1",
+            "model.width=8",
+            "model.embed_dim=32",
+            "model.head_hidden=64",
+            "model.head_dim=32",
+            "train.epochs=1",
+            "train.name=e2e",
+            "eval.baselines=false",
+            "eval.probe_max_iter=200",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -55,8 +66,9 @@ def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_pa
     assert used.dataset.digest == run.data.params["data.manifest_sha256"][:36]
     assert [(tag.key, tag.value) for tag in used.tags] == [("mlflow.data.context", "training")]
     assert run.data.tags["mlflow.source.name"] == "sslpipe pretrain" and run.data.tags["mlflow.source.type"] == "LOCAL"
-    commit = subprocess.run(["git", "-C", str(JOBS.parent), "rev-parse", "HEAD"], check=False, capture_output=True,
-                            text=True)
+    commit = subprocess.run(
+        ["git", "-C", str(JOBS.parent), "rev-parse", "HEAD"], check=False, capture_output=True, text=True
+    )
     assert run.data.tags.get("mlflow.source.git.commit") == (commit.stdout.strip() if commit.returncode == 0 else None)
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(client.get_metric_history(summary.run_id, "system/cpu_utilization_percentage")) >= 1
@@ -66,8 +78,10 @@ def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_pa
     assert summary.model_uri == "models:/sslpipe-encoder/1"
     mlflow.set_tracking_uri(summary.tracking_uri)
     registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cpu")
-    assert f"torch=={torch.__version__.split('+')[0]}" in Path(
-        mlflow.pyfunc.get_model_dependencies(summary.model_uri)).read_text().split()
+    assert (
+        f"torch=={torch.__version__.split('+')[0]}"
+        in Path(mlflow.pyfunc.get_model_dependencies(summary.model_uri)).read_text().split()
+    )
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         expected = load_encoder(summary.export_dir).eval()(x)
@@ -81,7 +95,10 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
     config.optim.lr = 1e30
     config.train.max_failures = 0
     config.train.name = "diverges"
-    with pytest.raises(NonFiniteLoss, match=r"^Ray Train worker \d: loss is (nan|inf|-inf) at epoch 0, step \d+ \(rank \d\); lower optim.lr"):
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"^Ray Train worker \d: loss is (nan|inf|-inf) at epoch 0, step \d+ \(rank \d\); lower optim.lr",
+    ):
         pretrain(config)
     runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
     assert [r.info.status for r in runs] == ["FAILED"]
@@ -91,17 +108,53 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "dim", "extra_metrics", "extra_plots"),
     [
-        ({"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 12, "method.sparsity": "kl",
-          "method.corruption": "gaussian", "data.holdout_class": 3}, 12,
-         {"recon_mse", "pca_recon_mse", "recon_mse_over_pca", "anomaly_auroc_recon", "anomaly_auroc_knn",
-          "anomaly_auroc_mahalanobis", "pca_anomaly_auroc"},
-         {"reconstructions.png", "interpolations.png", "anomaly_roc.png"}),
-        ({"method.name": "vae", "augment.preset": "none", "method.bottleneck": 6, "method.kl_anneal_steps": 10,
-          "data.normal_class": 1}, 6,
-         {"recon_mse", "pca_recon_mse", "elbo", "kl", "active_units", "train_kl", "train_active_units",
-          "train_kl_dim_5", "anomaly_auroc_recon", "anomaly_auroc_neg_elbo", "anomaly_auroc_knn",
-          "anomaly_auroc_mahalanobis", "pca_anomaly_auroc"},
-         {"reconstructions.png", "interpolations.png", "prior_samples.png", "anomaly_roc.png"}),
+        (
+            {
+                "method.name": "autoencoder",
+                "augment.preset": "none",
+                "method.bottleneck": 12,
+                "method.sparsity": "kl",
+                "method.corruption": "gaussian",
+                "data.holdout_class": 3,
+            },
+            12,
+            {
+                "recon_mse",
+                "pca_recon_mse",
+                "recon_mse_over_pca",
+                "anomaly_auroc_recon",
+                "anomaly_auroc_knn",
+                "anomaly_auroc_mahalanobis",
+                "pca_anomaly_auroc",
+            },
+            {"reconstructions.png", "interpolations.png", "anomaly_roc.png"},
+        ),
+        (
+            {
+                "method.name": "vae",
+                "augment.preset": "none",
+                "method.bottleneck": 6,
+                "method.kl_anneal_steps": 10,
+                "data.normal_class": 1,
+            },
+            6,
+            {
+                "recon_mse",
+                "pca_recon_mse",
+                "elbo",
+                "kl",
+                "active_units",
+                "train_kl",
+                "train_active_units",
+                "train_kl_dim_5",
+                "anomaly_auroc_recon",
+                "anomaly_auroc_neg_elbo",
+                "anomaly_auroc_knn",
+                "anomaly_auroc_mahalanobis",
+                "pca_anomaly_auroc",
+            },
+            {"reconstructions.png", "interpolations.png", "prior_samples.png", "anomaly_roc.png"},
+        ),
     ],
     ids=["denoising-sparse-autoencoder-without-class-3", "one-class-vae"],  # BYOL: tests/test_reliability.py
 )
@@ -128,18 +181,28 @@ def test_photos_pretrain_on_unlabeled_shards_and_evaluate_on_labeled_ones(
     ImageNet stem, the probe and kNN on a separate labeled set, the export at the crop size."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    config = load_config(JOBS / "simclr_photos.yaml", [
-        f"data.shards={unlabeled_photo_shards}", f"eval.shards={labeled_photo_shards}", "data.image_size=64",
-        "data.batch_size=16", "train.epochs=1", "train.max_steps_per_epoch=2", "train.name=photos",
-        "eval.baselines=false",
-    ])
+    config = load_config(
+        JOBS / "simclr_photos.yaml",
+        [
+            f"data.shards={unlabeled_photo_shards}",
+            f"eval.shards={labeled_photo_shards}",
+            "data.image_size=64",
+            "data.batch_size=16",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=2",
+            "train.name=photos",
+            "eval.baselines=false",
+        ],
+    )
     summary = pretrain(config)
     client = MlflowClient(summary.tracking_uri)
     run = client.get_run(summary.run_id)
     assert run.info.status == "FINISHED" and run.data.params["eval.shards"] == str(labeled_photo_shards)
     assert run.data.params["model.encoder"] == "resnet18" and run.data.params["data.image_size"] == "64"
     assert {(used.tags[0].value, json.loads(used.dataset.source)["uri"]) for used in run.inputs.dataset_inputs} == {
-        ("training", str(unlabeled_photo_shards)), ("evaluation", str(labeled_photo_shards))}
+        ("training", str(unlabeled_photo_shards)),
+        ("evaluation", str(labeled_photo_shards)),
+    }
     assert summary.train_metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
     per_rank = [summary.train_metrics[f"images_per_s_rank_{r}"] for r in range(2)]
     assert min(per_rank) > 0 and abs(sum(per_rank) / summary.train_metrics["images_per_s"] - 1) < 0.25
@@ -159,11 +222,22 @@ def test_timm_backbones_pretrain_through_the_command_and_load_in_timm_alone(
     through `sslpipe pretrain`; each export's backbone.safetensors gives the encoder's features in timm alone."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    common = [f"data.shards={unlabeled_photo_shards}", f"eval.shards={labeled_photo_shards}", "data.image_size=32",
-              "data.batch_size=8", "train.epochs=1", "train.max_steps_per_epoch=2", "eval.baselines=false"]
-    runs = {"resnet": ("simclr_photos.yaml", ["model.encoder=timm:resnet18", "export.onnx=true"]),
-            "vit": ("byol_fashion_mnist.yaml", ["model.encoder=timm:vit_tiny_patch16_224",
-                                                "model.backbone_args={patch_size: 8}"])}
+    common = [
+        f"data.shards={unlabeled_photo_shards}",
+        f"eval.shards={labeled_photo_shards}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "eval.baselines=false",
+    ]
+    runs = {
+        "resnet": ("simclr_photos.yaml", ["model.encoder=timm:resnet18", "export.onnx=true"]),
+        "vit": (
+            "byol_fashion_mnist.yaml",
+            ["model.encoder=timm:vit_tiny_patch16_224", "model.backbone_args={patch_size: 8}"],
+        ),
+    }
     for name, (job, overrides) in runs.items():
         assert main(["pretrain", str(JOBS / job), *common, *overrides, f"train.name={name}"]) == 0
         export = tmp_path / "exports" / name

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,18 @@ JOB = REPO / "jobs" / "byol_fashion_mnist.yaml"  # with the overrides below: a s
 
 def _overrides(shards, name: str) -> list[str]:
     return [
-        f"data.shards={shards}", "data.batch_size=64", "data.num_workers=1", "model.width=8", "model.embed_dim=32",
-        "model.head_hidden=64", "model.head_dim=32", f"train.epochs={EPOCHS}",
-        f"train.name={name}", "optim.warmup_epochs=0", "eval.baselines=false", "eval.probe_max_iter=50",
+        f"data.shards={shards}",
+        "data.batch_size=64",
+        "data.num_workers=1",
+        "model.width=8",
+        "model.embed_dim=32",
+        "model.head_hidden=64",
+        "model.head_dim=32",
+        f"train.epochs={EPOCHS}",
+        f"train.name={name}",
+        "optim.warmup_epochs=0",
+        "eval.baselines=false",
+        "eval.probe_max_iter=50",
     ]
 
 
@@ -51,7 +61,7 @@ def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobCon
     assert sorted({e for e, _ in _history(client, run_id, "loss")}) == list(range(EPOCHS))
     total = int(steps[-1][1])
     base_lr = config.optim.lr * config.data.batch_size * config.train.num_workers / 256  # linear scaling rule
-    assert all(b[1] > a[1] for a, b in zip(steps, steps[1:]))  # the step counter never went back
+    assert all(b[1] > a[1] for a, b in pairwise(steps))  # the step counter never went back
     for (epoch, lr), (_, step) in zip(_history(client, run_id, "lr"), steps, strict=True):
         assert lr == pytest.approx(base_lr * warmup_cosine(int(step), total, 1), rel=1e-6, abs=1e-12), epoch
     for (epoch, tau), (_, step) in zip(_history(client, run_id, "ema_tau"), steps, strict=True):
@@ -60,8 +70,9 @@ def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobCon
     assert len(images) == 1  # every epoch read the whole split, the restarted ones too
 
 
-def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_local, synthetic_shards, tmp_path,
-                                                                           monkeypatch):
+def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
+    ray_local, synthetic_shards, tmp_path, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -84,8 +95,14 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
     #    epochs, then the same command again
     overrides = _overrides(synthetic_shards, "stopped")
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    process = subprocess.Popen([str(BIN / "sslpipe"), "pretrain", str(JOB), *overrides], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [str(BIN / "sslpipe"), "pretrain", str(JOB), *overrides],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         run_id = when_epochs_logged(tracking_uri, "stopped", 2, process)
         process.send_signal(signal.SIGTERM)
@@ -96,8 +113,11 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(ray_
     assert client.get_run(run_id).info.status == "KILLED"
     stopped_at = max(value for _, value in _history(client, run_id, "epoch")) + 1
     # and the checkpoint it would resume from damaged (a truncated file): the rerun falls back to the one before
-    [last] = [path for path in (tmp_path / "ray_results" / "stopped").glob("checkpoint_*/checkpoint.pt")
-              if torch.load(path, weights_only=True)["epoch"] == stopped_at]
+    [last] = [
+        path
+        for path in (tmp_path / "ray_results" / "stopped").glob("checkpoint_*/checkpoint.pt")
+        if torch.load(path, weights_only=True)["epoch"] == stopped_at
+    ]
     last.write_bytes(last.read_bytes()[:1000])
     resumed = pretrain(load_config(JOB, overrides))
     assert resumed.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
@@ -126,13 +146,18 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthe
     monkeypatch.chdir(tmp_path)
     shards = tmp_path / "shards"
     shutil.copytree(synthetic_shards, shards)
-    rewrite_shard(shards, "train-000001.tar",
-                  lambda member, data: b"not a png" if member == "train-chunk-00000256.images.png" else data)
+    rewrite_shard(
+        shards,
+        "train-000001.tar",
+        lambda member, data: b"not a png" if member == "train-chunk-00000256.images.png" else data,
+    )
     server = MlflowServer(tmp_path)
     server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    config = load_config(JOB, [*_overrides(shards, "outage"), "train.num_workers=1", "track.server_wait_s=120",
-                               "data.skip_bad_samples=true"])
+    config = load_config(
+        JOB,
+        [*_overrides(shards, "outage"), "train.num_workers=1", "track.server_wait_s=120", "data.skip_bad_samples=true"],
+    )
     unsent = tmp_path / "ray_results" / "outage" / "mlflow_unsent.json"
     kept: list[dict] = []
 
@@ -154,7 +179,8 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthe
         assert run.info.status == "FINISHED" and not unsent.exists()
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(EPOCHS))
         assert {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "skipped_samples")} == {
-            (epoch, 256) for epoch in range(EPOCHS)}
+            (epoch, 256) for epoch in range(EPOCHS)
+        }
         assert {m.value for m in client.get_metric_history(run.info.run_id, "images")} == {3000 // 64 * 64}
         assert run.data.tags[NODES_TAG] and "probe_accuracy" in run.data.metrics
     finally:
@@ -172,21 +198,38 @@ class EpochMarker(UserCallback):
         Path(self.path).touch()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["method.name=vae", "method.bottleneck=8"],
-    ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "method.corruption_amount=0.5"],
-], ids=["vae", "denoising-autoencoder"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method.name=vae", "method.bottleneck=8"],
+        ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "method.corruption_amount=0.5"],
+    ],
+    ids=["vae", "denoising-autoencoder"],
+)
 def test_a_restarted_worker_continues_the_random_streams(ray_local, synthetic_shards, tmp_path, overrides):
     """The VAE's reparameterisation noise and the denoising corruption draw from the global generators: a worker
     restarted from a checkpoint continues their streams, so the run ends with the weights of an uninterrupted one
     (exactly, up to float reduction order: one worker on one CPU thread here). The online kNN monitor, which reads
     its images on its first call, must not shift them."""
-    config = load_config(None, [
-        f"data.shards={synthetic_shards}", "data.batch_size=64", "data.num_workers=0", "augment.preset=none",
-        "model.width=4", "model.embed_dim=8", "train.epochs=3", "train.num_workers=1", "train.max_failures=1",
-        f"train.storage_path={tmp_path}", "optim.warmup_epochs=0", "eval.online_knn=400", "eval.knn_k=20",
-        *overrides,
-    ])
+    config = load_config(
+        None,
+        [
+            f"data.shards={synthetic_shards}",
+            "data.batch_size=64",
+            "data.num_workers=0",
+            "augment.preset=none",
+            "model.width=4",
+            "model.embed_dim=8",
+            "train.epochs=3",
+            "train.num_workers=1",
+            "train.max_failures=1",
+            f"train.storage_path={tmp_path}",
+            "optim.warmup_epochs=0",
+            "eval.online_knn=400",
+            "eval.knn_k=20",
+            *overrides,
+        ],
+    )
     uninterrupted = fit(config, "uninterrupted")
     marker, killed = tmp_path / "epoch-reported", []
     killer = kill_a_train_worker(ray_local, lambda: wait_until(marker.exists, 120, "an epoch reported"), killed)

@@ -20,9 +20,19 @@ from pipeline.search.space import SearchConfig, load_search
 
 def _overrides(shards):
     return [
-        f"data.shards={shards}", "data.batch_size=64", "data.num_workers=0", "model.width=8",
-        "model.embed_dim=32", "model.head_hidden=64", "model.head_dim=32", "train.epochs=2", "train.num_workers=1",
-        "eval.baselines=false", "eval.probe_max_iter=100", "eval.online_knn=400", "eval.knn_k=20",
+        f"data.shards={shards}",
+        "data.batch_size=64",
+        "data.num_workers=0",
+        "model.width=8",
+        "model.embed_dim=32",
+        "model.head_hidden=64",
+        "model.head_dim=32",
+        "train.epochs=2",
+        "train.num_workers=1",
+        "eval.baselines=false",
+        "eval.probe_max_iter=100",
+        "eval.online_knn=400",
+        "eval.knn_k=20",
     ]
 
 
@@ -40,8 +50,9 @@ def _children(client, parent_run_id):
 @pytest.mark.slow
 def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path, monkeypatch):
     # ASHA's metric is the learning rate itself, so trial 2 (run after trial 1) trails it for sure
-    search = SearchConfig(space={"optim.lr": {"grid": [1e-2, 1e-3]}}, early_stop_metric="lr",
-                          max_concurrent_trials=1, name="rigged")
+    search = SearchConfig(
+        space={"optim.lr": {"grid": [1e-2, 1e-3]}}, early_stop_metric="lr", max_concurrent_trials=1, name="rigged"
+    )
     config.train.epochs = 4  # ASHA decides at the first report; a trial runs on until Tune's stop reaches it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -79,12 +90,20 @@ tune(load_config(None, sys.argv[1:]), search, pretrain)
 def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, config, synthetic_shards, tmp_path):
     # a search in its own driver process (joined to this test's Ray), interrupted as Ctrl-C would once trial 2 began
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    process = subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT, *_overrides(synthetic_shards)], cwd=tmp_path,
-                               env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SEARCH_SCRIPT, *_overrides(synthetic_shards)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
-        while not list((tmp_path / "exports").glob("interrupted-*/encoder.json")) or len(
-                list((tmp_path / "ray_results").glob("interrupted-*"))) < 2:
+        while (
+            not list((tmp_path / "exports").glob("interrupted-*/encoder.json"))
+            or len(list((tmp_path / "ray_results").glob("interrupted-*"))) < 2
+        ):
             assert process.poll() is None and time.monotonic() < deadline, "the search ended or hung before trial 2"
             time.sleep(1)
         process.send_signal(signal.SIGINT)
@@ -100,8 +119,9 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     finished_before = {r.info.run_id: r.info.end_time for r in children if r.info.status == "FINISHED"}
 
     # rigged ranking: a probe allowed 1 L-BFGS iteration (trial 1) trails one allowed 100 (trial 2)
-    search = SearchConfig(space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10,
-                          max_concurrent_trials=1, name="interrupted")
+    search = SearchConfig(
+        space={"eval.probe_max_iter": {"grid": [1, 100]}}, grace_period=10, max_concurrent_trials=1, name="interrupted"
+    )
     summary = tune(config, search, pretrain)  # the same command again: Tune restores the search
     assert summary.parent_run_id == parent.info.run_id
     children = _children(client, parent.info.run_id)
@@ -116,7 +136,8 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     assert parent.info.status == "FINISHED" and parent.data.tags["sslpipe.best_run_id"] == summary.best["mlflow_run_id"]
     assert parent.data.metrics["best_probe_accuracy"] == pytest.approx(max(probes.values()))
     assert {"trials.csv", "search.png", "search.yaml", "best_params.yaml"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     version = client.get_model_version("sslpipe-encoder", summary.model_uri.rsplit("/", 1)[1])
     assert version.run_id == summary.best["mlflow_run_id"]
     children = _children(client, parent.info.run_id)  # end times after the registration
@@ -124,21 +145,36 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     again = tune(config, search, pretrain)  # a finished search: nothing runs, nothing is registered twice
     assert again.model_uri == summary.model_uri
     assert {r.info.run_id: r.info.end_time for r in _children(client, parent.info.run_id)} == {
-        r.info.run_id: r.info.end_time for r in children}
+        r.info.run_id: r.info.end_time for r in children
+    }
 
 
 @pytest.mark.slow
 def test_a_search_over_methods_gives_each_trial_only_its_own_options(ray_local, config):
-    space = {"method": {"simclr": {"method.temperature": {"grid": [0.2]}},
-                        "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}}}}
+    space = {
+        "method": {
+            "simclr": {"method.temperature": {"grid": [0.2]}},
+            "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}},
+        }
+    }
     config.train.epochs = 1
-    summary = tune(config, SearchConfig(space=space, grace_period=10, max_concurrent_trials=2, name="methods"), pretrain)
+    summary = tune(
+        config, SearchConfig(space=space, grace_period=10, max_concurrent_trials=2, name="methods"), pretrain
+    )
     client = MlflowClient(summary.tracking_uri)
     params = {run.data.params["method.name"]: run.data.params for run in _children(client, summary.parent_run_id)}
     method_keys = {name: {key for key in values if key.startswith("method.")} for name, values in params.items()}
-    assert method_keys == {"simclr": {"method.name", "method.temperature"},
-                           "vae": {"method.name", "method.bottleneck", "method.beta", "method.kl_anneal_steps",
-                                   "method.free_bits", "method.likelihood"}}  # decoder_std: Gaussian only
+    assert method_keys == {
+        "simclr": {"method.name", "method.temperature"},
+        "vae": {
+            "method.name",
+            "method.bottleneck",
+            "method.beta",
+            "method.kl_anneal_steps",
+            "method.free_bits",
+            "method.likelihood",
+        },
+    }  # decoder_std: Gaussian only
     assert params["simclr"]["method.temperature"] == "0.2" and params["simclr"]["augment.preset"] == "simclr"
     assert params["vae"]["method.bottleneck"] == "4" and params["vae"]["augment.preset"] == "none"
     assert "model.head_dim" in params["simclr"] and "model.head_dim" not in params["vae"]  # no heads: not its key
@@ -148,15 +184,29 @@ def test_a_search_over_methods_gives_each_trial_only_its_own_options(ray_local, 
     assert "recon_mse" in client.get_run(rows["vae"]["mlflow_run_id"]).data.metrics  # it ran as a VAE
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("search:\n  space:\n    method.temprature: {grid: [0.1]}\n",
-     r"search.space.method.temprature: unknown key 'method.temprature'"),
-    ("search:\n  space:\n    optim.lr: {loguniform: [0.0, 1.0]}\n", r"search.space.optim.lr.loguniform: low must be > 0"),
-    ("search:\n  space:\n    train.epochs: {grid: [1, two]}\n", r"search.space.train.epochs.*expected int, got 'two'"),
-    ("search:\n  space:\n    optim.lr: {normal: [0, 1]}\n", r"search.space.optim.lr: expected one of \{grid: \[...\]\}"),
-    ("train:\n  epochs: 1\n", "a search file needs a `search` section"),
-    ("search:\n  name: 'it''s \"x\"'\n  space:\n    optim.lr: {grid: [0.1]}\n", "search.name: .* holds both ' and"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "search:\n  space:\n    method.temprature: {grid: [0.1]}\n",
+            r"search.space.method.temprature: unknown key 'method.temprature'",
+        ),
+        (
+            "search:\n  space:\n    optim.lr: {loguniform: [0.0, 1.0]}\n",
+            r"search.space.optim.lr.loguniform: low must be > 0",
+        ),
+        (
+            "search:\n  space:\n    train.epochs: {grid: [1, two]}\n",
+            r"search.space.train.epochs.*expected int, got 'two'",
+        ),
+        (
+            "search:\n  space:\n    optim.lr: {normal: [0, 1]}\n",
+            r"search.space.optim.lr: expected one of \{grid: \[...\]\}",
+        ),
+        ("train:\n  epochs: 1\n", "a search file needs a `search` section"),
+        ("search:\n  name: 'it''s \"x\"'\n  space:\n    optim.lr: {grid: [0.1]}\n", "search.name: .* holds both ' and"),
+    ],
+)
 def test_search_files_name_the_bad_key(tmp_path, text, message):
     path = tmp_path / "search.yaml"
     path.write_text(text)
@@ -210,21 +260,48 @@ def test_method_branches_give_each_trial_only_its_own_options(tmp_path):
     assert sorted(v["method.temperature"] for v in trials if "method.temperature" in v) == [0.1, 0.1, 0.5, 0.5]
 
 
-@pytest.mark.parametrize(("base", "space", "message"), [
-    ("byol", "    method.temperature: {grid: [0.1]}\n",
-     "search.space.method.temperature: method.temperature does not apply to byol; byol takes ema_base"),
-    ("simclr", "    method.name: {grid: [simclr, byol]}\n",
-     "search.space.method.name: vary the method with branches"),
-    ("simclr", "    method:\n      byol:\n        method.temperature: {grid: [0.1]}\n",
-     "search.space.method.byol.method.temperature: method.temperature does not apply to byol; byol takes ema_base"),
-    ("vae", "    method:\n      simclr: {}\n", "search.space.method.simclr.*augment.preset: none cannot serve simclr"),
-    ("simclr", "    method:\n      moco: {}\n", "search.space.method.moco: unknown method 'moco'"),
-    ("autoencoder", "    model.encoder: {grid: [linear, small_cnn]}\n    method:\n      autoencoder: {}\n"
-     "      simclr: {augment.preset: simclr}\n",
-     "search.space.model.encoder \\(with method simclr\\): model.encoder: linear needs"),
-    ("simclr", "    method.temperature: {grid: [0.1]}\n    method:\n      byol: {}\n",
-     "search.space.method.temperature: with method branches, a method's options go in its branch"),
-])
+@pytest.mark.parametrize(
+    ("base", "space", "message"),
+    [
+        (
+            "byol",
+            "    method.temperature: {grid: [0.1]}\n",
+            "search.space.method.temperature: method.temperature does not apply to byol; byol takes ema_base",
+        ),
+        (
+            "simclr",
+            "    method.name: {grid: [simclr, byol]}\n",
+            "search.space.method.name: vary the method with branches",
+        ),
+        (
+            "simclr",
+            "    method:\n      byol:\n        method.temperature: {grid: [0.1]}\n",
+            (
+                "search.space.method.byol.method.temperature: "
+                "method.temperature does not apply to byol; byol takes ema_base"
+            ),
+        ),
+        (
+            "vae",
+            "    method:\n      simclr: {}\n",
+            "search.space.method.simclr.*augment.preset: none cannot serve simclr",
+        ),
+        ("simclr", "    method:\n      moco: {}\n", "search.space.method.moco: unknown method 'moco'"),
+        (
+            "autoencoder",
+            (
+                "    model.encoder: {grid: [linear, small_cnn]}\n    method:\n      autoencoder: {}\n"
+                "      simclr: {augment.preset: simclr}\n"
+            ),
+            "search.space.model.encoder \\(with method simclr\\): model.encoder: linear needs",
+        ),
+        (
+            "simclr",
+            "    method.temperature: {grid: [0.1]}\n    method:\n      byol: {}\n",
+            "search.space.method.temperature: with method branches, a method's options go in its branch",
+        ),
+    ],
+)
 def test_a_search_space_naming_options_its_trials_lack_is_refused(tmp_path, base, space, message):
     preset = "none" if base == "vae" else "simclr"
     (tmp_path / "base.yaml").write_text(f"method:\n  name: {base}\naugment:\n  preset: {preset}\n")

@@ -27,8 +27,13 @@ from pipeline.search.space import SearchConfig
 from pipeline.track.run import TrackedRun
 
 PROTOCOLS = {"one-class": "data.normal_class", "leave-one-out": "data.holdout_class"}
-SCORES = {"anomaly_auroc_knn": "kNN cosine", "anomaly_auroc_mahalanobis": "Mahalanobis",
-          "anomaly_auroc_recon": "reconstruction", "anomaly_auroc_neg_elbo": "-ELBO", "pca_anomaly_auroc": "PCA"}
+SCORES = {
+    "anomaly_auroc_knn": "kNN cosine",
+    "anomaly_auroc_mahalanobis": "Mahalanobis",
+    "anomaly_auroc_recon": "reconstruction",
+    "anomaly_auroc_neg_elbo": "-ELBO",
+    "pca_anomaly_auroc": "PCA",
+}
 RANKED_BY = "anomaly_auroc_knn"  # every method has it; the search's "best" class means nothing more here
 
 
@@ -47,8 +52,10 @@ def classes_to_run(config: JobConfig, classes: Sequence[int] | None) -> list[int
     """``classes`` (default: every class of the training shards), each checked to be one of their labels."""
     names = read_manifest(config.data.shards).class_names
     if not names:
-        raise ConfigError(f"data.shards: {config.data.shards} holds unlabeled images; the anomaly protocols need "
-                          "labels to choose normal and anomalous classes")
+        raise ConfigError(
+            f"data.shards: {config.data.shards} holds unlabeled images; the anomaly protocols need "
+            "labels to choose normal and anomalous classes"
+        )
     chosen = list(range(len(names))) if classes is None else list(classes)
     if bad := [c for c in chosen if not 0 <= c < len(names)]:
         raise ConfigError(f"--classes: {bad[0]} is not a label of {config.data.shards} (0-{len(names) - 1})")
@@ -57,8 +64,14 @@ def classes_to_run(config: JobConfig, classes: Sequence[int] | None) -> list[int
 
 def anomaly_search(config: JobConfig, protocol: str, classes: Sequence[int], name: str) -> SearchConfig:
     """A grid over the protocol's class key; no trial stopped early (every class runs all its epochs)."""
-    return SearchConfig(space={PROTOCOLS[protocol]: {"grid": list(classes)}}, metric=RANKED_BY,
-                        early_stop_metric="loss", early_stop_mode="min", grace_period=config.train.epochs, name=name)
+    return SearchConfig(
+        space={PROTOCOLS[protocol]: {"grid": list(classes)}},
+        metric=RANKED_BY,
+        early_stop_metric="loss",
+        early_stop_mode="min",
+        grace_period=config.train.epochs,
+        name=name,
+    )
 
 
 def table(summary: AnomalySummary) -> str:
@@ -75,16 +88,18 @@ def _cell(value: float) -> str:
     return "failed" if math.isnan(value) else f"{value:.3f}"
 
 
-def anomaly(config: JobConfig, protocol: str, classes: Sequence[int] | None, name: str | None, job: Job
-            ) -> AnomalySummary:
+def anomaly(
+    config: JobConfig, protocol: str, classes: Sequence[int] | None, name: str | None, job: Job
+) -> AnomalySummary:
     """Run (or, with the same ``name``, resume) ``protocol`` over ``classes``, each class a run of ``job``
     (pretraining): validate -> the search's tracked run -> a trial per class -> the table of AUROCs -> logged on
     the search's run (``anomaly.csv``, ``anomaly.md``, ``anomaly.png``, metrics ``mean_<score>``)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol: {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if config.data.normal_class is not None or config.data.holdout_class is not None:
-        raise ConfigError("data.normal_class / data.holdout_class: the protocol sets them for each class; leave them "
-                          "unset in the job")
+        raise ConfigError(
+            "data.normal_class / data.holdout_class: the protocol sets them for each class; leave them unset in the job"
+        )
     chosen = classes_to_run(config, classes)
     name = name or f"anomaly-{protocol}-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     search = anomaly_search(config, protocol, chosen, name)
@@ -101,8 +116,15 @@ def _summary(run: TrackedRun, protocol: str, classes: Sequence[int], trials: lis
     class_names = read_manifest(run.config.data.shards).class_names
     by_class = {row[PROTOCOLS[protocol]]: row for row in trials}
     scores = [score for score in SCORES if any(not math.isnan(row[score]) for row in trials)]
-    rows = [{"class": c, "name": class_names[c], **{s: by_class.get(c, {}).get(s, math.nan) for s in scores},
-             "mlflow_run_id": by_class.get(c, {}).get("mlflow_run_id", "")} for c in classes]
+    rows = [
+        {
+            "class": c,
+            "name": class_names[c],
+            **{s: by_class.get(c, {}).get(s, math.nan) for s in scores},
+            "mlflow_run_id": by_class.get(c, {}).get("mlflow_run_id", ""),
+        }
+        for c in classes
+    ]
     mean = {s: math.fsum(row[s] for row in rows) / len(rows) for s in scores}
     return AnomalySummary(run.name, protocol, run.id, run.tracker.uri, scores, rows, mean)
 
@@ -114,14 +136,22 @@ def _log(run: TrackedRun, summary: AnomalySummary) -> None:
     tracker.log_rows(run.id, rows, "anomaly.csv")
     tracker.log_text(run.id, table(summary) + "\n", "anomaly.md")
     with tempfile.TemporaryDirectory(prefix="sslpipe-anomaly-") as folder:
-        tracker.log_artifact(run.id, anomaly_png(rows, {s: SCORES[s] for s in summary.scores},
-                                                 Path(folder, "anomaly.png"),
-                                                 f"{run.config.method.name}, {summary.protocol}: AUROC per class"))
+        tracker.log_artifact(
+            run.id,
+            anomaly_png(
+                rows,
+                {s: SCORES[s] for s in summary.scores},
+                Path(folder, "anomaly.png"),
+                f"{run.config.method.name}, {summary.protocol}: AUROC per class",
+            ),
+        )
     tracker.log_metrics(run.id, {f"mean_{s}": v for s, v in summary.mean.items() if not math.isnan(v)})
     tracker.set_tags(run.id, {"sslpipe.anomaly_protocol": summary.protocol})
 
 
 def show(summary: AnomalySummary) -> None:
     print(table(summary))
-    print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}: anomaly.md, "
-          "anomaly.png, and one nested run per class")
+    print(
+        f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}: anomaly.md, "
+        "anomaly.png, and one nested run per class"
+    )

@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from tqdm import tqdm
@@ -52,10 +52,18 @@ class Summary:
     projection: str
 
 
-
 def embed(
-    model: str, data: str, out: str, *, split: str | None = None, workers: int | None = None, batch_size: int = 256,
-    piece_size: int = 1024, overwrite: bool = False, skip_bad_samples: bool = False, progress: bool = True,
+    model: str,
+    data: str,
+    out: str,
+    *,
+    split: str | None = None,
+    workers: int | None = None,
+    batch_size: int = 256,
+    piece_size: int = 1024,
+    overwrite: bool = False,
+    skip_bad_samples: bool = False,
+    progress: bool = True,
     report: Callable[[str], None] = print,
 ) -> Summary:
     """Embed ``data`` with ``model`` into ``out`` (see the module docstring). ``workers``: ``0`` or ``1`` run in
@@ -70,18 +78,32 @@ def embed(
     encoder.eval()
     plan = plan_data(data, split, piece_size)
     bar = tqdm(total=plan.total, unit="img", desc="embed", disable=not progress)
-    with bar, embedded(plan.pieces, encoder, spec, workers, batch_size, skip_bad_samples, bar) as (results, used,
-                                                                                                    device):
+    with (
+        bar,
+        embedded(plan.pieces, encoder, spec, workers, batch_size, skip_bad_samples, bar) as (results, used, device),
+    ):
         count, dim, sample, skipped = _write_parquet(out, data, plan, results)
     projection = _write_map(out, *sample, plan.class_names, f"{model} on {data}: {count} images")
     if skipped:
         report(f"skipped {sum(s.count for s in skipped)} bad samples (first: {skipped[0].reason})")
     seconds = time.monotonic() - began
     summary = Summary(str(out), count, dim, sum(s.count for s in skipped), seconds, used, device, projection)
-    info = {"model": str(model), "data": str(data), "split": split, "count": count, "dim": dim,
-            "seconds": round(seconds, 3), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "workers": used, "device": device, "map": projection, "image_size": spec.image_size,
-            "channels": spec.channels, "skipped": summary.skipped, "skipped_first": [s.reason for s in skipped[:10]]}
+    info = {
+        "model": str(model),
+        "data": str(data),
+        "split": split,
+        "count": count,
+        "dim": dim,
+        "seconds": round(seconds, 3),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "workers": used,
+        "device": device,
+        "map": projection,
+        "image_size": spec.image_size,
+        "channels": spec.channels,
+        "skipped": summary.skipped,
+        "skipped_first": [s.reason for s in skipped[:10]],
+    }
     with storage.atomic_writer(out, SUMMARY) as handle:
         handle.write(json.dumps(info, indent=2).encode())
     return summary
@@ -99,7 +121,7 @@ def _write_parquet(
     count, dim, writer, pending, sampled, skipped = 0, 0, None, [], [], []
     with storage.atomic_writer(out, PARQUET) as handle:
         try:
-            for index, (piece, result) in enumerate(zip(plan.pieces, results)):
+            for index, (piece, result) in enumerate(zip(plan.pieces, results, strict=True)):
                 skipped += result.skipped
                 if not result.ids:
                     continue
@@ -121,13 +143,20 @@ def _write_parquet(
         finally:  # (the file is discarded when this raised)
             if writer is not None:
                 writer.close()
-    embeddings, labels = (np.concatenate(column) for column in zip(*sampled))
+    embeddings, labels = (np.concatenate(column) for column in zip(*sampled, strict=True))
     return count, dim, (embeddings, labels), skipped
 
 
 def _schema(pa, dim: int):
-    return pa.schema([("id", pa.string()), ("split", pa.string()), ("label", pa.int64()),
-                      ("class_name", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("split", pa.string()),
+            ("label", pa.int64()),
+            ("class_name", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ]
+    )
 
 
 def _table(pa, split: str | None, result: Embedded, class_names: tuple[str, ...], dim: int):
@@ -135,9 +164,13 @@ def _table(pa, split: str | None, result: Embedded, class_names: tuple[str, ...]
     names = [class_names[i] if 0 <= i < len(class_names) else None for i in labels.tolist()]
     values = pa.array(result.embeddings.astype(np.float32, copy=False).reshape(-1), pa.float32())
     return pa.Table.from_arrays(
-        [pa.array(result.ids, pa.string()), pa.array([split] * len(labels), pa.string()),
-         pa.array(labels, pa.int64(), mask=labels < 0), pa.array(names, pa.string()),
-         pa.FixedSizeListArray.from_arrays(values, dim)],
+        [
+            pa.array(result.ids, pa.string()),
+            pa.array([split] * len(labels), pa.string()),
+            pa.array(labels, pa.int64(), mask=labels < 0),
+            pa.array(names, pa.string()),
+            pa.FixedSizeListArray.from_arrays(values, dim),
+        ],
         schema=_schema(pa, dim),
     )
 
@@ -150,6 +183,8 @@ def _write_map(out: str, embeddings: np.ndarray, labels: np.ndarray, class_names
 
 
 def show(summary: Summary) -> None:
-    print(f"wrote {summary.count} embeddings ({summary.dim}-d) to {summary.out}/{PARQUET}, a "
-          f"{summary.projection.upper()} map to {summary.out}/map.png ({summary.workers} worker(s) on "
-          f"{summary.device}, {summary.seconds:.1f} s)")
+    print(
+        f"wrote {summary.count} embeddings ({summary.dim}-d) to {summary.out}/{PARQUET}, a "
+        f"{summary.projection.upper()} map to {summary.out}/map.png ({summary.workers} worker(s) on "
+        f"{summary.device}, {summary.seconds:.1f} s)"
+    )

@@ -75,8 +75,9 @@ def metric_name(fraction: float, init: str) -> str:
     return f"finetune_{pct(fraction)}_{'' if init == 'pretrained' else 'random_init_'}accuracy"
 
 
-def finetune_config(pretraining: dict[str, Any], overrides: Sequence[str] = (), shards: str | None = None,
-                    origin: str = "encoder.json") -> FinetuneJob:
+def finetune_config(
+    pretraining: dict[str, Any], overrides: Sequence[str] = (), shards: str | None = None, origin: str = "encoder.json"
+) -> FinetuneJob:
     """The fine-tuning job: the pretraining job ``pretraining`` (a config dict; a key that no longer applies is left
     out) without its run-specific keys, ``eval.shards`` set to ``shards`` if given, then ``overrides``
     (``section.key=value``), validated."""
@@ -94,32 +95,53 @@ def finetune_config(pretraining: dict[str, Any], overrides: Sequence[str] = (), 
 def check_labeled(location: str, manifest: Manifest, spec: EncoderSpec) -> None:
     """Labeled shards with train and test splits whose images the encoder of ``spec`` takes."""
     if not manifest.labeled:
-        raise ConfigError(f"{location} holds unlabeled images; fine-tuning needs labeled shards: pass --shards (or "
-                          "eval.shards=) a labeled shard set with train and test splits")
+        raise ConfigError(
+            f"{location} holds unlabeled images; fine-tuning needs labeled shards: pass --shards (or "
+            "eval.shards=) a labeled shard set with train and test splits"
+        )
     if missing := [split for split in ("train", "test") if split not in manifest.splits]:
         raise ConfigError(f"{location} has no {missing[0]!r} split; fine-tuning trains on train and scores on test")
     if manifest.photos:
         if spec.channels != 3:
             raise ConfigError(f"{location} holds RGB photos; the encoder takes {spec.channels}-channel images")
     elif tuple(manifest.image_shape) != (spec.channels, spec.image_size, spec.image_size):
-        raise ConfigError(f"{location} holds images of shape {list(manifest.image_shape)}; the encoder takes "
-                          f"{[spec.channels, spec.image_size, spec.image_size]}: fine-tune on shards of its own data")
+        raise ConfigError(
+            f"{location} holds images of shape {list(manifest.image_shape)}; the encoder takes "
+            f"{[spec.channels, spec.image_size, spec.image_size]}: fine-tune on shards of its own data"
+        )
 
 
-def run_config(config: FinetuneJob, subset: str, labeled: str, count: int, epochs: int, name: str,
-               manifest: Manifest, spec: EncoderSpec) -> FinetuneJob:
+def run_config(
+    config: FinetuneJob,
+    subset: str,
+    labeled: str,
+    count: int,
+    epochs: int,
+    name: str,
+    manifest: Manifest,
+    spec: EncoderSpec,
+) -> FinetuneJob:
     """The config one fine-tuning runs under: the subset as ``data.shards`` (at ``finetune.batch_size`` per rank,
     less when a rank's share of the subset is smaller), ``finetune.augment`` views, this fraction's epochs."""
     ranks = config.train.num_workers
     batch = min(config.finetune.batch_size, count // ranks)
     if batch < 1:
-        raise ConfigError(f"the {count}-image subset is too small for {ranks} Ray Train workers; use a larger "
-                          "fraction (finetune.fractions) or fewer workers (train.num_workers)")
+        raise ConfigError(
+            f"the {count}-image subset is too small for {ranks} Ray Train workers; use a larger "
+            "fraction (finetune.fractions) or fewer workers (train.num_workers)"
+        )
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, shards=subset, url_template=None, batch_size=batch, mode="exact",
-                                 holdout_class=None, normal_class=None,
-                                 image_size=spec.image_size if manifest.photos else None),
+        data=dataclasses.replace(
+            config.data,
+            shards=subset,
+            url_template=None,
+            batch_size=batch,
+            mode="exact",
+            holdout_class=None,
+            normal_class=None,
+            image_size=spec.image_size if manifest.photos else None,
+        ),
         augment=AugmentConfig(preset=config.finetune.augment),
         train=dataclasses.replace(config.train, epochs=epochs, name=name),
         eval=dataclasses.replace(config.eval, shards=labeled),
@@ -150,25 +172,34 @@ def finetune(model: str, encoder: nn.Module, meta: dict[str, Any], config: Finet
     manifest = read_manifest(labeled)
     check_labeled(labeled, manifest, source.spec)
     schedule = config.finetune.schedule()
-    config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, storage_path=storage.absolute(config.train.storage_path)))
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, storage_path=storage.absolute(config.train.storage_path))
+    )
     pretraining = (meta.get("config") or {}).get("train", {}).get("name") or Path(str(model).rstrip("/")).name
     name = config.train.name or f"finetune-{pretraining}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with tracked_run(config, name, entry_point="sslpipe finetune", params={"finetune.model": model},
-                     tags={**source.lineage, "sslpipe.finetune_model": str(model)},
-                     datasets={"evaluation": labeled}) as run:
+    with tracked_run(
+        config,
+        name,
+        entry_point="sslpipe finetune",
+        params={"finetune.model": model},
+        tags={**source.lineage, "sslpipe.finetune_model": str(model)},
+        datasets={"evaluation": labeled},
+    ) as run:
         rows = [_fraction(run, source, labeled, manifest, fraction, epochs) for fraction, epochs in schedule]
         run.tracker.log_text(run.id, table(rows), "finetune.md")
         on_pretraining_run = bool(source.pretrain_run_id) and run.tracker.run_exists(source.pretrain_run_id)
         if on_pretraining_run:
-            run.tracker.log_metrics(source.pretrain_run_id, {metric_name(row.fraction, init): row.accuracy[init]
-                                                             for row in rows for init in INITS})
+            run.tracker.log_metrics(
+                source.pretrain_run_id,
+                {metric_name(row.fraction, init): row.accuracy[init] for row in rows for init in INITS},
+            )
             run.tracker.set_tags(source.pretrain_run_id, {FINETUNE_TAG: run.id})
     return FinetuneSummary(name, rows, run.id, source.pretrain_run_id, on_pretraining_run, run.tracker.uri)
 
 
-def _fraction(run: TrackedRun, source: Source, labeled: str, manifest: Manifest, fraction: float, epochs: int
-              ) -> FinetuneRow:
+def _fraction(
+    run: TrackedRun, source: Source, labeled: str, manifest: Manifest, fraction: float, epochs: int
+) -> FinetuneRow:
     """One labeled fraction: its subset written as shards, then the export and a random initialisation each
     fine-tuned in a nested run and scored on the test split."""
     config = run.config
@@ -176,16 +207,34 @@ def _fraction(run: TrackedRun, source: Source, labeled: str, manifest: Manifest,
     subset_manifest = write_subset(labeled, subset, fraction, config.train.seed, url_template=config.data.url_template)
     count = subset_manifest.split("train").num_samples
     row = FinetuneRow(fraction, count, epochs, {}, {})
-    scorer = SplitAccuracy(LabeledShards(labeled, config.eval.batch_size, source.spec.image_size if manifest.photos
-                                         else None, config.data.url_template, config.data.skip_bad_samples, 1))
+    scorer = SplitAccuracy(
+        LabeledShards(
+            labeled,
+            config.eval.batch_size,
+            source.spec.image_size if manifest.photos else None,
+            config.data.url_template,
+            config.data.skip_bad_samples,
+            1,
+        )
+    )
     for init in INITS:
         child = f"{run.name}-{pct(fraction)}-{init}"
         job = run_config(config, subset, labeled, count, epochs, child, manifest, source.spec)
-        params = {"finetune.fraction": fraction, "finetune.init": init, "finetune.labels": count,
-                  "finetune.model": source.model}
-        with tracked_run(job, child, entry_point="sslpipe finetune", params=params, parent_run_id=run.id,
-                         tags={**source.lineage, FRACTION_TAG: str(fraction), INIT_TAG: init},
-                         datasets={"training": subset, "evaluation": labeled}) as trained:
+        params = {
+            "finetune.fraction": fraction,
+            "finetune.init": init,
+            "finetune.labels": count,
+            "finetune.model": source.model,
+        }
+        with tracked_run(
+            job,
+            child,
+            entry_point="sslpipe finetune",
+            params=params,
+            parent_run_id=run.id,
+            tags={**source.lineage, FRACTION_TAG: str(fraction), INIT_TAG: init},
+            datasets={"training": subset, "evaluation": labeled},
+        ) as trained:
             step = Finetuning(source.spec, source.weights if init == "pretrained" else None, (scorer,))
             state = fit(trained.config, child, [trained.epoch_logger()], step)
             trained.send_unsent()
@@ -197,17 +246,24 @@ def _fraction(run: TrackedRun, source: Source, labeled: str, manifest: Manifest,
 def table(rows: Sequence[FinetuneRow]) -> str:
     """The results as a Markdown table: fraction, labels, epochs, test accuracy pretrained and from random
     initialisation, and the difference in points."""
-    lines = ["| labels | images | epochs | pretrained | random init | difference |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| labels | images | epochs | pretrained | random init | difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in rows:
         pretrained, random_init = row.accuracy["pretrained"], row.accuracy["random_init"]
-        lines.append(f"| {round(row.fraction * 100, 6):g}% | {row.labels:,} | {row.epochs} | {pretrained:.4f} "
-                     f"| {random_init:.4f} | {100 * (pretrained - random_init):+.1f} points |")
+        lines.append(
+            f"| {round(row.fraction * 100, 6):g}% | {row.labels:,} | {row.epochs} | {pretrained:.4f} "
+            f"| {random_init:.4f} | {100 * (pretrained - random_init):+.1f} points |"
+        )
     return "\n".join(lines)
 
 
 def show(summary: FinetuneSummary) -> None:
     print(table(summary.rows))
-    where = "and on the pretraining run " + summary.pretrain_run_id if summary.on_pretraining_run else (
-        "(the pretraining run is not in this store)")
+    where = (
+        "and on the pretraining run " + summary.pretrain_run_id
+        if summary.on_pretraining_run
+        else ("(the pretraining run is not in this store)")
+    )
     print(f"MLflow run      {summary.parent_run_id} ({summary.name}) in {summary.tracking_uri}, {where}")

@@ -44,10 +44,18 @@ def pretrain(
     config = resolve_paths(config, name)
     manifest = read_manifest(config.data.shards)
     validate(config, manifest)
-    with tracked_run(config, name, entry_point="sslpipe tune" if parent_run_id else "sslpipe pretrain",
-                     datasets={"training": config.data.shards, "evaluation": config.evaluation_shards},
-                     parent_run_id=parent_run_id, trial=parent_run_id is not None, system_metrics=True) as run, \
-            tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder:
+    with (
+        tracked_run(
+            config,
+            name,
+            entry_point="sslpipe tune" if parent_run_id else "sslpipe pretrain",
+            datasets={"training": config.data.shards, "evaluation": config.evaluation_shards},
+            parent_run_id=parent_run_id,
+            trial=parent_run_id is not None,
+            system_metrics=True,
+        ) as run,
+        tempfile.TemporaryDirectory(prefix="sslpipe-run-") as folder,
+    ):
         job, work = run.config, Path(folder)  # the job as the run records it: its worker count settled
         plan = evaluation_plan(job, manifest)
         run.log_params(plan.params())
@@ -66,8 +74,16 @@ def pretrain(
         if register:
             model_uri = run.tracker.log_encoder(run.id, *model_parts(export_dir), job.track.registered_model)
         run.describe(description(job, metrics))
-    return PretrainSummary(run.id, name, run.tracker.uri, model_uri, export_dir, metrics, state.get("metrics", {}),
-                           run.tracker.experiment_id(job.track.experiment))
+    return PretrainSummary(
+        run.id,
+        name,
+        run.tracker.uri,
+        model_uri,
+        export_dir,
+        metrics,
+        state.get("metrics", {}),
+        run.tracker.experiment_id(job.track.experiment),
+    )
 
 
 def export_run(run: TrackedRun, method: Method, manifest_sha256: str, metrics: dict[str, float]) -> str:
@@ -75,8 +91,13 @@ def export_run(run: TrackedRun, method: Method, manifest_sha256: str, metrics: d
     pt2, backbone and ONNX files logged to the run (the registered model holds the others); returns the folder."""
     config = run.config
     export_dir = storage.join(config.export.out_dir, run.name)
-    metadata = {"method": config.method.name, "config": config.to_dict(), "manifest_sha256": manifest_sha256,
-                "mlflow_run_id": run.id, "metrics": metrics}
+    metadata = {
+        "method": config.method.name,
+        "config": config.to_dict(),
+        "manifest_sha256": manifest_sha256,
+        "mlflow_run_id": run.id,
+        "metrics": metrics,
+    }
     written = export_encoder(method.encoder, method.spec, export_dir, metadata, onnx=config.export.onnx)
     artifacts = tuple(name for kind, name in (("pt2", PT2), ("backbone", BACKBONE), ("onnx", ONNX)) if kind in written)
     run.tracker.log_files(run.id, exported_files(export_dir, artifacts), "export")
@@ -90,5 +111,7 @@ def show(summary: PretrainSummary) -> None:
     print(f"MLflow run      {summary.run_id} ({summary.run_name}) in {summary.tracking_uri}")
     print(f"encoder model   {summary.model_uri}")
     print(f"encoder files   {summary.export_dir}")
-    print(f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}, then open "
-          f"http://127.0.0.1:5000/#/experiments/{summary.experiment_id}?workflowType=machine_learning")
+    print(
+        f"browse results  mlflow ui --backend-store-uri {summary.tracking_uri}, then open "
+        f"http://127.0.0.1:5000/#/experiments/{summary.experiment_id}?workflowType=machine_learning"
+    )

@@ -22,21 +22,42 @@ def is_photo_source(source: str, image_size: int | None) -> bool:
 def shard(source: str, out: str, options: dict[str, Any]) -> Manifest:
     """Shard ``source`` into ``out`` with the command's ``options`` (see ``sslpipe shard --help``)."""
     if is_photo_source(source, options["image_size"]):
-        files, classes = photo_files(source, unlabeled=options["unlabeled"], test_fraction=options["test_fraction"],
-                                     seed=options["seed"])
+        files, classes = photo_files(
+            source, unlabeled=options["unlabeled"], test_fraction=options["test_fraction"], seed=options["seed"]
+        )
         return write_photo_shards(
-            files, classes, out, source={"name": source}, samples_per_shard=options["samples_per_shard"] or 1000,
-            max_side=options["max_side"], lossless=options["lossless"], seed=options["seed"],
-            workers=options["workers"], use_ray=options["ray"], overwrite=options["overwrite"],
+            files,
+            classes,
+            out,
+            source={"name": source},
+            samples_per_shard=options["samples_per_shard"] or 1000,
+            max_side=options["max_side"],
+            lossless=options["lossless"],
+            seed=options["seed"],
+            workers=options["workers"],
+            use_ray=options["ray"],
+            overwrite=options["overwrite"],
         )
     arrays = open_source(
-        source, options["root"], download=not options["no_download"], image_size=options["image_size"],
-        channels=options["channels"], num_train=options["num_train"], num_test=options["num_test"],
-        num_classes=options["num_classes"], test_fraction=options["test_fraction"], seed=options["seed"],
+        source,
+        options["root"],
+        download=not options["no_download"],
+        image_size=options["image_size"],
+        channels=options["channels"],
+        num_train=options["num_train"],
+        num_test=options["num_test"],
+        num_classes=options["num_classes"],
+        test_fraction=options["test_fraction"],
+        seed=options["seed"],
     )
     return write_shards(
-        arrays, out, samples_per_shard=options["samples_per_shard"] or 4096, encoding=options["encoding"],
-        images_per_member=options["images_per_member"], seed=options["seed"], overwrite=options["overwrite"],
+        arrays,
+        out,
+        samples_per_shard=options["samples_per_shard"] or 4096,
+        encoding=options["encoding"],
+        images_per_member=options["images_per_member"],
+        seed=options["seed"],
+        overwrite=options["overwrite"],
     )
 
 
@@ -60,9 +81,18 @@ def verify(location: str) -> int:
     return sum(len(split.shards) for split in manifest.splits.values())
 
 
-def preview(location: str, split: str, count: int, views: int, seed: int, image_size: int, preset: str,
-            out: Path) -> Path:
+def preview(
+    location: str, split: str, count: int, views: int, seed: int, image_size: int, preset: str, out: Path
+) -> Path:
     """A PNG grid of ``count`` images of ``split`` above ``views`` views of each (photos cropped to ``image_size``)."""
-    loader = ShardLoader(location, split, count, rank=0, world_size=1, num_workers=0, seed=seed,
-                         views=PhotoViews(image_size, views, random=True))
+    loader = ShardLoader(
+        location,
+        split,
+        count,
+        rank=0,
+        world_size=1,
+        num_workers=0,
+        seed=seed,
+        views=PhotoViews(image_size, views, random=True),
+    )
     return preview_batch(loader, preset, views, image_size, seed, out)

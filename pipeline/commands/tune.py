@@ -36,7 +36,7 @@ def show(summary: SearchSummary) -> None:
     keys = [k for k in (summary.trials[0] if summary.trials else {}) if k not in ("export_dir",)]
     print("  ".join(f"{k:>14}" for k in keys))
     for row in summary.trials:
-        print("  ".join(f"{row[k]:>14.4f}" if isinstance(row[k], float) else f"{str(row[k]):>14}" for k in keys))
+        print("  ".join(f"{row[k]:>14.4f}" if isinstance(row[k], float) else f"{row[k]!s:>14}" for k in keys))
     if summary.best:
         print(f"best trial      {summary.best['trial']} (MLflow run {summary.best['mlflow_run_id']})")
         print(f"encoder model   {summary.model_uri}")

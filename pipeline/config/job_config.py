@@ -28,7 +28,13 @@ from pipeline.methods.simclr import SimCLROptions
 from pipeline.models import ModelConfig
 from pipeline.optim import OptimConfig
 from pipeline.sections import (
-    AugmentConfig, DataConfig, EvalConfig, ExportConfig, FinetuneConfig, TrackConfig, TrainConfig,
+    AugmentConfig,
+    DataConfig,
+    EvalConfig,
+    ExportConfig,
+    FinetuneConfig,
+    TrackConfig,
+    TrainConfig,
 )
 
 CPU_WORKERS = 2  # train.num_workers unset, without GPUs
@@ -51,8 +57,10 @@ class JobConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Every key that applies to this job (:func:`applies`), by section."""
-        return {section: {key: value for key, value in _values(self, section).items() if applies(self, section, key)}
-                for section in sections(self)}
+        return {
+            section: {key: value for key, value in _values(self, section).items() if applies(self, section, key)}
+            for section in sections(self)
+        }
 
     def flat(self) -> dict[str, Any]:
         """``{"section.key": value}`` for every key that applies to this job (see :meth:`to_dict`)."""
@@ -74,9 +82,14 @@ class JobConfig:
             if name not in hints:
                 where = f"; the {name} section is for `{COMMANDS[name]}`" if name in COMMANDS else ""
                 raise ConfigError(f"{origin}: unknown section {name!r}{where}; sections are {', '.join(hints)}")
-        job = cls(**{name: options.build(hints[name], values or {}, f"{origin}: {name}")
-                     for name, values in raw.items() if name != "method"},
-                  method=_method_options(raw.get("method") or {}, origin))
+        job = cls(
+            **{
+                name: options.build(hints[name], values or {}, f"{origin}: {name}")
+                for name, values in raw.items()
+                if name != "method"
+            },
+            method=_method_options(raw.get("method") or {}, origin),
+        )
         for section, values in raw.items():
             for key in values or {}:
                 if f"{section}.{key}" not in carried and (problem := why_not(job, section, key)):
@@ -134,8 +147,12 @@ def why_not(job: JobConfig, section: str, key: str) -> str | None:
     if section == "model" and readers(key) and job.method.name not in readers(key):
         return f"model.{key} does not apply to {job.method.name}; {', '.join(readers(key))} read it"
     failing = [condition for condition in _declared(values, key).when if not condition.holds(values)]
-    kind = " with ".join([str(getattr(values, KINDS[section], section)) if section in KINDS else section,
-                          *(f"{c.key} {_shown(getattr(values, c.key))}" for c in failing if c.key not in SELECTORS)])
+    kind = " with ".join(
+        [
+            str(getattr(values, KINDS[section], section)) if section in KINDS else section,
+            *(f"{c.key} {_shown(getattr(values, c.key))}" for c in failing if c.key not in SELECTORS),
+        ]
+    )
     takes = [other for other in _values(job, section) if other != KINDS.get(section) and applies(job, section, other)]
     return f"{section}.{key} does not apply to {kind}; {kind} takes {', '.join(takes)}"
 
@@ -147,9 +164,14 @@ def _shown(value: Any) -> str:
 def _with_defaults(job: JobConfig, section: str) -> Any:
     """``job``'s ``section`` with every key that does not apply at its default: a job holds one form."""
     values = getattr(job, section)
-    return dataclasses.replace(values, **{each.name: copy.deepcopy(each.default)
-                                          for each in options.declared(type(values))
-                                          if not applies(job, section, each.name)})
+    return dataclasses.replace(
+        values,
+        **{
+            each.name: copy.deepcopy(each.default)
+            for each in options.declared(type(values))
+            if not applies(job, section, each.name)
+        },
+    )
 
 
 def _method_options(values: Any, origin: str) -> MethodOptions:
@@ -202,8 +224,9 @@ def with_workers(config: JobConfig, resources: Mapping[str, float]) -> JobConfig
     if config.train.use_gpu:
         workers = int(resources.get("GPU", 0))
         if workers < 1:
-            raise ConfigError("train.use_gpu: Ray sees no GPU in this cluster; start Ray on GPU nodes, or set "
-                              "train.use_gpu=false")
+            raise ConfigError(
+                "train.use_gpu: Ray sees no GPU in this cluster; start Ray on GPU nodes, or set train.use_gpu=false"
+            )
     return dataclasses.replace(config, train=dataclasses.replace(config.train, num_workers=workers))
 
 
@@ -219,10 +242,20 @@ def reference() -> str:
     rows = []  # (key, what it applies to, takes, default, what)
     for section in (each.name for each in dataclasses.fields(FinetuneJob)):
         if section == "method":
-            rows.append(("method.name", "", ", ".join(f"`{name}`" for name in METHODS), f"`{SimCLROptions.name}`",
-                         "the method; the keys below apply to theirs"))
-            rows += [(f"method.{key}", ", ".join([name, *notes]), *rest) for name, method in METHODS.items()
-                     for key, notes, *rest in _described(method.Options)]
+            rows.append(
+                (
+                    "method.name",
+                    "",
+                    ", ".join(f"`{name}`" for name in METHODS),
+                    f"`{SimCLROptions.name}`",
+                    "the method; the keys below apply to theirs",
+                )
+            )
+            rows += [
+                (f"method.{key}", ", ".join([name, *notes]), *rest)
+                for name, method in METHODS.items()
+                for key, notes, *rest in _described(method.Options)
+            ]
             continue
         for key, notes, *rest in _described(hints[section]):
             methods = readers(key) if section == "model" else []
@@ -235,6 +268,8 @@ def reference() -> str:
 
 def _described(cls: type) -> list[tuple[str, list[str], str, str, str]]:
     """``(key, when it applies, takes, default, what)`` for every field of ``cls``."""
-    when = {each.name: [" or ".join(map(str, c.values)) if c.key in SELECTORS else str(c) for c in each.when]
-            for each in options.declared(cls)}
+    when = {
+        each.name: [" or ".join(map(str, c.values)) if c.key in SELECTORS else str(c) for c in each.when]
+        for each in options.declared(cls)
+    }
     return [(key, when[key], *rest) for key, *rest in options.describe(cls)]

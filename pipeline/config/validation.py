@@ -40,18 +40,31 @@ def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
     if manifest is None:
         return config
     ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
-    ShardLoader(config.data.shards, "train", config.data.batch_size, rank=0, world_size=ranks,  # the epoch plan
-                mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-                manifest=manifest, exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
-                views=config.data.training_views(method.num_views, config.augment.crop_scale))
+    ShardLoader(
+        config.data.shards,
+        "train",
+        config.data.batch_size,
+        rank=0,
+        world_size=ranks,  # the epoch plan
+        mode=config.data.mode,
+        seed=config.train.seed,
+        url_template=config.data.url_template,
+        manifest=manifest,
+        exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
+        views=config.data.training_views(method.num_views, config.augment.crop_scale),
+    )
     evaluation = read_manifest(config.eval.shards) if config.eval.shards else manifest
     where = "eval.shards" if config.eval.shards else "data.shards"
     if not evaluation.labeled:
-        raise ConfigError(f"{where}: {config.evaluation_shards} holds unlabeled images; evaluation needs labels: set "
-                          "eval.shards to labeled shards (e.g. `sslpipe shard folder:LABELED --out DIR`)")
+        raise ConfigError(
+            f"{where}: {config.evaluation_shards} holds unlabeled images; evaluation needs labels: set "
+            "eval.shards to labeled shards (e.g. `sslpipe shard folder:LABELED --out DIR`)"
+        )
     if missing := [split for split in ("train", "test") if split not in evaluation.splits]:
-        raise ConfigError(f"{where}: {config.evaluation_shards} has no {missing[0]!r} split; evaluation fits on "
-                          "train and scores on test")
+        raise ConfigError(
+            f"{where}: {config.evaluation_shards} has no {missing[0]!r} split; evaluation fits on "
+            "train and scores on test"
+        )
     return config
 
 
@@ -59,9 +72,11 @@ def _method(config: JobConfig) -> type[Method]:
     """The method that ``method.name`` names, once the ``method`` section holds its options."""
     method = METHODS.get(config.method.name)
     if method is None or type(config.method) is not method.Options:
-        raise ConfigError(f"method.name: {config.method.name!r} does not name the options the method section holds "
-                          f"({type(config.method).__name__}); switch methods with with_values(config, "
-                          "{'method.name': ...}) or in the job file")
+        raise ConfigError(
+            f"method.name: {config.method.name!r} does not name the options the method section holds "
+            f"({type(config.method).__name__}); switch methods with with_values(config, "
+            "{'method.name': ...}) or in the job file"
+        )
     return method
 
 
@@ -70,22 +85,28 @@ def _check_combinations(config: JobConfig, method: type[Method]) -> None:
     without a bottleneck, ONNX without its packages, a run name MLflow cannot look up."""
     if method.needs_augmentation and config.augment.preset == "none":
         others = ", ".join(preset for preset in PRESETS if preset != "none")
-        raise ConfigError(f"augment.preset: none cannot serve {config.method.name}, whose {method.num_views} views "
-                          f"of an image would be identical; choose {others}")
+        raise ConfigError(
+            f"augment.preset: none cannot serve {config.method.name}, whose {method.num_views} views "
+            f"of an image would be identical; choose {others}"
+        )
     if config.model.encoder == "linear" and Capability.RECONSTRUCTS not in method.capabilities:
-        raise ConfigError("model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
-                          f"autoencoder or vae, not {config.method.name})")
+        raise ConfigError(
+            "model.encoder: linear needs an autoencoder's method.bottleneck (method.name: "
+            f"autoencoder or vae, not {config.method.name})"
+        )
     if config.export.onnx and not all(importlib.util.find_spec(name) for name in ("onnxscript", "onnxruntime")):
-        raise ConfigError("export.onnx needs onnx, onnxscript and onnxruntime: pip install 'sslpipe[onnx]', or set "
-                          "export.onnx=false")
+        raise ConfigError(
+            "export.onnx needs onnx, onnxscript and onnxruntime: pip install 'sslpipe[onnx]', or set export.onnx=false"
+        )
     check_run_name(config.train.name, "train.name")
 
 
 def check_run_name(name: str | None, key: str) -> None:
     """A run name MLflow can look up: its filters quote a name with ``'`` or ``"`` and read ``\\`` as an escape."""
     if name and (("'" in name and '"' in name) or "\\" in name):
-        raise ConfigError(f"{key}: {name!r} holds both ' and \" or a backslash; MLflow cannot look such a run up "
-                          "by its name")
+        raise ConfigError(
+            f"{key}: {name!r} holds both ' and \" or a backslash; MLflow cannot look such a run up by its name"
+        )
 
 
 def _check_images(config: JobConfig, manifest: Manifest) -> None:
@@ -98,13 +119,19 @@ def _check_images(config: JobConfig, manifest: Manifest) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"{config.data.shards}: images have {channels} channels; augmentation takes 1 or 3")
         if config.data.image_size not in (None, height):
-            raise ConfigError(f"data.image_size applies to photo shards; {config.data.shards} holds {height}x{width} "
-                              "arrays (re-shard the source as photos to train at another size)")
+            raise ConfigError(
+                f"data.image_size applies to photo shards; {config.data.shards} holds {height}x{width} "
+                "arrays (re-shard the source as photos to train at another size)"
+            )
     if config.data.normal_class is not None:
         if config.data.holdout_class is not None:
-            raise ConfigError("data.normal_class and data.holdout_class are two anomaly protocols (one-class, "
-                              "leave-one-out); set one of them")
+            raise ConfigError(
+                "data.normal_class and data.holdout_class are two anomaly protocols (one-class, "
+                "leave-one-out); set one of them"
+            )
         if config.data.normal_class >= len(manifest.class_names):
-            raise ConfigError(f"data.normal_class: {config.data.normal_class} is not a label of {config.data.shards}"
-                              f" ({len(manifest.class_names)} classes: 0-{len(manifest.class_names) - 1}; unlabeled "
-                              "shards have none)")
+            raise ConfigError(
+                f"data.normal_class: {config.data.normal_class} is not a label of {config.data.shards}"
+                f" ({len(manifest.class_names)} classes: 0-{len(manifest.class_names) - 1}; unlabeled "
+                "shards have none)"
+            )

@@ -85,7 +85,7 @@ class Embedder:
     def _batches(self, work: Work, skipped: list[Skipped]) -> Iterator[tuple[list[str], np.ndarray, torch.Tensor]]:
         """``(ids, labels, uint8 images (b, C, size, size) on the device)`` of ``work``, ``batch_size`` at a time."""
         for chunk in _chunks(self._samples(work, skipped), self.batch_size):
-            ids, labels, images, names = zip(*chunk)
+            ids, labels, images, names = zip(*chunk, strict=True)
             if isinstance(work, ShardWork) and len(work.image_shape) == 3:
                 arrays = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
                 yield list(ids), np.array(labels, np.int64), fit_size(arrays, self.spec.image_size)
@@ -104,10 +104,15 @@ class Embedder:
                     self._bad(f"{location}: {exn}", skipped)
             return
         for images, labels, indices in read_shard(
-            work.url, work.expected, work.image_shape, skipped if self.skip_bad_samples else None,
-            start=work.start, stop=work.stop, group_size=work.group_size,
+            work.url,
+            work.expected,
+            work.image_shape,
+            skipped if self.skip_bad_samples else None,
+            start=work.start,
+            stop=work.stop,
+            group_size=work.group_size,
         ):
-            for image, label, index in zip(images, labels.tolist(), indices.tolist()):
+            for image, label, index in zip(images, labels.tolist(), indices.tolist(), strict=True):
                 sample_id = f"{work.split}-{index:08d}"
                 yield sample_id, label, image, f"{work.url}: sample {sample_id!r}"
 
@@ -141,8 +146,13 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 @contextlib.contextmanager
 def embedded(
-    pieces: list[Work], encoder: nn.Module, spec: EncoderSpec, workers: int | None, batch_size: int,
-    skip_bad_samples: bool, bar: tqdm,
+    pieces: list[Work],
+    encoder: nn.Module,
+    spec: EncoderSpec,
+    workers: int | None,
+    batch_size: int,
+    skip_bad_samples: bool,
+    bar: tqdm,
 ) -> Iterator[tuple[Iterator[Embedded], int, str]]:
     """``(results in the order of pieces, workers used, device kind)``; Ray actors live for the block."""
     if workers is not None and workers <= 1:

@@ -62,7 +62,7 @@ def plan_data(data: str, split: str | None = None, piece_size: int = 1024) -> Pl
     if piece_size < 1:
         raise ConfigError(f"piece_size must be >= 1, got {piece_size}")
     if data.startswith("folder:"):
-        return _plan_folder(Path(data[len("folder:"):]), split, piece_size)
+        return _plan_folder(Path(data[len("folder:") :]), split, piece_size)
     if storage.is_local(data):
         path = storage.local_path(data)
         if not path.exists():
@@ -98,6 +98,8 @@ def _plan_folder(folder: Path, split: str | None, piece_size: int) -> Plan:
     pieces: list[Work] = []
     for name, files in splits.items():
         entries = [(os.path.relpath(path, root), str(Path(path).absolute()), label) for path, label in files]
-        pieces += [FileWork(name if named else None, tuple(entries[i : i + piece_size]))
-                   for i in range(0, len(entries), piece_size)]
+        pieces += [
+            FileWork(name if named else None, tuple(entries[i : i + piece_size]))
+            for i in range(0, len(entries), piece_size)
+        ]
     return Plan(pieces, tuple(classes), sum(p.count for p in pieces))

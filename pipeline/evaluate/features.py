@@ -56,8 +56,11 @@ class SplitFeatures:
     def concatenate(parts: list[SplitFeatures]) -> SplitFeatures:
         parts = [p for p in parts if len(p.labels)] or parts[:1]
         kinds = parts[0].features
-        return SplitFeatures(np.concatenate([p.labels for p in parts]), np.concatenate([p.indices for p in parts]),
-                             {kind: np.concatenate([p.features[kind] for p in parts]) for kind in kinds})
+        return SplitFeatures(
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.indices for p in parts]),
+            {kind: np.concatenate([p.features[kind] for p in parts]) for kind in kinds},
+        )
 
 
 def inference_copy(encoder: nn.Module) -> nn.Module:
@@ -69,21 +72,30 @@ def inference_copy(encoder: nn.Module) -> nn.Module:
     encoder.eval()
     try:
         return fuse(encoder)
-    except Exception:  # noqa: BLE001 - tracing fails in many ways (control flow, custom modules); all mean "as is"
+    except Exception:
         return encoder
 
 
 @torch.no_grad()
 def split_features(
-    encoders: Mapping[str, nn.Module], shards: LabeledShards, split: str, *, pixels: bool = False,
-    pixel_side: int | None = None, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+    encoders: Mapping[str, nn.Module],
+    shards: LabeledShards,
+    split: str,
+    *,
+    pixels: bool = False,
+    pixel_side: int | None = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> SplitFeatures:
     """``rank``'s share of ``split`` in one pass: each of ``encoders``' features (by name) and, with ``pixels``,
     the pixels (at ``pixel_side``, default their own: :func:`~pipeline.evaluate.pixels.pixel_rows`)."""
     device = torch.device(device)
     loader = shards.loader(split, rank, world_size, pin_memory=device.type == "cuda")
-    encoders = {name: inference_copy(encoder).to(device, memory_format=torch.channels_last)
-                for name, encoder in encoders.items()}
+    encoders = {
+        name: inference_copy(encoder).to(device, memory_format=torch.channels_last)
+        for name, encoder in encoders.items()
+    }
     forward_batch = CPU_FORWARD_BATCH if device.type == "cpu" else shards.batch_size
     kinds = [*encoders, *([PIXELS] if pixels else [])]
     parts: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
@@ -99,12 +111,16 @@ def split_features(
     if not labels:  # an empty share
         empty = np.zeros(0, dtype=np.int64)
         return SplitFeatures(empty, empty, {kind: np.zeros((0, 0), np.float32) for kind in kinds})
-    return SplitFeatures(np.concatenate(labels), np.concatenate(indices),
-                         {kind: np.concatenate(chunks) for kind, chunks in parts.items()})
+    return SplitFeatures(
+        np.concatenate(labels),
+        np.concatenate(indices),
+        {kind: np.concatenate(chunks) for kind, chunks in parts.items()},
+    )
 
 
-def extract_features(encoder: nn.Module | None, shards: LabeledShards, split: str,
-                     device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    encoder: nn.Module | None, shards: LabeledShards, split: str, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split`` in sample order, in this
     process; ``encoder=None`` gives raw pixels in [0, 1], flattened ``(N, C*H*W)``."""
     if encoder is None:
@@ -140,11 +156,23 @@ class WorkerFeatures:
     def shares(self, method: nn.Module, device: torch.device, rank: int, world_size: int) -> dict[str, SplitFeatures]:
         """This rank's share of every split, in memory."""
         encoders = self.encoders(method)
-        return {split: split_features(encoders, self.shards, split, pixels=self.pixels, pixel_side=self.pixel_side,
-                                      device=device, rank=rank, world_size=world_size) for split in SPLITS}
+        return {
+            split: split_features(
+                encoders,
+                self.shards,
+                split,
+                pixels=self.pixels,
+                pixel_side=self.pixel_side,
+                device=device,
+                rank=rank,
+                world_size=world_size,
+            )
+            for split in SPLITS
+        }
 
-    def __call__(self, method: nn.Module, device: torch.device, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+    def __call__(
+        self, method: nn.Module, device: torch.device, rank: int | None = None, world_size: int | None = None
+    ) -> None:
         here = position()
         rank, world_size = here[0] if rank is None else rank, here[1] if world_size is None else world_size
         started = time.perf_counter()
@@ -161,8 +189,12 @@ class WorkerFeatures:
         with storage.atomic_writer(self.folder, f"rank-{rank:04d}.json") as handle:  # last: the share is complete
             handle.write(json.dumps(summary).encode())
         if rank == 0:
-            log.info("evaluation: features of %s on rank 0 of %d done in %s", self.shards.location, world_size,
-                     duration(seconds))
+            log.info(
+                "evaluation: features of %s on rank 0 of %d done in %s",
+                self.shards.location,
+                world_size,
+                duration(seconds),
+            )
 
     def clear(self) -> None:
         """Remove what an earlier attempt left in ``folder``."""
@@ -174,14 +206,23 @@ class WorkerFeatures:
     def gather(self, remove: bool = True) -> tuple[dict[str, SplitFeatures], float]:
         """``({split: features of every rank in sample order}, seconds of the slowest rank)``; the files are
         removed (``remove``)."""
-        summaries = [json.loads(storage.read_bytes(storage.join(self.folder, name)))
-                     for name in storage.names(self.folder, "rank-*.json")]
+        summaries = [
+            json.loads(storage.read_bytes(storage.join(self.folder, name)))
+            for name in storage.names(self.folder, "rank-*.json")
+        ]
         world_size = summaries[0]["world_size"] if summaries else 0
         if not summaries or len(summaries) != world_size:
-            raise SslpipeError(f"{self.folder}: features of {len(summaries)} of {world_size or 'the'} ranks; the "
-                               "Ray Train workers did not finish their evaluation pass (see their log above)")
-        kinds = ["labels", "indices", ENCODER, *([RANDOM_ENCODER] if self.random_seed is not None else []),
-                 *([PIXELS] if self.pixels else [])]
+            raise SslpipeError(
+                f"{self.folder}: features of {len(summaries)} of {world_size or 'the'} ranks; the "
+                "Ray Train workers did not finish their evaluation pass (see their log above)"
+            )
+        kinds = [
+            "labels",
+            "indices",
+            ENCODER,
+            *([RANDOM_ENCODER] if self.random_seed is not None else []),
+            *([PIXELS] if self.pixels else []),
+        ]
         splits = {}
         for split in SPLITS:
             parts = []

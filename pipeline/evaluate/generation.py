@@ -23,4 +23,7 @@ def interpolations(method: Reconstructs, starts: torch.Tensor, ends: torch.Tenso
     device = next(method.parameters()).device
     code_a, code_b = method.reconstruct(starts.to(device))[1], method.reconstruct(ends.to(device))[1]
     t = torch.linspace(0, 1, steps, device=device)[:, None]
-    return [method.decode(torch.lerp(a.expand(steps, -1), b.expand(steps, -1), t)) for a, b in zip(code_a, code_b)]
+    return [
+        method.decode(torch.lerp(a.expand(steps, -1), b.expand(steps, -1), t))
+        for a, b in zip(code_a, code_b, strict=True)
+    ]

@@ -18,8 +18,14 @@ def query_chunk(bank_size: int) -> int:
 
 @torch.no_grad()
 def knn_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 200,
-    temperature: float = 0.1, chunk: int | None = None, device: torch.device | str = "cpu",
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> float:
     """Each test point votes with its ``k`` nearest train points by cosine similarity ``s``, weighted
     ``exp(s / temperature)``; accuracy of the class with the largest vote. ``(N, D)``, ``(M, D)`` features; the
@@ -36,7 +42,8 @@ def knn_accuracy(
         query = F.normalize(torch.as_tensor(test_x[start : start + chunk], device=device).float(), dim=1)
         similarity, index = (query @ train.T).topk(k, dim=1)  # (m, k)
         votes = torch.zeros(len(query), num_classes, device=device).scatter_add_(
-            1, labels[index], (similarity / temperature).exp())
+            1, labels[index], (similarity / temperature).exp()
+        )
         truth = torch.as_tensor(test_y[start : start + chunk], device=device)
         correct += (votes.argmax(1) == truth).sum()
     return float(correct.item() / len(test_x))

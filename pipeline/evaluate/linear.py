@@ -55,7 +55,11 @@ def softmax_objective(
 
 
 def fit_softmax(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int,
     start: LinearModel | None = None,
 ) -> LinearModel:
     """Multinomial logistic regression on ``x (N, D)``, ``y (N,)`` by full-batch L-BFGS (strong-Wolfe line search)
@@ -63,8 +67,15 @@ def fit_softmax(
     xt = x.T.contiguous()
     weight = start.weight.clone() if start else x.new_zeros(x.shape[1], num_classes)
     bias = start.bias.clone() if start else x.new_zeros(num_classes)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=10,
-                                  tolerance_grad=TOLERANCE, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1,
+        max_iter=max_iter,
+        history_size=10,
+        tolerance_grad=TOLERANCE,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> torch.Tensor:
         loss, weight.grad, bias.grad = softmax_objective(xt, y, weight, bias, weight_decay)
@@ -79,8 +90,12 @@ def accuracy(model: LinearModel, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def choose_weight_decay(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, grid: tuple[float, ...] = WEIGHT_DECAYS,
-    max_iter: int = 500, seed: int = 0,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    grid: tuple[float, ...] = WEIGHT_DECAYS,
+    max_iter: int = 500,
+    seed: int = 0,
 ) -> tuple[float, dict[float, float], LinearModel]:
     """``(chosen decay, held-out accuracy of each decay, the chosen fit)``: each decay of ``grid`` fitted on a
     seeded random 90% of ``(x, y)`` and scored on the other 10%, from the largest decay down, each fit starting
@@ -108,14 +123,22 @@ class TorchProbe:
 
 
 def torch_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, max_iter: int = 500,
-    device: torch.device | str | None = None, grid: tuple[float, ...] = WEIGHT_DECAYS, seed: int = 0,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    max_iter: int = 500,
+    device: torch.device | str | None = None,
+    grid: tuple[float, ...] = WEIGHT_DECAYS,
+    seed: int = 0,
 ) -> TorchProbe:
     """The probe above on ``train_x (N, D)`` -> ``test_x (M, D)``, on ``device`` (default: CUDA when present)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    train, test = standardise(torch.as_tensor(train_x, dtype=torch.float32, device=device),
-                              torch.as_tensor(test_x, dtype=torch.float32, device=device))
+    train, test = standardise(
+        torch.as_tensor(train_x, dtype=torch.float32, device=device),
+        torch.as_tensor(test_x, dtype=torch.float32, device=device),
+    )
     labels = torch.as_tensor(train_y, dtype=torch.long, device=device)
     decay, scores, start = choose_weight_decay(train, labels, num_classes, grid, max_iter, seed)
     model = fit_softmax(train, labels, num_classes, decay, max_iter, start=start)

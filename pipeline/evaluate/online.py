@@ -53,11 +53,19 @@ class OnlineKnn:
     def __call__(self, encoder: nn.Module, device: torch.device) -> dict[str, float]:
         was_training = encoder.training
         encoder.eval()
-        features = np.concatenate([
-            encoder(to_unit_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
-            for chunk in self.images.split(CHUNK)
-        ])
+        features = np.concatenate(
+            [
+                encoder(to_unit_float(chunk.to(device)).contiguous(memory_format=torch.channels_last))
+                .float()
+                .cpu()
+                .numpy()
+                for chunk in self.images.split(CHUNK)
+            ]
+        )
         encoder.train(was_training)
         bank, queries = slice(0, self.bank_size), slice(self.bank_size, None)
-        return {"online_knn_accuracy": knn_accuracy(features[bank], self.labels[bank], features[queries],
-                                                    self.labels[queries], self.k, self.temperature)}
+        return {
+            "online_knn_accuracy": knn_accuracy(
+                features[bank], self.labels[bank], features[queries], self.labels[queries], self.k, self.temperature
+            )
+        }

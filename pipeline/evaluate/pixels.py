@@ -38,8 +38,11 @@ class PixelPlan:
 
     def params(self) -> dict[str, int]:
         """What the run's params record about the baseline."""
-        return {"eval.baseline_pixels_side": self.side, "eval.baseline_pixels_samples": self.samples["train"],
-                "eval.baseline_pixels_test_samples": self.samples["test"]}
+        return {
+            "eval.baseline_pixels_side": self.side,
+            "eval.baseline_pixels_samples": self.samples["train"],
+            "eval.baseline_pixels_test_samples": self.samples["test"],
+        }
 
 
 def pixel_plan(manifest: Manifest, max_gb: float, photo_size: int | None = None) -> PixelPlan:

@@ -10,11 +10,10 @@ from typing import BinaryIO
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
-
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
@@ -23,8 +22,15 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, tit
     figure, axes = plt.subplots(figsize=(1 + 0.7 * len(class_names), 1 + 0.6 * len(class_names)))
     axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(confusion):
-        axes.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                  color="white" if rates[row, col] > 0.5 else "black")
+        axes.text(
+            col,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if rates[row, col] > 0.5 else "black",
+        )
     axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
     axes.set_yticks(range(len(class_names)), class_names, fontsize=8)
     axes.set_xlabel("predicted")
@@ -55,8 +61,9 @@ def project_2d(codes: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
     return np.pad(points, ((0, 0), (0, 2 - points.shape[1]))), ("PC 1", "PC 2")
 
 
-def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[str] | tuple[str, ...],
-                       path: Path | BinaryIO, title: str) -> Path | BinaryIO:
+def latent_scatter_png(
+    codes: np.ndarray, labels: np.ndarray, class_names: list[str] | tuple[str, ...], path: Path | BinaryIO, title: str
+) -> Path | BinaryIO:
     """Codes ``(N, k)`` as points (:func:`project_2d`) coloured by label ``(N,)``, label ``-1`` grey
     (unlabeled); ``path`` may be an open binary file."""
     points, axis_names = project_2d(codes)
@@ -68,8 +75,9 @@ def latent_scatter_png(codes: np.ndarray, labels: np.ndarray, class_names: list[
     colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for label, name in enumerate(class_names):
         chosen = labels == label
-        axes.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.5, color=colours(label % colours.N),
-                     label=name)
+        axes.scatter(
+            points[chosen, 0], points[chosen, 1], s=size, alpha=0.5, color=colours(label % colours.N), label=name
+        )
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
     axes.set_title(title, fontsize=9)
@@ -99,8 +107,12 @@ def anomaly_png(rows: list[dict], scores: dict[str, str], path: Path, title: str
     for index, (metric, label) in enumerate(scores.items()):
         values = [row[metric] for row in rows]
         mean = np.nanmean(values) if not np.isnan(values).all() else math.nan
-        axes.bar(np.arange(len(rows)) + (index - (len(scores) - 1) / 2) * width, values, width,
-                 label=f"{label} (mean {mean:.3f})")
+        axes.bar(
+            np.arange(len(rows)) + (index - (len(scores) - 1) / 2) * width,
+            values,
+            width,
+            label=f"{label} (mean {mean:.3f})",
+        )
     axes.axhline(0.5, color="0.6", linestyle="--", linewidth=1)
     axes.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=30, ha="right", fontsize=8)
     axes.set_ylim(0.3, 1.0)
@@ -110,8 +122,9 @@ def anomaly_png(rows: list[dict], scores: dict[str, str], path: Path, title: str
     return _save(figure, path)
 
 
-def search_png(rows: list[dict], keys: list[str], log_keys: set[str], metric: str, early_metric: str,
-               path: Path) -> Path:
+def search_png(
+    rows: list[dict], keys: list[str], log_keys: set[str], metric: str, early_metric: str, path: Path
+) -> Path:
     """One column per searched parameter (``keys``; ``log_keys`` on a log axis): the final ``metric`` of finished
     trials (top) and the last ``early_metric`` of every trial, stopped ones marked x (bottom), against the
     parameter's value (trials that did not set it left out)."""
@@ -123,8 +136,9 @@ def search_png(rows: list[dict], keys: list[str], log_keys: set[str], metric: st
             for status, marker in (("finished", "o"), ("stopped early", "x"), ("error", "s")):
                 chosen = [r for r in rows if r["status"] == status and not _isnan(r[name]) and r[key] is not None]
                 if chosen and (row == 1 or status == "finished"):
-                    ax.scatter([_plottable(r[key]) for r in chosen], [r[name] for r in chosen], marker=marker,
-                               label=status)
+                    ax.scatter(
+                        [_plottable(r[key]) for r in chosen], [r[name] for r in chosen], marker=marker, label=status
+                    )
             if key in log_keys:
                 ax.set_xscale("log")
             ax.set_xlabel(key)

@@ -56,16 +56,22 @@ def probe_solver(train_x: np.ndarray, solver: Solver = "auto") -> str:
 
 
 def linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, max_iter: int = 1000,
-    solver: Solver = "auto", device: torch.device | str | None = None,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    max_iter: int = 1000,
+    solver: Solver = "auto",
+    device: torch.device | str | None = None,
 ) -> ProbeResult:
     """Fit on ``train_x (N, D)``, score on ``test_x (M, D)``; the torch probe runs on ``device`` (default: CUDA
     when present)."""
     labels = np.unique(np.concatenate([train_y, test_y]))
     if probe_solver(train_x, solver) == "torch":
         result = torch_probe(train_x, train_y, test_x, test_y, max_iter, device)
-        return ProbeResult(result.accuracy, confusion_matrix(test_y, result.predicted, labels=labels), "torch",
-                           result.weight_decay)
+        return ProbeResult(
+            result.accuracy, confusion_matrix(test_y, result.predicted, labels=labels), "torch", result.weight_decay
+        )
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     with quiet():
         probe.fit(train_x, train_y)

@@ -64,6 +64,9 @@ def reconstruct_split(method: Reconstructs, shards: LabeledShards, device: torch
     negative_elbo_all = None
     if generative:
         count, negative_elbo_all = len(errors_all), np.concatenate(negative_elbo)
-        metrics |= {"elbo": float(-negative_elbo_all.mean()), "kl": kl / count,
-                    "active_units": float(active_units(mean_sum, square_sum, count))}
+        metrics |= {
+            "elbo": float(-negative_elbo_all.mean()),
+            "kl": kl / count,
+            "active_units": float(active_units(mean_sum, square_sum, count)),
+        }
     return Reconstructions(metrics, errors_all, np.concatenate(labels), *first, negative_elbo_all)

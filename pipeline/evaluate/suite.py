@@ -1,6 +1,6 @@
-"""The evaluation a pretraining run ends with, as its :class:`~pipeline.evaluate.evaluation_plan.EvaluationPlan` says: probe and
-kNN of the encoder, the baselines beside them, and reconstruction (and anomaly detection) against PCA for methods
-that reconstruct.
+"""The evaluation a pretraining run ends with, as its :class:`~pipeline.evaluate.evaluation_plan.EvaluationPlan`
+says: probe and kNN of the encoder, the baselines beside them, and reconstruction (and anomaly detection) against
+PCA for methods that reconstruct.
 
 The features come from the Ray Train workers (:func:`worker_features`, run after the last epoch on every rank,
 each reading its share of the evaluation shards once for the encoder, the random encoder and the pixels); the
@@ -17,7 +17,14 @@ import torch
 from augment import save_image_grid
 from pipeline.console import duration, phase
 from pipeline.evaluate.anomaly_scores import (
-    KNN, MAHALANOBIS, NEGATIVE_ELBO, PCA_RESIDUAL, RECONSTRUCTION, anomalous_labels, auroc, knn_cosine_scores,
+    KNN,
+    MAHALANOBIS,
+    NEGATIVE_ELBO,
+    PCA_RESIDUAL,
+    RECONSTRUCTION,
+    anomalous_labels,
+    auroc,
+    knn_cosine_scores,
     mahalanobis_scores,
 )
 from pipeline.evaluate.evaluation_plan import EvaluationPlan
@@ -40,9 +47,13 @@ def worker_features(plan: EvaluationPlan, folder: str = "") -> WorkerFeatures:
     """What every Ray Train rank computes for evaluation after the last epoch, writing into ``folder``: the
     encoder's features and, for the baselines or PCA (reconstruction, anomaly protocols), the random encoder's
     and the pixels."""
-    return WorkerFeatures(plan.shards, random_seed=plan.seed if plan.baselines else None,
-                          pixels=plan.baselines or plan.reconstructs or plan.anomaly is not None,
-                          pixel_side=plan.pixels.side, folder=folder)
+    return WorkerFeatures(
+        plan.shards,
+        random_seed=plan.seed if plan.baselines else None,
+        pixels=plan.baselines or plan.reconstructs or plan.anomaly is not None,
+        pixel_side=plan.pixels.side,
+        folder=folder,
+    )
 
 
 def monitors(plan: EvaluationPlan) -> tuple[OnlineKnn, ...]:
@@ -64,8 +75,9 @@ def _pixels(split: SplitFeatures, samples: int, seed: int) -> tuple[np.ndarray, 
     return split.features[PIXELS][rows].astype(np.float32) / 255, split.labels[rows]
 
 
-def evaluate_method(method: Method, plan: EvaluationPlan, out_dir: Path,
-                    features: dict[str, SplitFeatures] | None = None) -> tuple[dict[str, float], list[Path]]:
+def evaluate_method(
+    method: Method, plan: EvaluationPlan, out_dir: Path, features: dict[str, SplitFeatures] | None = None
+) -> tuple[dict[str, float], list[Path]]:
     """``(metrics, PNG paths)``: ``probe_accuracy``, ``knn_accuracy`` and, with baselines,
     ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``; a confusion matrix and a
     2-D scatter of the test codes. For methods that reconstruct: ``recon_mse`` beside ``pca_recon_mse`` (PCA with
@@ -85,10 +97,19 @@ def evaluate_method(method: Method, plan: EvaluationPlan, out_dir: Path,
     metrics, probe = _probes(plan, train, test, device)
     test_x, classes = test.features[ENCODER], list(plan.class_names)
     plots = [
-        confusion_png(probe.confusion, classes, out_dir / "probe_confusion.png",
-                      f"linear probe, test accuracy {probe.accuracy:.4f}"),
-        latent_scatter_png(test_x, test.labels, classes, out_dir / "latent_scatter.png",
-                           f"{plan.method}: test codes ({test_x.shape[1]}-d)"),
+        confusion_png(
+            probe.confusion,
+            classes,
+            out_dir / "probe_confusion.png",
+            f"linear probe, test accuracy {probe.accuracy:.4f}",
+        ),
+        latent_scatter_png(
+            test_x,
+            test.labels,
+            classes,
+            out_dir / "latent_scatter.png",
+            f"{plan.method}: test codes ({test_x.shape[1]}-d)",
+        ),
     ]
     pixels = _pca_pixels(plan, train, test) if plan.reconstructs or plan.anomaly else None
     reconstructed = None
@@ -99,21 +120,24 @@ def evaluate_method(method: Method, plan: EvaluationPlan, out_dir: Path,
     if plan.anomaly:
         curves = _anomaly_curves(plan, train, test, pixels, reconstructed, device)
         metrics |= anomaly_metrics(curves)
-        plots.append(roc_png(curves, out_dir / "anomaly_roc.png",
-                             f"{plan.method}, {plan.anomaly.protocol}: anomaly ROC"))
+        plots.append(
+            roc_png(curves, out_dir / "anomaly_roc.png", f"{plan.method}, {plan.anomaly.protocol}: anomaly ROC")
+        )
     return metrics, plots
 
 
-def _probes(plan: EvaluationPlan, train: SplitFeatures, test: SplitFeatures, device: torch.device
-            ) -> tuple[dict[str, float], ProbeResult]:
+def _probes(
+    plan: EvaluationPlan, train: SplitFeatures, test: SplitFeatures, device: torch.device
+) -> tuple[dict[str, float], ProbeResult]:
     """The probe and kNN of the encoder (and the baselines' probes) side by side; ``(metrics, the probe)``."""
     train_x, test_x = train.features[ENCODER], test.features[ENCODER]
 
     def probe(kind: str, train_pixels=None, test_pixels=None) -> ProbeResult:
         if kind == PIXELS:
             return linear_probe(*train_pixels, *test_pixels, plan.probe_max_iter, device=device)
-        return linear_probe(train.features[kind], train.labels, test.features[kind], test.labels,
-                            plan.probe_max_iter, device=device)
+        return linear_probe(
+            train.features[kind], train.labels, test.features[kind], test.labels, plan.probe_max_iter, device=device
+        )
 
     jobs = {"probe": lambda: probe(ENCODER)}
     sizes = {"probe": train_x.size}  # a probe's cost grows with its training features
@@ -123,8 +147,9 @@ def _probes(plan: EvaluationPlan, train: SplitFeatures, test: SplitFeatures, dev
         jobs |= {"pixels": lambda: probe(PIXELS, pixels_train, pixels_test), "random": lambda: probe(RANDOM_ENCODER)}
         sizes |= {"pixels": pixels_train[0].size, "random": train.features[RANDOM_ENCODER].size}
     jobs = {name: jobs[name] for name in sorted(jobs, key=sizes.get, reverse=True)}  # threads take the longest first
-    jobs["knn"] = lambda: knn_accuracy(train_x, train.labels, test_x, test.labels, plan.knn_k, plan.knn_temperature,
-                                       device=device)
+    jobs["knn"] = lambda: knn_accuracy(
+        train_x, train.labels, test_x, test.labels, plan.knn_k, plan.knn_temperature, device=device
+    )
     what = "linear probe and kNN" + (", baselines (raw pixels, random encoder)" if plan.baselines else "")
     with phase(f"evaluation: {what} on {len(train_x):,} + {len(test_x):,} images, side by side"):
         results = side_by_side(jobs, quiet=QUIET)
@@ -138,8 +163,9 @@ def _probes(plan: EvaluationPlan, train: SplitFeatures, test: SplitFeatures, dev
     return metrics, probe_result
 
 
-def _reconstruction(method: Method, plan: EvaluationPlan, pixels: Pixels, device: torch.device, out_dir: Path
-                    ) -> tuple[tuple[Reconstructions, np.ndarray], dict[str, float], list[Path]]:
+def _reconstruction(
+    method: Method, plan: EvaluationPlan, pixels: Pixels, device: torch.device, out_dir: Path
+) -> tuple[tuple[Reconstructions, np.ndarray], dict[str, float], list[Path]]:
     """``((the method's reconstructions of the test split, PCA's per-image errors at the bottleneck's k, fitted on
     the images the method pretrained on), metrics, plots)``: the reconstructions, interpolations and, for a
     generative method, samples of the prior."""
@@ -150,9 +176,12 @@ def _reconstruction(method: Method, plan: EvaluationPlan, pixels: Pixels, device
     metrics = result.metrics | {"pca_recon_mse": float(pca_errors.mean())}
     metrics["recon_mse_over_pca"] = metrics["recon_mse"] / metrics["pca_recon_mse"]
     originals = result.originals
-    plots = [save_image_grid([originals, result.reconstructions], out_dir / "reconstructions.png"),
-             save_image_grid(interpolations(method, originals[0::2], originals[1::2], steps=10),
-                             out_dir / "interpolations.png")]
+    plots = [
+        save_image_grid([originals, result.reconstructions], out_dir / "reconstructions.png"),
+        save_image_grid(
+            interpolations(method, originals[0::2], originals[1::2], steps=10), out_dir / "interpolations.png"
+        ),
+    ]
     if Capability.GENERATIVE in plan.capabilities:
         samples = prior_samples(method, 64, seed=plan.seed)
         plots.append(save_image_grid(list(samples.split(8)), out_dir / "prior_samples.png"))
@@ -160,17 +189,24 @@ def _reconstruction(method: Method, plan: EvaluationPlan, pixels: Pixels, device
 
 
 def _anomaly_curves(
-    plan: EvaluationPlan, train: SplitFeatures, test: SplitFeatures, pixels: Pixels,
-    reconstructed: tuple[Reconstructions, np.ndarray] | None, device: torch.device,
+    plan: EvaluationPlan,
+    train: SplitFeatures,
+    test: SplitFeatures,
+    pixels: Pixels,
+    reconstructed: tuple[Reconstructions, np.ndarray] | None,
+    device: torch.device,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{score: (scores (N,), anomalous (N,))}`` of every score the method supports and PCA's residual (that of
     ``reconstructed``, the method's reconstructions and PCA's errors, where it reconstructs)."""
     excluded, train_x, test_x = plan.anomaly.excluded, train.features[ENCODER], test.features[ENCODER]
     normal = ~np.isin(train.labels, excluded)
-    with phase(f"evaluation: anomaly scores of {len(test_x):,} test images against {int(normal.sum()):,} "
-               "training images"):
-        scores = {KNN: (knn_cosine_scores(train_x[normal], test_x, plan.anomaly.knn_k, device), test.labels),
-                  MAHALANOBIS: (mahalanobis_scores(train_x[normal], test_x), test.labels)}
+    with phase(
+        f"evaluation: anomaly scores of {len(test_x):,} test images against {int(normal.sum()):,} training images"
+    ):
+        scores = {
+            KNN: (knn_cosine_scores(train_x[normal], test_x, plan.anomaly.knn_k, device), test.labels),
+            MAHALANOBIS: (mahalanobis_scores(train_x[normal], test_x), test.labels),
+        }
         if reconstructed is not None:
             result, pca_errors = reconstructed
             scores[RECONSTRUCTION] = (result.errors, result.labels)
@@ -179,16 +215,20 @@ def _anomaly_curves(
             scores[PCA_RESIDUAL] = (pca_errors, pixels[3])
         else:
             seen = ~np.isin(pixels[1], excluded)  # PCA fits what the method trained on
-            scores[PCA_RESIDUAL] = (pca_reconstruction_errors(pixels[0][seen], pixels[2], plan.anomaly.pca_k),
-                                    pixels[3])
+            scores[PCA_RESIDUAL] = (
+                pca_reconstruction_errors(pixels[0][seen], pixels[2], plan.anomaly.pca_k),
+                pixels[3],
+            )
     return {name: (score, anomalous_labels(labels, excluded)) for name, (score, labels) in scores.items()}
 
 
 def anomaly_metrics(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """``anomaly_auroc_<score>`` for each ``(scores (N,), anomalous (N,))`` of ``curves``; PCA's residual as
     ``pca_anomaly_auroc``."""
-    return {("pca_anomaly_auroc" if name == PCA_RESIDUAL else f"anomaly_auroc_{name}"): auroc(*curve)
-            for name, curve in curves.items()}
+    return {
+        ("pca_anomaly_auroc" if name == PCA_RESIDUAL else f"anomaly_auroc_{name}"): auroc(*curve)
+        for name, curve in curves.items()
+    }
 
 
 def _pca_pixels(plan: EvaluationPlan, train: SplitFeatures, test: SplitFeatures) -> Pixels:

@@ -6,6 +6,13 @@ from pipeline.losses.nt_xent import nt_xent
 from pipeline.losses.sparsity import kl_sparsity, l1_sparsity
 
 __all__ = [
-    "active_units", "bernoulli_nll", "byol_loss", "gaussian_kl", "gaussian_nll", "kl_sparsity", "l1_sparsity", "negative_elbo",
+    "active_units",
+    "bernoulli_nll",
+    "byol_loss",
+    "gaussian_kl",
+    "gaussian_nll",
+    "kl_sparsity",
+    "l1_sparsity",
+    "negative_elbo",
     "nt_xent",
 ]

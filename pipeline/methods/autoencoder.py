@@ -27,14 +27,22 @@ from pipeline.options import When
 class AutoEncoderOptions(MethodOptions):
     name: ClassVar[str] = "autoencoder"
     bottleneck: Annotated[int, Gt(0), "code size k"] = 32
-    sparsity: Annotated[Literal["none", "l1", "kl"], "`l1` on the codes, or `kl` of each unit's mean sigmoid "
-                        "activation to `sparsity_target` (allows k above the pixels)"] = "none"
+    sparsity: Annotated[
+        Literal["none", "l1", "kl"],
+        "`l1` on the codes, or `kl` of each unit's mean sigmoid "
+        "activation to `sparsity_target` (allows k above the pixels)",
+    ] = "none"
     sparsity_weight: Annotated[float, Ge(0), When("sparsity", "l1", "kl"), "weight of the sparsity penalty"] = 1.0e-3
     sparsity_target: Annotated[float, Interval(gt=0, lt=1), When("sparsity", "kl"), "target firing rate"] = 0.05
-    corruption: Annotated[CorruptionKind | None, "makes it a denoising autoencoder: the input corrupted, the "
-                                                 "target clean"] = None
-    corruption_amount: Annotated[float, Interval(ge=0, le=1), When("corruption", *get_args(CorruptionKind)),
-                                 "noise std (gaussian) or pixel fraction"] = 0.3
+    corruption: Annotated[
+        CorruptionKind | None, "makes it a denoising autoencoder: the input corrupted, the target clean"
+    ] = None
+    corruption_amount: Annotated[
+        float,
+        Interval(ge=0, le=1),
+        When("corruption", *get_args(CorruptionKind)),
+        "noise std (gaussian) or pixel fraction",
+    ] = 0.3
 
 
 class AutoEncoder(ReconstructionMethod):
@@ -46,7 +54,9 @@ class AutoEncoder(ReconstructionMethod):
         self.build_decoder()
         self.corruption = Corruption(options.corruption, options.corruption_amount) if options.corruption else None
         self.sparsity, self.sparsity_weight, self.sparsity_target = (
-            options.sparsity, options.sparsity_weight, options.sparsity_target,
+            options.sparsity,
+            options.sparsity_weight,
+            options.sparsity_target,
         )
 
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,8 +66,9 @@ class ReconstructionMethod(Method):
     decoder: nn.Module
 
     def __init__(self, spec: EncoderSpec, bottleneck: int, code_activation: str = "none") -> None:
-        super().__init__(dataclasses.replace(spec, bottleneck=bottleneck, flatten=True,
-                                             code_activation=code_activation))
+        super().__init__(
+            dataclasses.replace(spec, bottleneck=bottleneck, flatten=True, code_activation=code_activation)
+        )
 
     def build_decoder(self) -> None:
         self.decoder = build_decoder(self.spec)
@@ -75,4 +76,3 @@ class ReconstructionMethod(Method):
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """Codes ``(B, k)`` -> images ``(B, C, H, W)``."""
         return self.decoder(code)
-

@@ -40,8 +40,9 @@ class VAEOptions(MethodOptions):
     beta: Annotated[float, Ge(0), "KL weight (beta-VAE when above 1)"] = 1.0
     kl_anneal_steps: Annotated[int, Ge(0), "steps over which the KL weight ramps from 0 to beta"] = 0
     free_bits: Annotated[float, Ge(0), "nats per latent dimension that cost nothing"] = 0.0
-    likelihood: Annotated[Literal["bernoulli", "gaussian"], "`bernoulli` (pixels in [0, 1]) or `gaussian` "
-                                                            "(std `decoder_std`)"] = "bernoulli"
+    likelihood: Annotated[
+        Literal["bernoulli", "gaussian"], "`bernoulli` (pixels in [0, 1]) or `gaussian` (std `decoder_std`)"
+    ] = "bernoulli"
     decoder_std: Annotated[float, Gt(0), When("likelihood", "gaussian"), "the decoder's std"] = 0.1
 
 
@@ -115,10 +116,17 @@ class VAE(ReconstructionMethod):
         if active < k / 2 and world()[0] == 0:
             log.warning(
                 "posterior collapse: %d of %d latent units are active (KL %.2f nats); lengthen "
-                "method.kl_anneal_steps, lower method.beta or set method.free_bits", active, k, kl.sum().item()
+                "method.kl_anneal_steps, lower method.beta or set method.free_bits",
+                active,
+                k,
+                kl.sum().item(),
             )
-        return {"kl_weight": self.current_beta(), "train_kl": kl.sum().item(), "train_active_units": float(active),
-                **{f"train_kl_dim_{j}": value for j, value in enumerate(kl.tolist())}}
+        return {
+            "kl_weight": self.current_beta(),
+            "train_kl": kl.sum().item(),
+            "train_active_units": float(active),
+            **{f"train_kl_dim_{j}": value for j, value in enumerate(kl.tolist())},
+        }
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.anneal_step.add_(1)

@@ -26,8 +26,9 @@ def library_model(arch: str) -> tuple[str, str] | None:
         return None
     library, name = arch.split(":", 1)
     if library not in LIBRARIES:
-        raise ConfigError(f"model.encoder: unknown library {library!r} in {arch!r}; use torchvision:<name> or "
-                          "timm:<name>")
+        raise ConfigError(
+            f"model.encoder: unknown library {library!r} in {arch!r}; use torchvision:<name> or timm:<name>"
+        )
     return library, name
 
 
@@ -48,8 +49,10 @@ def check_name(library: str, name: str) -> None:
     if library == "torchvision":
         models = _library("torchvision").models
         if name not in models.list_models(module=models):
-            raise ConfigError(f"model.encoder: torchvision has no classification model {name!r}; see "
-                              "torchvision.models.list_models(module=torchvision.models)")
+            raise ConfigError(
+                f"model.encoder: torchvision has no classification model {name!r}; see "
+                "torchvision.models.list_models(module=torchvision.models)"
+            )
     if library == "timm" and not _library("timm").is_model(name):
         raise ConfigError(f"model.encoder: timm has no model {name!r}; see timm.list_models()")
 
@@ -73,8 +76,9 @@ def constructor_args(library: str, name: str, channels: int, image_size: int, ar
     return {**args, "img_size": image_size}
 
 
-def library_backbone(library: str, name: str, channels: int, small_stem: bool, args: dict[str, Any]
-                     ) -> tuple[nn.Module, int]:
+def library_backbone(
+    library: str, name: str, channels: int, small_stem: bool, args: dict[str, Any]
+) -> tuple[nn.Module, int]:
     """``(backbone, D)``: ``library``'s model ``name`` built with ``args`` (:func:`constructor_args`) and random
     weights, its classifier removed. torchvision's ResNets take ``channels`` and the small-image stem (3x3 stride-1
     conv, no max-pool) by replacing ``conv1`` and ``maxpool``; other torchvision models take 3 channels."""
@@ -86,15 +90,22 @@ def library_backbone(library: str, name: str, channels: int, small_stem: bool, a
     except TypeError as error:
         raise ConfigError(f"model.backbone_args: torchvision:{name} refuses them ({error})") from None
     if getattr(model, "aux_logits", False):
-        raise ConfigError(f"model.encoder: torchvision:{name} returns auxiliary outputs when training; set "
-                          "model.backbone_args={aux_logits: false}")
+        raise ConfigError(
+            f"model.encoder: torchvision:{name} returns auxiliary outputs when training; set "
+            "model.backbone_args={aux_logits: false}"
+        )
     if small_stem or channels != 3:
         if not has_resnet_stem(f"torchvision:{name}"):
-            raise ConfigError(f"model.encoder: torchvision:{name} takes 3-channel images; for {channels} channels use "
-                              f"a torchvision ResNet or timm:{name} (in_chans)")
+            raise ConfigError(
+                f"model.encoder: torchvision:{name} takes 3-channel images; for {channels} channels use "
+                f"a torchvision ResNet or timm:{name} (in_chans)"
+            )
         width = model.conv1.out_channels
-        model.conv1 = (nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False) if small_stem
-                       else nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False))
+        model.conv1 = (
+            nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False)
+            if small_stem
+            else nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False)
+        )
         if small_stem:
             model.maxpool = nn.Identity()
     path, classifier = classifier_of(model)
@@ -124,17 +135,26 @@ def load_recipe(library: str, name: str, args: dict[str, Any], channels: int, sm
     ``model``; only the classifier is left at its initial weights."""
     if library == "timm":
         arguments = "".join(f", {key}={value!r}" for key, value in args.items())
-        return ("import timm\n"
-                f"model = timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay={{'file': {file!r}}}, "
-                f"num_classes=0{arguments})  # num_classes=K for a new K-class head\n")
+        return (
+            "import timm\n"
+            f"model = timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay={{'file': {file!r}}}, "
+            f"num_classes=0{arguments})  # num_classes=K for a new K-class head\n"
+        )
     arguments = "".join(f", {key}={value!r}" for key, value in args.items())
-    lines = ["import torch, torchvision", "from safetensors.torch import load_file",
-             f"model = torchvision.models.get_model({name!r}, weights=None{arguments})"]
+    lines = [
+        "import torch, torchvision",
+        "from safetensors.torch import load_file",
+        f"model = torchvision.models.get_model({name!r}, weights=None{arguments})",
+    ]
     if small_stem:
-        lines += [f"model.conv1 = torch.nn.Conv2d({channels}, model.conv1.out_channels, 3, 1, 1, bias=False)",
-                  "model.maxpool = torch.nn.Identity()"]
+        lines += [
+            f"model.conv1 = torch.nn.Conv2d({channels}, model.conv1.out_channels, 3, 1, 1, bias=False)",
+            "model.maxpool = torch.nn.Identity()",
+        ]
     elif channels != 3:
         lines.append(f"model.conv1 = torch.nn.Conv2d({channels}, model.conv1.out_channels, 7, 2, 3, bias=False)")
-    lines.append(f"missing, unexpected = model.load_state_dict(load_file({file!r}), strict=False)  # missing: the "
-                 "classifier only")
+    lines.append(
+        f"missing, unexpected = model.load_state_dict(load_file({file!r}), strict=False)  # missing: the "
+        "classifier only"
+    )
     return "\n".join(lines) + "\n"

@@ -23,10 +23,15 @@ def build_decoder(spec: EncoderSpec) -> nn.Module:
     check_decodable(spec)
     width, start = spec.width, size // 4
     return nn.Sequential(
-        nn.Linear(k, 4 * width * start * start), nn.ReLU(inplace=True), nn.Unflatten(1, (4 * width, start, start)),
-        nn.ConvTranspose2d(4 * width, 2 * width, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+        nn.Linear(k, 4 * width * start * start),
         nn.ReLU(inplace=True),
-        nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+        nn.Unflatten(1, (4 * width, start, start)),
+        nn.ConvTranspose2d(4 * width, 2 * width, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(2 * width),
         nn.ReLU(inplace=True),
-        nn.Conv2d(width, channels, 3, padding=1), nn.Sigmoid(),
+        nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, channels, 3, padding=1),
+        nn.Sigmoid(),
     )

@@ -15,7 +15,12 @@ from torch import nn
 from pipeline.data.manifest import Manifest
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import (
-    ALIASES, check_name, constructor_args, has_resnet_stem, library_backbone, library_model,
+    ALIASES,
+    check_name,
+    constructor_args,
+    has_resnet_stem,
+    library_backbone,
+    library_model,
 )
 from pipeline.models.model_options import ModelConfig
 
@@ -61,12 +66,20 @@ def encoder_spec(model: ModelConfig, manifest: Manifest, photo_size: int | None 
         size = manifest.image_shape[1]
     library = check_encoder(model)
     small_stem = has_resnet_stem(model.encoder) and (
-        size <= SMALL_STEM_MAX_SIZE if model.cifar_stem is None else model.cifar_stem)
+        size <= SMALL_STEM_MAX_SIZE if model.cifar_stem is None else model.cifar_stem
+    )
     args = constructor_args(*library, manifest.channels, size, model.backbone_args) if library else {}
     return EncoderSpec(
-        arch=ALIASES.get(model.encoder, model.encoder), channels=manifest.channels, image_size=size,
-        mean=manifest.channel_mean, std=manifest.channel_std, width=model.width, embed_dim=model.embed_dim,
-        last_kernel=model.last_kernel, cifar_stem=small_stem, backbone_args=args,
+        arch=ALIASES.get(model.encoder, model.encoder),
+        channels=manifest.channels,
+        image_size=size,
+        mean=manifest.channel_mean,
+        std=manifest.channel_std,
+        width=model.width,
+        embed_dim=model.embed_dim,
+        last_kernel=model.last_kernel,
+        cifar_stem=small_stem,
+        backbone_args=args,
     )
 
 
@@ -77,11 +90,15 @@ def check_encoder(model: ModelConfig) -> tuple[str, str] | None:
     if library is None and model.encoder not in BUILT_IN:
         raise ConfigError(f"model.encoder: unknown encoder {model.encoder!r}; choose one of {', '.join(ENCODERS)}")
     if library is None and model.backbone_args:
-        raise ConfigError(f"model.backbone_args: {model.encoder} is built in and takes none; they are for "
-                          "torchvision:<name> and timm:<name>")
+        raise ConfigError(
+            f"model.backbone_args: {model.encoder} is built in and takes none; they are for "
+            "torchvision:<name> and timm:<name>"
+        )
     if model.cifar_stem and library is not None and not has_resnet_stem(model.encoder):
-        raise ConfigError(f"model.cifar_stem: {model.encoder} has no ResNet stem to replace; unset it (timm models "
-                          "take their own options in model.backbone_args)")
+        raise ConfigError(
+            f"model.cifar_stem: {model.encoder} has no ResNet stem to replace; unset it (timm models "
+            "take their own options in model.backbone_args)"
+        )
     if library is not None:
         check_name(*library)
     return library
@@ -98,21 +115,28 @@ class Normalize(nn.Module):
 
 
 def _block(inputs: int, outputs: int, kernel: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(outputs),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+    ]
 
 
-def small_cnn(channels: int, image_size: int, width: int, embed_dim: int, flatten: bool,
-              last_kernel: int) -> tuple[nn.Module, int]:
+def small_cnn(
+    channels: int, image_size: int, width: int, embed_dim: int, flatten: bool, last_kernel: int
+) -> tuple[nn.Module, int]:
     """Conv-BN-ReLU blocks of ``width``, ``2 width`` (each followed by a 2x2 max-pool), ``4 width`` and
     ``embed_dim`` channels (3x3 convolutions; the last one ``last_kernel`` square), then global average pooling:
     ``(B, C, H, W) -> (B, embed_dim)``; with ``flatten`` the last map itself: ``(B, embed_dim * (H // 4) ** 2)``.
     Sized for 28-32 px on CPUs (width 24, 256-d: about 700 images/s of SimCLR training on 2 cores). At 1024-d the
     last 3x3 convolution is ~94% of the multiply-adds; ``last_kernel=1`` cuts them ~6x."""
     layers = [
-        *_block(channels, width), nn.MaxPool2d(2),
-        *_block(width, 2 * width), nn.MaxPool2d(2),
-        *_block(2 * width, 4 * width), *_block(4 * width, embed_dim, last_kernel),
+        *_block(channels, width),
+        nn.MaxPool2d(2),
+        *_block(width, 2 * width),
+        nn.MaxPool2d(2),
+        *_block(2 * width, 4 * width),
+        *_block(4 * width, embed_dim, last_kernel),
     ]
     if flatten:
         return nn.Sequential(*layers, nn.Flatten()), embed_dim * (image_size // 4) ** 2
@@ -127,8 +151,9 @@ def build_features(spec: EncoderSpec) -> tuple[nn.Sequential, int]:
     if library is not None:
         body, dim = library_backbone(*library, spec.channels, spec.cifar_stem, spec.backbone_args)
     elif spec.arch == "small_cnn":
-        body, dim = small_cnn(spec.channels, spec.image_size, spec.width, spec.embed_dim, spec.flatten,
-                              spec.last_kernel)
+        body, dim = small_cnn(
+            spec.channels, spec.image_size, spec.width, spec.embed_dim, spec.flatten, spec.last_kernel
+        )
     elif spec.arch == "linear":
         body, dim = nn.Flatten(), spec.channels * spec.image_size**2
     else:

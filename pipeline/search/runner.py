@@ -57,8 +57,14 @@ def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_
     config.train.name = f"{search_name}-{tune.get_context().get_trial_id()}"
     with contextlib.redirect_stdout(io.StringIO()):  # its evaluation's phases: the search prints a line a report
         summary = job(config, parent_run_id=parent_run_id, train_callbacks=[TuneReportCallback()], register=False)
-    tune.report({**summary.train_metrics, **summary.metrics, "mlflow_run_id": summary.run_id,
-                 "export_dir": str(summary.export_dir)})
+    tune.report(
+        {
+            **summary.train_metrics,
+            **summary.metrics,
+            "mlflow_run_id": summary.run_id,
+            "export_dir": str(summary.export_dir),
+        }
+    )
 
 
 class SearchError(SslpipeError):
@@ -83,8 +89,9 @@ def _unfinished_trials(experiment: str, search: SearchConfig) -> int:
     return max(0, expected - ended)
 
 
-def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str,
-                report: Sequence[str] = ()) -> list[dict]:
+def _trial_rows(
+    results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str, report: Sequence[str] = ()
+) -> list[dict]:
     rows = []
     keys = search.keys()
     for result in results:
@@ -104,14 +111,19 @@ def _trial_rows(results: Any, search: SearchConfig, tracker: Tracker, name: str,
         if run is not None and wanted and run.info.status != wanted:
             tracker.finish(run.info.run_id, wanted)
         values = trial_values(result.config)
-        rows.append({
-            "trial": trial_id, **{key: values.get(key) for key in keys}, "status": status,
-            search.metric: metrics.get(search.metric, math.nan), early: last_early,
-            **{metric: metrics.get(metric, math.nan) for metric in report if metric != search.metric},
-            "epochs": int(history["epoch"].max()) + 1 if history is not None and "epoch" in history else 0,
-            "mlflow_run_id": run.info.run_id if run is not None else "",
-            "export_dir": metrics.get("export_dir", ""),
-        })
+        rows.append(
+            {
+                "trial": trial_id,
+                **{key: values.get(key) for key in keys},
+                "status": status,
+                search.metric: metrics.get(search.metric, math.nan),
+                early: last_early,
+                **{metric: metrics.get(metric, math.nan) for metric in report if metric != search.metric},
+                "epochs": int(history["epoch"].max()) + 1 if history is not None and "epoch" in history else 0,
+                "mlflow_run_id": run.info.run_id if run is not None else "",
+                "export_dir": metrics.get("export_dir", ""),
+            }
+        )
     return sorted(rows, key=lambda row: row["trial"])  # a stable order: ties go to the earlier trial
 
 
@@ -134,10 +146,17 @@ def search_run(config: JobConfig, search: SearchConfig, entry_point: str) -> Ite
     validate_search(validate(config, manifest), search, manifest)  # fail here, not in every trial
     config = _trials_base(config, search)
     datasets = {"training": config.data.shards, "evaluation": config.evaluation_shards}
-    with tracked_run(config, name, entry_point=entry_point, params=evaluation_plan(config, manifest).params(),
-                     datasets=datasets,
-                     omit=("method",) if "method" in search.space else (),  # the trials' methods: from the branches
-                     tags={SEARCH_TAG: "parent"}, reuse_finished=True, resume_key="search.name") as run:
+    with tracked_run(
+        config,
+        name,
+        entry_point=entry_point,
+        params=evaluation_plan(config, manifest).params(),
+        datasets=datasets,
+        omit=("method",) if "method" in search.space else (),  # the trials' methods: from the branches
+        tags={SEARCH_TAG: "parent"},
+        reuse_finished=True,
+        resume_key="search.name",
+    ) as run:
         run.tracker.log_text(run.id, yaml.safe_dump(dataclasses.asdict(search), sort_keys=False), "search.yaml")
         yield run
 
@@ -180,8 +199,7 @@ def _finished(rows: list[dict[str, Any]], search: SearchConfig) -> list[dict[str
 
 def best_trial(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
     """The finished trial that ranks first on ``search.metric`` (ties: the earlier trial)."""
-    return (max if search.mode == "max" else min)(_finished(rows, search), key=lambda r: r[search.metric],
-                                                    default=None)
+    return (max if search.mode == "max" else min)(_finished(rows, search), key=lambda r: r[search.metric], default=None)
 
 
 def _trials_base(config: JobConfig, search: SearchConfig) -> JobConfig:
@@ -191,7 +209,8 @@ def _trials_base(config: JobConfig, search: SearchConfig) -> JobConfig:
     if search.early_stop_metric == "online_knn_accuracy" and online_knn <= 0:
         online_knn = DEFAULT_ONLINE_KNN
     return dataclasses.replace(
-        config, track=dataclasses.replace(config.track, tracking_uri=config.track.store()),
+        config,
+        track=dataclasses.replace(config.track, tracking_uri=config.track.store()),
         eval=dataclasses.replace(config.eval, online_knn=online_knn),
     )
 
@@ -218,17 +237,26 @@ def _tuner(run: TrackedRun, search: SearchConfig, job: Job) -> Any:
     scheduler = None  # grace_period >= epochs: no trial is stopped early
     if search.grace_period < config.train.epochs:
         scheduler = ASHAScheduler(
-            time_attr="training_iteration", metric=search.early_stop_metric, mode=search.early_stop_mode,
+            time_attr="training_iteration",
+            metric=search.early_stop_metric,
+            mode=search.early_stop_mode,
             max_t=config.train.epochs + 1,  # the final evaluation is report epochs + 1; a stop there is moot
-            grace_period=search.grace_period, reduction_factor=search.reduction_factor,
+            grace_period=search.grace_period,
+            reduction_factor=search.reduction_factor,
         )
     return tune.Tuner(
-        trainable, param_space=tune_space(search.space),
-        tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples,
-                                    max_concurrent_trials=concurrent),
+        trainable,
+        param_space=tune_space(search.space),
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=concurrent
+        ),
         # one line per trial report instead of Tune's tables (verbose=0 silences those)
-        run_config=tune.RunConfig(name=run.name, storage_path=config.train.storage_path, verbose=0,
-                                  callbacks=[TrialLines(search, config.train.epochs)]),
+        run_config=tune.RunConfig(
+            name=run.name,
+            storage_path=config.train.storage_path,
+            verbose=0,
+            callbacks=[TrialLines(search, config.train.epochs)],
+        ),
     )
 
 
@@ -239,22 +267,39 @@ def record(run: TrackedRun, search: SearchConfig, rows: list[dict], best: dict |
     tracker, parent = run.tracker, run.id
     tracker.log_rows(parent, rows, "trials.csv")
     with tempfile.TemporaryDirectory(prefix="sslpipe-search-") as folder:
-        tracker.log_artifact(parent, search_png(rows, search.keys(), search.log_keys(), search.metric,
-                                                search.early_stop_metric, Path(folder, "search.png")))
+        tracker.log_artifact(
+            parent,
+            search_png(
+                rows,
+                search.keys(),
+                search.log_keys(),
+                search.metric,
+                search.early_stop_metric,
+                Path(folder, "search.png"),
+            ),
+        )
     model_uri = None
     if best is not None and register:
         tags = tracker.tags(parent)
         if tags.get("sslpipe.best_run_id") == best["mlflow_run_id"]:  # a restored search: registered before
             model_uri = tags["sslpipe.best_model"]
         else:
-            model_uri = tracker.log_encoder(best["mlflow_run_id"], *model_parts(best["export_dir"]),
-                                            run.config.track.registered_model)
+            model_uri = tracker.log_encoder(
+                best["mlflow_run_id"], *model_parts(best["export_dir"]), run.config.track.registered_model
+            )
     if best is not None:
         tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
-        best_params = {key: best[key] for key in search.keys() if best[key] is not None}
+        best_params = {key: best[key] for key in search if best[key] is not None}
         tracker.log_text(parent, yaml.safe_dump(best_params), "best_params.yaml")
-        tracker.set_tags(parent, {"sslpipe.best_run_id": best["mlflow_run_id"], "sslpipe.best_trial": best["trial"],
-                                  **({"sslpipe.best_model": model_uri} if model_uri else {})})
-    tracker.log_metrics(parent, {"trials": len(rows), "trials_stopped_early": sum(
-        r["status"] == "stopped early" for r in rows)})
+        tracker.set_tags(
+            parent,
+            {
+                "sslpipe.best_run_id": best["mlflow_run_id"],
+                "sslpipe.best_trial": best["trial"],
+                **({"sslpipe.best_model": model_uri} if model_uri else {}),
+            },
+        )
+    tracker.log_metrics(
+        parent, {"trials": len(rows), "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows)}
+    )
     return model_uri

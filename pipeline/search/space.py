@@ -48,14 +48,16 @@ Mode = Literal["max", "min"]
 class SearchConfig:
     base: Annotated[str | None, "job file the search starts from, relative to the search file"] = None
     space: Annotated[dict, "config key -> {kind: values}; `method` -> one branch per method"] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     num_samples: Annotated[int, Ge(1), "draws of the space (a grid runs num_samples times per point)"] = 1
     metric: Annotated[str, "ranks trials; from the final evaluation"] = "probe_accuracy"
     mode: Annotated[Mode, "whether a larger metric is better"] = "max"
     early_stop_metric: Annotated[str, "ASHA's metric, reported every epoch"] = "online_knn_accuracy"
     early_stop_mode: Annotated[Mode, "whether a larger early-stop metric is better"] = "max"
-    grace_period: Annotated[int, Ge(1), "epochs every trial runs before ASHA may stop it; >= train.epochs: "
-                                        "never stopped"] = 1
+    grace_period: Annotated[
+        int, Ge(1), "epochs every trial runs before ASHA may stop it; >= train.epochs: never stopped"
+    ] = 1
     reduction_factor: Annotated[int, Ge(2), "ASHA keeps the best 1/reduction_factor at each rung"] = 2
     max_concurrent_trials: Annotated[int, Ge(0), "0: as many as the cluster's CPUs hold"] = 0
     name: Annotated[str | None, "rerunning a search of this name resumes it"] = None
@@ -98,14 +100,17 @@ def _values(key: str, spec: Any, where: str) -> list:
     return values
 
 
-def _check_entries(entries: dict[str, Any], config: JobConfig, where: str, manifest: Manifest | None,
-                   note: str = "") -> None:
+def _check_entries(
+    entries: dict[str, Any], config: JobConfig, where: str, manifest: Manifest | None, note: str = ""
+) -> None:
     """Every value of each spec in ``entries`` set on ``config`` makes a valid job; errors name ``where.key`` and
     ``note``."""
     for key, spec in entries.items():
         if key in ("method.name", BRANCHES):
-            raise ConfigError(f"{where}.{key}: vary the method with branches, `method: {{simclr: {{...}}, byol: "
-                              "{...}}`, so that each trial takes only its own method's options")
+            raise ConfigError(
+                f"{where}.{key}: vary the method with branches, `method: {{simclr: {{...}}, byol: "
+                "{...}}`, so that each trial takes only its own method's options"
+            )
         for value in _values(key, spec, f"{where}.{key}"):
             entry = f"{where}.{key}{note}"
             _valid(with_values(config, {key: value}, entry), manifest, entry)
@@ -130,8 +135,10 @@ def check_space(space: Any, config: JobConfig, manifest: Manifest | None = None)
         _check_entries(plain, config, "search.space", manifest)
         return space
     if not isinstance(branches, dict) or not branches:
-        raise ConfigError("search.space.method: expected one branch per method, e.g. {simclr: "
-                          "{method.temperature: {grid: [0.1, 0.5]}}, byol: {}}")
+        raise ConfigError(
+            "search.space.method: expected one branch per method, e.g. {simclr: "
+            "{method.temperature: {grid: [0.1, 0.5]}}, byol: {}}"
+        )
     if method_keys := [key for key in plain if key.startswith("method.")]:
         raise ConfigError(f"search.space.{method_keys[0]}: with method branches, a method's options go in its branch")
     for name, branch in branches.items():
@@ -144,8 +151,7 @@ def check_space(space: Any, config: JobConfig, manifest: Manifest | None = None)
             raise ConfigError(f"{where}.{both[0]}: also in the space itself; set it in one place")
         fixed = {key: value for key, value in (branch or {}).items() if not _is_spec(value)}
         trial = _valid(with_values(config, {"method.name": name, **fixed}, where), manifest, where)
-        _check_entries({key: spec for key, spec in (branch or {}).items() if key not in fixed}, trial, where,
-                       manifest)
+        _check_entries({key: spec for key, spec in (branch or {}).items() if key not in fixed}, trial, where, manifest)
         _check_entries(plain, trial, "search.space", manifest, f" (with method {name})")  # every branch's trials
     return space
 
@@ -190,10 +196,12 @@ def tune_space(space: dict[str, Any]) -> dict[str, Any]:
 
     result = {key: domain(spec) for key, spec in space.items() if key != BRANCHES}
     if BRANCHES in space:
-        result[BRANCHES] = tune.grid_search([
-            {"method.name": name, **{key: domain(spec) for key, spec in (branch or {}).items()}}
-            for name, branch in space[BRANCHES].items()
-        ])
+        result[BRANCHES] = tune.grid_search(
+            [
+                {"method.name": name, **{key: domain(spec) for key, spec in (branch or {}).items()}}
+                for name, branch in space[BRANCHES].items()
+            ]
+        )
     return result
 
 
@@ -216,5 +224,6 @@ def is_log_scale(spec: dict[str, list]) -> bool:
     """Whether a parameter is best plotted on a log axis (loguniform, or positive values spanning 10x)."""
     kind, values = next(iter(spec.items()))
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return kind == "loguniform" or (len(numbers) == len(values) and min(numbers) > 0
-                                    and math.log10(max(numbers) / min(numbers)) >= 1)
+    return kind == "loguniform" or (
+        len(numbers) == len(values) and min(numbers) > 0 and math.log10(max(numbers) / min(numbers)) >= 1
+    )

@@ -49,11 +49,16 @@ class Outbox:
                 tracker.log_metrics(run_id, entry["metrics"], step=entry["step"])
                 tracker.set_tags(run_id, entry["tags"])
                 self.entries.pop(0)
-        except Exception as exn:  # noqa: BLE001 - connection, HTTP and MLflow errors all mean "not now"
+        except Exception as exn:
             with storage.atomic_writer(self.path.parent, self.path.name) as handle:
                 handle.write(json.dumps(self.entries).encode())
-            log.warning("MLflow at %s unreachable (%s): %d epoch(s) kept in %s, sent when it answers again",
-                        tracker.uri, exn, len(self.entries), self.path)
+            log.warning(
+                "MLflow at %s unreachable (%s): %d epoch(s) kept in %s, sent when it answers again",
+                tracker.uri,
+                exn,
+                len(self.entries),
+                self.path,
+            )
             return False
         self.path.unlink(missing_ok=True)
         return True

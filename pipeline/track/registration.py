@@ -26,8 +26,10 @@ def pinned_requirements() -> list[str]:
     such as ``+cpu`` dropped, so that pip finds it) and cloudpickle, MLflow's pickler; MLflow adds itself."""
     import cloudpickle
 
-    return [f"{name}=={version.split('+')[0]}" for name, version in
-            (("torch", torch.__version__), ("cloudpickle", cloudpickle.__version__))]
+    return [
+        f"{name}=={version.split('+')[0]}"
+        for name, version in (("torch", torch.__version__), ("cloudpickle", cloudpickle.__version__))
+    ]
 
 
 def shipped_module() -> ModuleType:
@@ -81,6 +83,7 @@ def quiet_registration() -> Iterator[None]:
 def _without_pickle_advice() -> Iterator[None]:
     """MLflow's warning against pickled models, which advises its pt2 format, left out for the block: ours pickles
     only the shipped class and a pt2 program's bytes."""
+
     def advice(record: logging.LogRecord) -> bool:
         return "exercising caution" not in record.getMessage()
 

@@ -65,10 +65,19 @@ class TrackedRun:
 
 @contextlib.contextmanager
 def tracked_run(
-    config: JobConfig, name: str, *, entry_point: str, datasets: Mapping[str, str] | None = None,
-    params: Mapping[str, Any] | None = None, omit: Collection[str] = (), parent_run_id: str | None = None,
-    trial: bool = False, tags: Mapping[str, str] | None = None, reuse_finished: bool = False,
-    system_metrics: bool = False, resume_key: str = "train.name",
+    config: JobConfig,
+    name: str,
+    *,
+    entry_point: str,
+    datasets: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    omit: Collection[str] = (),
+    parent_run_id: str | None = None,
+    trial: bool = False,
+    tags: Mapping[str, str] | None = None,
+    reuse_finished: bool = False,
+    system_metrics: bool = False,
+    resume_key: str = "train.name",
 ) -> Iterator[TrackedRun]:
     """The run named ``name`` (an unfinished one of that name resumed) for the block. Its params: every key of
     ``config`` that applies (less the sections in ``omit``), the training shards' manifest hash and ``params``; its
@@ -86,9 +95,17 @@ def tracked_run(
     values = {key: value for key, value in config.flat().items() if key.partition(".")[0] not in omit}
     text = dump_config(config)
     tracker = Tracker(uri)
-    run_id = tracker.start(config.track.experiment, name, values | digest | dict(params or {}), text,
-                           parent_run_id=parent_run_id, reuse_finished=reuse_finished, tags=dict(tags or {}),
-                           entry_point=entry_point, datasets=inputs)
+    run_id = tracker.start(
+        config.track.experiment,
+        name,
+        values | digest | dict(params or {}),
+        text,
+        parent_run_id=parent_run_id,
+        reuse_finished=reuse_finished,
+        tags=dict(tags or {}),
+        entry_point=entry_point,
+        datasets=inputs,
+    )
     metrics = tracker.system_metrics(run_id) if system_metrics else contextlib.nullcontext()
     try:
         with sigterm_as_interrupt(), metrics:
@@ -107,5 +124,7 @@ def _end(tracker: Tracker, run_id: str, error: BaseException, resume: str | None
     tracker.finish(run_id, "KILLED" if stopped else "FAILED")
     if stopped and resume:
         how = "stopped by SIGTERM" if SIGTERM_RECEIVED.is_set() else str(error) or "interrupted"
-        raise RunStopped(f"run {resume.partition('=')[2]} {how}; rerun the same command with {resume} to resume from "
-                         "its last checkpoint") from None
+        raise RunStopped(
+            f"run {resume.partition('=')[2]} {how}; rerun the same command with {resume} to resume from "
+            "its last checkpoint"
+        ) from None

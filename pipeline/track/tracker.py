@@ -97,7 +97,7 @@ def _git_tags(path: Path) -> dict[str, str]:
         tags = {MLFLOW_GIT_COMMIT: repo.head.commit.hexsha, MLFLOW_GIT_DIRTY: str(repo.is_dirty()).lower()}
         if not repo.head.is_detached:
             tags[MLFLOW_GIT_BRANCH] = repo.active_branch.name
-    except Exception:  # noqa: BLE001 - no git, no checkout, no commit yet: the run has no git source
+    except Exception:
         return {}
     if url := git_utils.get_git_repo_url(str(path)):
         tags[MLFLOW_GIT_REPO_URL] = url
@@ -109,12 +109,21 @@ def shard_dataset(location: str, manifest: Manifest) -> Dataset:
     location, its digest the manifest's sha256 (the 36 characters MLflow keeps; the profile has all 64), its
     profile the splits' sizes, image shape, encoding and classes."""
     digest = manifest.digest()
-    profile = {"manifest_sha256": digest, "num_samples": {name: s.num_samples for name, s in manifest.splits.items()},
-               "image_shape": list(manifest.image_shape), "layout": manifest.layout, "encoding": manifest.encoding,
-               "classes": len(manifest.class_names)}
-    return Dataset(name=str(location).rstrip("/").rsplit("/", 1)[-1], digest=digest[:MAX_DIGEST_LENGTH],
-                   source_type="local" if storage.is_local(location) else urlparse(str(location)).scheme,
-                   source=json.dumps({"uri": str(location)}), profile=json.dumps(profile))
+    profile = {
+        "manifest_sha256": digest,
+        "num_samples": {name: s.num_samples for name, s in manifest.splits.items()},
+        "image_shape": list(manifest.image_shape),
+        "layout": manifest.layout,
+        "encoding": manifest.encoding,
+        "classes": len(manifest.class_names),
+    }
+    return Dataset(
+        name=str(location).rstrip("/").rsplit("/", 1)[-1],
+        digest=digest[:MAX_DIGEST_LENGTH],
+        source_type="local" if storage.is_local(location) else urlparse(str(location)).scheme,
+        source=json.dumps({"uri": str(location)}),
+        profile=json.dumps(profile),
+    )
 
 
 class Tracker:
@@ -132,17 +141,28 @@ class Tracker:
             self.client.set_experiment_tag(found.experiment_id, KIND_TAG, TRAINING_KIND)
         return found.experiment_id
 
-    def start(self, experiment: str, run_name: str, params: dict[str, Any], config_yaml: str, *,
-              parent_run_id: str | None = None, reuse_finished: bool = False, tags: dict[str, str] | None = None,
-              entry_point: str = "sslpipe", datasets: Mapping[str, tuple[str, Manifest]] | None = None) -> str:
+    def start(
+        self,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any],
+        config_yaml: str,
+        *,
+        parent_run_id: str | None = None,
+        reuse_finished: bool = False,
+        tags: dict[str, str] | None = None,
+        entry_point: str = "sslpipe",
+        datasets: Mapping[str, tuple[str, Manifest]] | None = None,
+    ) -> str:
         """The run id for ``run_name`` in ``experiment``: an unfinished run of that name (or any, with
         ``reuse_finished``) is resumed, else a new run is created (nested under ``parent_run_id`` if given) with
         ``params``, the job's config as ``config.yaml``, ``entry_point`` and the git checkout as its source, and
         ``datasets`` (context, e.g. ``training`` -> shard location and manifest) as its dataset inputs."""
         experiment_id = self.experiment_id(experiment)
         unfinished = "" if reuse_finished else " and attributes.status != 'FINISHED'"
-        previous = self.client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = {quoted(run_name)}{unfinished}",
-                                           max_results=1)
+        previous = self.client.search_runs(
+            [experiment_id], f"tags.`{RUN_NAME_TAG}` = {quoted(run_name)}{unfinished}", max_results=1
+        )
         if previous:
             run_id = previous[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -153,10 +173,13 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.log_params(run.info.run_id, params)
         if datasets:
-            self.client.log_inputs(run.info.run_id, [
-                DatasetInput(shard_dataset(location, manifest), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-                for context, (location, manifest) in datasets.items()
-            ])
+            self.client.log_inputs(
+                run.info.run_id,
+                [
+                    DatasetInput(shard_dataset(location, manifest), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                    for context, (location, manifest) in datasets.items()
+                ],
+            )
         self.log_text(run.info.run_id, config_yaml, "config.yaml")
         return run.info.run_id
 
@@ -166,8 +189,7 @@ class Tracker:
         memory, disk, network, and with nvidia-ml-py each GPU's utilisation and memory (MLflow's monitor; a resumed
         run continues its steps). The last samples get :data:`SYSTEM_METRICS_FLUSH_S` to go out after the block: a
         tracking server that went away does not hold the run up."""
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True,
-                                       tracking_uri=self.uri)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=self.uri)
         monitor.start()
         try:
             yield
@@ -179,8 +201,16 @@ class Tracker:
     def find_run(self, experiment: str, run_name: str) -> mlflow.entities.Run | None:
         """The latest run named ``run_name`` in ``experiment``, if any."""
         found = self.client.get_experiment_by_name(experiment)
-        runs = self.client.search_runs([found.experiment_id], f"tags.`{RUN_NAME_TAG}` = {quoted(run_name)}",
-                                       order_by=["attributes.start_time DESC"], max_results=1) if found else []
+        runs = (
+            self.client.search_runs(
+                [found.experiment_id],
+                f"tags.`{RUN_NAME_TAG}` = {quoted(run_name)}",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if found
+            else []
+        )
         return runs[0] if runs else None
 
     def children(self, experiment: str, parent_run_id: str) -> list[mlflow.entities.Run]:
@@ -205,14 +235,18 @@ class Tracker:
             self.client.set_tag(run_id, key, value)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, params=[mlflow.entities.Param(key, str(value)[:MAX_PARAM_LENGTH])
-                                              for key, value in params.items()])
+        self.client.log_batch(
+            run_id, params=[mlflow.entities.Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        )
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        self.client.log_batch(run_id, metrics=[
-            mlflow.entities.Metric(k, float(v), int(mlflow.utils.time.get_current_time_millis()), step)
-            for k, v in metrics.items()
-        ])
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(k, float(v), int(mlflow.utils.time.get_current_time_millis()), step)
+                for k, v in metrics.items()
+            ],
+        )
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -234,8 +268,9 @@ class Tracker:
             for path in paths:
                 self.log_artifact(run_id, path, artifact_path)
 
-    def log_encoder(self, run_id: str, program: bytes, example: torch.Tensor, files: dict[str, bytes],
-                    registered_model: str) -> str:
+    def log_encoder(
+        self, run_id: str, program: bytes, example: torch.Tensor, files: dict[str, bytes], registered_model: str
+    ) -> str:
         """Log the encoder whose ``torch.export`` program (dynamic batch; the bytes ``torch.export.save`` wrote)
         is ``program`` as an MLflow PyTorch model with ``files`` (name -> content: safetensors + json) beside it,
         register it, and return its ``models:/name/version`` URI. ``mlflow.pytorch.load_model`` gives a module
@@ -246,9 +281,14 @@ class Tracker:
         with mlflow.start_run(run_id=run_id), _written(files) as paths, quiet_registration():
             info = mlflow.pytorch.log_model(
                 # pickled: only the shipped class and the program's bytes (MLflow's pt2 format cannot .eval())
-                loadable, name="encoder", input_example=example.numpy(), serialization_format="pickle",
-                code_paths=[str(SHIPPED)], extra_files=[str(path) for path in paths],
-                registered_model_name=registered_model, pip_requirements=pinned_requirements(),
+                loadable,
+                name="encoder",
+                input_example=example.numpy(),
+                serialization_format="pickle",
+                code_paths=[str(SHIPPED)],
+                extra_files=[str(path) for path in paths],
+                registered_model_name=registered_model,
+                pip_requirements=pinned_requirements(),
             )
         return f"models:/{registered_model}/{info.registered_model_version}"
 
@@ -261,7 +301,7 @@ def _written(files: dict[str, bytes]) -> Iterator[list[Path]]:
     """``files`` (name -> content) as files in a temporary folder, removed after the block."""
     with tempfile.TemporaryDirectory(prefix="sslpipe-files-") as folder:
         paths = [Path(folder, name) for name in files]
-        for path, data in zip(paths, files.values()):
+        for path, data in zip(paths, files.values(), strict=True):
             path.write_bytes(data)
         yield paths
 

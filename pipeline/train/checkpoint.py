@@ -30,7 +30,7 @@ def load_checkpoint(directory: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SslpipeError(f"{path}: checkpoint file missing; delete the run's folder to start afresh") from None
-    except Exception as exn:  # noqa: BLE001 - pickle, zip and torch errors all mean an unreadable file
+    except Exception as exn:
         raise SslpipeError(f"{path}: unreadable checkpoint ({exn}); delete it to start afresh") from None
 
 
@@ -43,8 +43,16 @@ def restore_state(checkpoint: Any) -> dict:
 
     folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
     found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
-    earlier = sorted((info.path for info in found if info.type == pyarrow.fs.FileType.Directory
-                      and info.base_name.startswith("checkpoint_") and info.path < checkpoint.path), reverse=True)
+    earlier = sorted(
+        (
+            info.path
+            for info in found
+            if info.type == pyarrow.fs.FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and info.path < checkpoint.path
+        ),
+        reverse=True,
+    )
     errors = []
     for candidate in [checkpoint, *(Checkpoint(path, filesystem=checkpoint.filesystem) for path in earlier)]:
         try:
@@ -65,8 +73,10 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
-                                           "pos": numpy_state["state"]["pos"]}},
+        "numpy": {
+            **numpy_state,
+            "state": {"key": numpy_state["state"]["key"].tolist(), "pos": numpy_state["state"]["pos"]},
+        },
         "python": random.getstate(),
     }
     if device.type == "cuda":
@@ -78,8 +88,15 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     """Continue every generator :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
-    np.random.set_state({**numpy_state, "state": {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
-                                                  "pos": numpy_state["state"]["pos"]}})
+    np.random.set_state(
+        {
+            **numpy_state,
+            "state": {
+                "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                "pos": numpy_state["state"]["pos"],
+            },
+        }
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in state:

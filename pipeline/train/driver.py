@@ -45,11 +45,13 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
         train_worker,
         train_loop_config={"config": config, "step": step or Pretraining()},
         scaling_config=ScalingConfig(
-            num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
+            num_workers=config.train.num_workers,
+            use_gpu=config.train.use_gpu,
             resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=storage.absolute(config.train.storage_path),  # workers run elsewhere
+            name=run_name,
+            storage_path=storage.absolute(config.train.storage_path),  # workers run elsewhere
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(
                 max_failures=config.train.max_failures, controller_failure_limit=config.train.start_attempts

@@ -44,8 +44,11 @@ def finetune_optimizer(model: nn.Sequential, config: FinetuneConfig) -> torch.op
     """AdamW over ``model``'s encoder (``model[0]``, at ``lr x encoder_lr_scale``) and head (``model[1]``, at
     ``lr``), each split into a decayed group and one without decay (BatchNorm, biases)."""
     parts = ((model[0], config.encoder_lr_scale), (model[1], 1.0))
-    groups = [{**group, "lr": config.lr * scale} for part, scale in parts
-              for group in parameter_groups(part, config.weight_decay)]
+    groups = [
+        {**group, "lr": config.lr * scale}
+        for part, scale in parts
+        for group in parameter_groups(part, config.weight_decay)
+    ]
     return torch.optim.AdamW([group for group in groups if group["params"]], lr=config.lr)
 
 
@@ -63,8 +66,9 @@ class Finetuning(Step):
     def optimizer(self, module: nn.Sequential, config: JobConfig, world_size: int) -> tuple[torch.optim.AdamW, float]:
         return finetune_optimizer(module, config.finetune), 1.0
 
-    def forward(self, model: nn.Module, views: list[torch.Tensor], labels: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, model: nn.Module, views: list[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the first view's logits; tallies the correct predictions."""
         labels = labels.to(views[0].device, non_blocking=True)
         logits = model(views[0])

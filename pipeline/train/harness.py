@@ -73,8 +73,14 @@ def steps_in(loader: ShardLoader, epochs: int, cap: int | None = None) -> list[i
     return counts
 
 
-def optimize(model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor], autocast: bool,
-             forward: Forward, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def optimize(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    views: Sequence[torch.Tensor],
+    autocast: bool,
+    forward: Forward,
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step of ``model`` on ``views`` (channels-last, under bf16 autocast with ``autocast``):
     ``forward(model, views, labels)`` gives ``(loss, tallies)``, returned detached where they were computed
     (reading them waits for the device: the loop reads the loss every :data:`LOSS_READ_EVERY` steps)."""
@@ -87,8 +93,9 @@ def optimize(model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence
     return loss.detach(), tallies
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor],
-               autocast: bool) -> torch.Tensor:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, views: Sequence[torch.Tensor], autocast: bool
+) -> torch.Tensor:
     """One optimizer step of a method (or its DDP wrapper), ``loss = model(*views)``; returns the loss."""
     return optimize(model, optimizer, views, autocast, lambda method, inputs, _: (method(*inputs), None))[0]
 
@@ -109,10 +116,18 @@ def prepare(config: JobConfig, step: Step, device: torch.device) -> Training:
     manifest = read_manifest(config.data.shards)
     views = TrainingViews(config, manifest, step.num_views(config), device, rank)
     loader = ShardLoader(
-        config.data.shards, "train", config.data.batch_size, num_workers=config.data.num_workers,
-        mode=config.data.mode, seed=config.train.seed, url_template=config.data.url_template,
-        pin_memory=device.type == "cuda", exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
-        skip_bad_samples=config.data.skip_bad_samples, manifest=manifest, **views.loader_options(),
+        config.data.shards,
+        "train",
+        config.data.batch_size,
+        num_workers=config.data.num_workers,
+        mode=config.data.mode,
+        seed=config.train.seed,
+        url_template=config.data.url_template,
+        pin_memory=device.type == "cuda",
+        exclude_classes=config.data.exclude_classes(len(manifest.class_names)),
+        skip_bad_samples=config.data.skip_bad_samples,
+        manifest=manifest,
+        **views.loader_options(),
     )
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank (BYOL's target included)
     module, spec = step.build(config, manifest)
@@ -127,8 +142,7 @@ def prepare(config: JobConfig, step: Step, device: torch.device) -> Training:
     per_epoch = steps_in(loader, config.train.epochs, config.train.max_steps_per_epoch)
     total, warmup = sum(per_epoch), max(1, math.ceil(warmup_epochs * per_epoch[0]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, min(total, warmup)))
-    return Training(config, step, device, manifest, views, loader, module, spec, model, optimizer, scheduler,
-                    per_epoch)
+    return Training(config, step, device, manifest, views, loader, module, spec, model, optimizer, scheduler, per_epoch)
 
 
 def resume(training: Training) -> tuple[int, int]:
@@ -148,8 +162,12 @@ def resume(training: Training) -> tuple[int, int]:
     if len(saved) == world_size:
         set_rng_state(saved[rank], training.device)
     else:
-        log.warning("the checkpoint holds the random state of %d ranks, this run has %d: random streams restart "
-                    "from train.seed", len(saved), world_size)
+        log.warning(
+            "the checkpoint holds the random state of %d ranks, this run has %d: random streams restart "
+            "from train.seed",
+            len(saved),
+            world_size,
+        )
     return state["epoch"], state["step"]
 
 
@@ -165,8 +183,9 @@ def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) ->
     tallies = None
     capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
     for images, labels, _ in clock.batches(itertools.islice(loader, training.per_epoch[epoch]) if capped else loader):
-        value, tally = optimize(training.model, training.optimizer, training.views(images), autocast,
-                                training.step.forward, labels)
+        value, tally = optimize(
+            training.model, training.optimizer, training.views(images), autocast, training.step.forward, labels
+        )
         loss_sum += value.float()
         tallies = tally if tallies is None else tallies + tally
         training.scheduler.step()
@@ -179,19 +198,25 @@ def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) ->
     return step, epoch_metrics(training, epoch, step, clock, loss_sum, tallies)
 
 
-def epoch_metrics(training: Training, epoch: int, step: int, clock: EpochClock, loss_sum: torch.Tensor,
-                  tallies: torch.Tensor | None) -> dict[str, float]:
+def epoch_metrics(
+    training: Training, epoch: int, step: int, clock: EpochClock, loss_sum: torch.Tensor, tallies: torch.Tensor | None
+) -> dict[str, float]:
     """The epoch's loss, LR, images and their rates (every rank's), data wait, skipped samples, and the step's
     own metrics, over all ranks."""
     elapsed, world_size = clock.elapsed, world()[1]
-    counts = torch.tensor([clock.images, training.loader.skipped, loss_sum.item()], dtype=torch.float64,
-                          device=training.device)
+    counts = torch.tensor(
+        [clock.images, training.loader.skipped, loss_sum.item()], dtype=torch.float64, device=training.device
+    )
     images, skipped, losses = sum_across_ranks(counts).tolist()
     summed = None if tallies is None else sum_across_ranks(tallies)
     rates = gather_objects(clock.images_per_s)
     return {
-        "epoch": epoch, "step": step, "loss": losses / max(1, training.per_epoch[epoch]) / world_size,
-        "lr": training.scheduler.get_last_lr()[-1], "images": images, "images_per_s": images / elapsed,
+        "epoch": epoch,
+        "step": step,
+        "loss": losses / max(1, training.per_epoch[epoch]) / world_size,
+        "lr": training.scheduler.get_last_lr()[-1],
+        "images": images,
+        "images_per_s": images / elapsed,
         **{f"images_per_s_rank_{r}": rate for r, rate in enumerate(rates)},
         "data_wait_fraction": max(gather_objects(clock.wait_fraction)),  # the rank that waited most
         "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
@@ -205,10 +230,17 @@ def report(training: Training, metrics: dict[str, float], nodes: list[str]) -> N
     import ray.train
 
     rank = world()[0]
-    state = {"model": training.module.state_dict(), "optimizer": training.optimizer.state_dict(),
-             "scheduler": training.scheduler.state_dict(), "epoch": metrics["epoch"] + 1, "step": metrics["step"],
-             "rng": gather_objects(rng_state(training.device)), "config": training.config.to_dict(),
-             "spec": training.spec.to_dict(), "metrics": metrics}
+    state = {
+        "model": training.module.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(),
+        "epoch": metrics["epoch"] + 1,
+        "step": metrics["step"],
+        "rng": gather_objects(rng_state(training.device)),
+        "config": training.config.to_dict(),
+        "spec": training.spec.to_dict(),
+        "metrics": metrics,
+    }
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
@@ -237,8 +269,15 @@ def train_worker(payload: dict) -> None:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # a search trial: the search prints its lines
     every, started, steps_done = step.report_every(config.train.epochs), time.perf_counter(), first_step
     for epoch in range(start_epoch, config.train.epochs):
-        clock = EpochClock(epoch, config.train.epochs, training.total_steps, started, first_step,
-                           show=log.info if rank == 0 else None, world_size=world()[1])
+        clock = EpochClock(
+            epoch,
+            config.train.epochs,
+            training.total_steps,
+            started,
+            first_step,
+            show=log.info if rank == 0 else None,
+            world_size=world()[1],
+        )
         steps_done, metrics = train_epoch(training, epoch, steps_done, clock)
         last = epoch + 1 == config.train.epochs
         if not (last or (epoch + 1) % every == 0):
@@ -248,7 +287,16 @@ def train_worker(payload: dict) -> None:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 metrics |= step.evaluate(training.module, device, last)  # (it must not shift the random streams)
             scores = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.endswith("_accuracy"))
-            log.info(epoch_line(epoch, config.train.epochs, metrics["loss"], metrics["images_per_s"],
-                                metrics["data_wait_fraction"], clock.elapsed) + scores)
+            log.info(
+                epoch_line(
+                    epoch,
+                    config.train.epochs,
+                    metrics["loss"],
+                    metrics["images_per_s"],
+                    metrics["data_wait_fraction"],
+                    clock.elapsed,
+                )
+                + scores
+            )
         report(training, metrics, nodes)
     step.finish(training.module, device)

@@ -29,13 +29,20 @@ def quiet_ray_train_reports() -> None:
 
 
 def progress_line(
-    epoch: int, epochs: int, step: int, total_steps: int, images_per_s: float, wait_fraction: float,
+    epoch: int,
+    epochs: int,
+    step: int,
+    total_steps: int,
+    images_per_s: float,
+    wait_fraction: float,
     eta_s: float | None,
 ) -> str:
     """``epoch 2/6  step 130/480 (27%)  812 img/s  data wait 3%  ETA 5m12s`` (epochs and steps counted from 1)."""
     eta = duration(eta_s) if eta_s is not None else "?"
-    return (f"epoch {epoch + 1}/{epochs}  step {step}/{total_steps} ({100 * step / max(1, total_steps):.0f}%)  "
-            f"{images_per_s:,.0f} img/s  data wait {100 * wait_fraction:.0f}%  ETA {eta}")
+    return (
+        f"epoch {epoch + 1}/{epochs}  step {step}/{total_steps} ({100 * step / max(1, total_steps):.0f}%)  "
+        f"{images_per_s:,.0f} img/s  data wait {100 * wait_fraction:.0f}%  ETA {eta}"
+    )
 
 
 class EpochClock:
@@ -45,8 +52,15 @@ class EpochClock:
     the steps this run has done (a resumed run counts from its start)."""
 
     def __init__(
-        self, epoch: int, epochs: int, total_steps: int, run_started: float, run_first_step: int,
-        interval_s: float = PROGRESS_INTERVAL_S, show: Callable[[str], None] | None = None, world_size: int = 1,
+        self,
+        epoch: int,
+        epochs: int,
+        total_steps: int,
+        run_started: float,
+        run_first_step: int,
+        interval_s: float = PROGRESS_INTERVAL_S,
+        show: Callable[[str], None] | None = None,
+        world_size: int = 1,
     ) -> None:
         self.epoch, self.epochs, self.total_steps, self.show = epoch, epochs, total_steps, show
         self.world_size = world_size
@@ -85,11 +99,22 @@ class EpochClock:
         self.last_shown = now
         done = step - self.run_first_step
         eta = (self.total_steps - step) * (now - self.run_started) / done if done > 0 else None
-        self.show(progress_line(self.epoch, self.epochs, step, self.total_steps,
-                                self.images_per_s * self.world_size, self.wait_fraction, eta))
+        self.show(
+            progress_line(
+                self.epoch,
+                self.epochs,
+                step,
+                self.total_steps,
+                self.images_per_s * self.world_size,
+                self.wait_fraction,
+                eta,
+            )
+        )
 
 
 def epoch_line(epoch: int, epochs: int, loss: float, images_per_s: float, wait_fraction: float, seconds: float) -> str:
     """``epoch 2/6 done in 1m03s  loss 4.5510  812 img/s  data wait 3% (the rank that waited most)``."""
-    return (f"epoch {epoch + 1}/{epochs} done in {duration(seconds)}  loss {loss:.4f}  {images_per_s:,.0f} img/s  "
-            f"data wait {100 * wait_fraction:.0f}% (the rank that waited most)")
+    return (
+        f"epoch {epoch + 1}/{epochs} done in {duration(seconds)}  loss {loss:.4f}  {images_per_s:,.0f} img/s  "
+        f"data wait {100 * wait_fraction:.0f}% (the rank that waited most)"
+    )

@@ -37,8 +37,9 @@ class Step(abc.ABC):
         """The optimizer of ``module`` and its warm-up in epochs."""
 
     @abc.abstractmethod
-    def forward(self, model: nn.Module, views: list[torch.Tensor], labels: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, model: nn.Module, views: list[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(loss, tallies)`` of one batch under autocast: ``tallies`` (a tensor or ``None``) are summed over the
         epoch and the ranks and handed to :meth:`epoch_metrics`."""
 

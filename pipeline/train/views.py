@@ -31,10 +31,12 @@ class TrainingViews:
         self.in_loader = manifest.photos and device.type != "cuda"
         self.decode_on_device = manifest.photos and device.type == "cuda"
         preset, channels, options = config.augment.preset, manifest.channels, config.augment.view_options()
-        self.augmenter = ViewAugmenter(preset, size, channels, num_views, seed=self.seed * 1000 + rank,
-                                       crop=not manifest.photos, **options)
-        self.loader_augmenter = (ViewAugmenter(preset, size, channels, num_views, crop=False, **options)
-                                 if self.in_loader else None)
+        self.augmenter = ViewAugmenter(
+            preset, size, channels, num_views, seed=self.seed * 1000 + rank, crop=not manifest.photos, **options
+        )
+        self.loader_augmenter = (
+            ViewAugmenter(preset, size, channels, num_views, crop=False, **options) if self.in_loader else None
+        )
         self.rng = np.random.default_rng([self.seed, 0, rank, 3])
 
     def loader_options(self) -> dict:

@@ -9,8 +9,12 @@ from augment.blur import RandomGaussianBlur
 from augment.color import BRIGHTNESS, CONTRAST, HUE, SATURATION, ColorJitter, jitter, shift_hue
 from augment.presets import ViewAugmenter
 
-TORCHVISION = {BRIGHTNESS: F.adjust_brightness, CONTRAST: F.adjust_contrast, SATURATION: F.adjust_saturation,
-               HUE: F.adjust_hue}
+TORCHVISION = {
+    BRIGHTNESS: F.adjust_brightness,
+    CONTRAST: F.adjust_contrast,
+    SATURATION: F.adjust_saturation,
+    HUE: F.adjust_hue,
+}
 
 
 def _smooth(batch, size=48, low=0.0, high=1.0):
@@ -33,7 +37,7 @@ def test_jitter_equals_torchvisions_steps_in_each_images_order():
     order, factors, applied = ColorJitter(0.2, 0.2, 0.2, 0.1, p=0.75).draw(24)
     assert 0 < applied.sum() < 24 and len({tuple(o) for o in order.tolist()}) > 5
     expected = []
-    for image, steps, factor, on in zip(images, order.tolist(), factors, applied):
+    for image, steps, factor, on in zip(images, order.tolist(), factors, applied, strict=True):
         for step in steps if on else []:
             image = TORCHVISION[step](image, factor[step].item())
         expected.append(image)

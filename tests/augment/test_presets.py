@@ -1,11 +1,13 @@
+import re
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from augment.blur import RandomGaussianBlur
 from augment import PRESETS, ViewAugmenter, save_image_grid, save_view_grid
+from augment.blur import RandomGaussianBlur
 from augment.presets import to_unit_float
 from pipeline.errors import ConfigError
 
@@ -18,7 +20,7 @@ def test_views_shape_range_and_device(preset, channels, size):
     assert len(views) == 2
     for view in views:
         assert view.shape == (16, channels, size, size) and view.dtype == torch.float32
-        assert view.device == batch.device and 0.0 <= view.min() and view.max() <= 1.0
+        assert view.device == batch.device and view.min() >= 0.0 and view.max() <= 1.0
 
 
 def test_none_preset_passes_images_through():
@@ -40,7 +42,7 @@ def test_seed_reproduces_and_leaves_global_rng_alone():
     first = ViewAugmenter("simclr", 32, 3, seed=7)(batch)
     assert torch.equal(torch.get_rng_state(), state)
     second = ViewAugmenter("simclr", 32, 3, seed=7)(batch)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     augmenter = ViewAugmenter("simclr", 32, 3, seed=7)
     augmenter(batch)
     assert not torch.equal(augmenter(batch)[0], first[0])  # the next call draws new parameters
@@ -50,7 +52,7 @@ def test_uint8_and_unit_float_inputs_agree():
     batch = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
     from_uint8 = ViewAugmenter("light", 28, 1, seed=1)(batch)
     from_float = ViewAugmenter("light", 28, 1, seed=1)(batch.float() / 255)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(from_uint8, from_float))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(from_uint8, from_float, strict=True))
 
 
 def test_byol_views_are_asymmetric_in_solarization():
@@ -61,7 +63,9 @@ def test_byol_views_are_asymmetric_in_solarization():
     assert 0.15 < solarized(view2) < 0.25  # p = 0.2
 
 
-@pytest.mark.parametrize(("preset", "size", "blurs"), [("simclr", 32, 0), ("simclr", 64, 1), ("byol", 28, 0), ("byol", 96, 2)])
+@pytest.mark.parametrize(
+    ("preset", "size", "blurs"), [("simclr", 32, 0), ("simclr", 64, 1), ("byol", 28, 0), ("byol", 96, 2)]
+)
 def test_blur_only_for_images_of_64_px_and_more(preset, size, blurs):
     augmenter = ViewAugmenter(preset, size, 3)
     unique = {id(m) for m in augmenter.modules() if isinstance(m, RandomGaussianBlur)}
@@ -77,10 +81,14 @@ def test_strengths_change_the_crop_and_the_jitter():
         close = lambda a, b: (a - b).abs().amax(dim=(1, 2, 3)) < 1e-3  # noqa: E731
         return torch.cat([close(view, image) | close(view, image.flip(-1)) for view in views]).float().mean().item()
 
-    assert whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, crop_min_scale=1.0, jitter_strength=0.0)(batch)) == 1
+    assert (
+        whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, crop_min_scale=1.0, jitter_strength=0.0)(batch)) == 1
+    )
     assert whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, crop_min_scale=1.0)(batch)) < 0.3  # jitter p=0.8
     assert whole_or_mirrored(ViewAugmenter("simclr", 28, 1, seed=0, jitter_strength=0.0)(batch)) < 0.05  # crops
-    with pytest.raises(ConfigError, match="augment.jitter_strength applies to the simclr preset only, not byol"):
+    with pytest.raises(
+        ConfigError, match=re.escape("augment.jitter_strength applies to the simclr preset only, not byol")
+    ):
         ViewAugmenter("byol", 28, 1, jitter_strength=0.5)
 
 

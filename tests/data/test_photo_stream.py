@@ -101,7 +101,7 @@ def test_cpu_decoder_matches_pil_pixel_for_pixel(photo_shards):
         np.testing.assert_array_equal(decoded.permute(1, 2, 0).numpy(), expected)  # both libjpeg-turbo
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_decoder_matches_the_cpu_decoder_within_jpeg_tolerance(photo_shards):
     loader = ShardLoader(photo_shards, "test", 10, rank=0, world_size=1, num_workers=0, shuffle=False, drop_last=False,
                          views=PhotoViews(64), decode_on_device=True)

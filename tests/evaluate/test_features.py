@@ -22,8 +22,19 @@ from pipeline.models import encoder_spec
 
 
 def small_job(shards: Path, *overrides: str):
-    config = load_config(None, [f"data.shards={shards}", "model.width=4", "model.embed_dim=16", "train.name=t",
-                                "eval.batch_size=256", "data.num_workers=0", "eval.probe_max_iter=100", *overrides])
+    config = load_config(
+        None,
+        [
+            f"data.shards={shards}",
+            "model.width=4",
+            "model.embed_dim=16",
+            "train.name=t",
+            "eval.batch_size=256",
+            "data.num_workers=0",
+            "eval.probe_max_iter=100",
+            *overrides,
+        ],
+    )
     manifest = read_manifest(shards)
     torch.manual_seed(1)  # not train.seed: the random-encoder baseline must differ from it
     method = build_method(config.method, encoder_spec(config.model, manifest, config.data.crop_size), config.model)
@@ -44,8 +55,9 @@ def test_two_ranks_gather_exactly_what_one_rank_computes(synthetic_shards, tmp_p
     one = run_ranks(worker_features(plan, str(tmp_path / "one")), method, 1)
     two = run_ranks(worker_features(plan, str(tmp_path / "two")), method, 2)
     interleaved = worker_features(plan, str(tmp_path / "loaders"))
-    interleaved = run_ranks(dataclasses.replace(interleaved, shards=dataclasses.replace(interleaved.shards,
-                                                                                        num_workers=2)), method, 2)
+    interleaved = run_ranks(
+        dataclasses.replace(interleaved, shards=dataclasses.replace(interleaved.shards, num_workers=2)), method, 2
+    )
     for split, count in (("train", 3000), ("test", 500)):
         assert np.array_equal(one[split].indices, np.arange(count))  # every sample once, in sample order
         for other in (two, interleaved):
@@ -80,16 +92,24 @@ def test_the_metrics_do_not_depend_on_where_the_features_were_computed(synthetic
     for rank in range(2):
         extraction(method, torch.device("cpu"), rank, 2)
     gathered, _ = evaluate_method(method, plan, tmp_path / "there", gather_features(extraction))
-    assert set(here) == {"probe_accuracy", "knn_accuracy", "baseline_pixels_probe_accuracy",
-                         "baseline_random_encoder_probe_accuracy"}
+    assert set(here) == {
+        "probe_accuracy",
+        "knn_accuracy",
+        "baseline_pixels_probe_accuracy",
+        "baseline_random_encoder_probe_accuracy",
+    }
     assert gathered == here
 
 
 @pytest.fixture(scope="module")
 def shards_64px(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("px64")
-    write_shards(open_source("synthetic", num_train=600, num_test=200, image_size=64, channels=3), out,
-                 samples_per_shard=300, progress=False)
+    write_shards(
+        open_source("synthetic", num_train=600, num_test=200, image_size=64, channels=3),
+        out,
+        samples_per_shard=300,
+        progress=False,
+    )
     return out
 
 
@@ -101,10 +121,17 @@ def test_pixels_above_the_budget_are_downsampled_then_subsampled_and_the_params_
     assert (plan.side, plan.samples, plan.totals) == (32, {"train": 400, "test": 200}, {"train": 600, "test": 200})
     config = load_config(None, [f"data.shards={shards_64px}", f"eval.pixels_max_gb={budget_gb}"])
     params = evaluation_plan(config, manifest).params()
-    assert (params["eval.baseline_pixels_side"], params["eval.baseline_pixels_samples"],
-            params["eval.baseline_pixels_test_samples"]) == (32, 400, 200)
-    assert "eval.baseline_pixels_side" not in evaluation_plan(load_config(None, [
-        f"data.shards={shards_64px}", "eval.baselines=false"]), manifest).params()
+    assert (
+        params["eval.baseline_pixels_side"],
+        params["eval.baseline_pixels_samples"],
+        params["eval.baseline_pixels_test_samples"],
+    ) == (32, 400, 200)
+    assert (
+        "eval.baseline_pixels_side"
+        not in evaluation_plan(
+            load_config(None, [f"data.shards={shards_64px}", "eval.baselines=false"]), manifest
+        ).params()
+    )
     rows = subsample(600, 400, seed=0)
     assert len(set(rows)) == 400 and np.array_equal(rows, np.sort(rows)) and rows.max() < 600
     assert np.array_equal(rows, subsample(600, 400, seed=0)) and not np.array_equal(rows, subsample(600, 400, seed=1))
@@ -127,8 +154,14 @@ def test_ray_train_workers_compute_the_features_after_training(ray_local, synthe
     from pipeline.train import fit
     from pipeline.train.pretraining import Pretraining
 
-    config, _, _ = small_job(synthetic_shards, "train.epochs=1", "train.max_steps_per_epoch=2",
-                             "data.batch_size=32", "train.num_workers=2", f"train.storage_path={tmp_path}")
+    config, _, _ = small_job(
+        synthetic_shards,
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "data.batch_size=32",
+        "train.num_workers=2",
+        f"train.storage_path={tmp_path}",
+    )
     config = resolve_paths(config, "features")
     manifest = read_manifest(synthetic_shards)
     extraction = worker_features(evaluation_plan(config, manifest), features_folder(config))

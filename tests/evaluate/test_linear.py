@@ -80,7 +80,7 @@ def test_the_probe_is_sklearn_up_to_the_threshold_and_torch_above():
     assert probe_solver(np.zeros((10, 2)), "torch") == "torch"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_torch_probe_on_the_gpu_agrees_with_the_cpu():
     x, y = blobs(2000, 32, 4, 1.0, seed=5)
     on_cpu = torch_probe(x[:1600], y[:1600], x[1600:], y[1600:], device="cpu")

@@ -52,8 +52,7 @@ def _knn_before_batching(train_x, train_y, test_x, test_y, k=200, temperature=0.
     return float(correct / len(test_x))
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_knn_in_device_batches_equals_the_result_before(device):
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (5, 16))

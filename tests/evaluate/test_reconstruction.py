@@ -46,8 +46,9 @@ def test_identity_reconstructs_perfectly(even_shards):
 
 
 def test_vae_metrics(even_shards):
-    vae = build_method(VAEOptions(bottleneck=4), EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8),
-                       ModelConfig())
+    vae = build_method(
+        VAEOptions(bottleneck=4), EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=4, embed_dim=8), ModelConfig()
+    )
     result = reconstruct_split(vae, LabeledShards(str(even_shards), 64), torch.device("cpu"))
     metrics = result.metrics
     assert set(metrics) == {"recon_mse", "elbo", "kl", "active_units"}

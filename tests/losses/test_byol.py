@@ -45,10 +45,12 @@ def test_target_is_outside_the_optimizer_and_follows_the_ema():
     loss.backward()
     assert all(p.grad is None for p in method.target.parameters())
     optimizer.step()
-    assert all(torch.equal(a, b) for a, b in zip(target_before, method.target.parameters()))  # optimizer: no touch
+    assert all(
+        torch.equal(a, b) for a, b in zip(target_before, method.target.parameters(), strict=True)
+    )  # optimizer: no touch
 
     method.after_step(3, 10)
     tau = ema_momentum(3, 10, options.ema_base)
     online = [*method.encoder.parameters(), *method.projector.parameters()]
-    for before, after, source in zip(target_before, method.target.parameters(), online):
+    for before, after, source in zip(target_before, method.target.parameters(), online, strict=True):
         torch.testing.assert_close(after, tau * before + (1 - tau) * source)

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from pipeline.losses import (
-    bernoulli_nll, byol_loss, gaussian_kl, gaussian_nll, kl_sparsity, l1_sparsity, negative_elbo, nt_xent,
+    bernoulli_nll,
+    byol_loss,
+    gaussian_kl,
+    gaussian_nll,
+    kl_sparsity,
+    l1_sparsity,
+    negative_elbo,
+    nt_xent,
 )
 
 torch.manual_seed(0)

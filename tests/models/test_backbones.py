@@ -1,6 +1,8 @@
 """torchvision:/timm: backbones by name: built without their classifier, features read from the model, the stem
 and channels handled as each library supports, ViT parameters exempt from decay, and bad names refused."""
 
+import re
+
 import pytest
 import torch
 
@@ -12,13 +14,16 @@ from pipeline.models.backbones import classifier_path
 from pipeline.optim import parameter_groups
 
 
-@pytest.mark.parametrize(("encoder", "dim", "classifier"), [
-    ("torchvision:resnet18", 512, "fc"),
-    ("torchvision:mobilenet_v3_small", 1024, "classifier.3"),
-    ("torchvision:vit_b_16", 768, "heads.head"),
-    ("timm:resnet18", 512, None),
-    ("timm:vit_tiny_patch16_224", 192, None),
-])
+@pytest.mark.parametrize(
+    ("encoder", "dim", "classifier"),
+    [
+        ("torchvision:resnet18", 512, "fc"),
+        ("torchvision:mobilenet_v3_small", 1024, "classifier.3"),
+        ("torchvision:vit_b_16", 768, "heads.head"),
+        ("timm:resnet18", 512, None),
+        ("timm:vit_tiny_patch16_224", 192, None),
+    ],
+)
 def test_library_backbones_end_at_features_read_from_the_model(encoder, dim, classifier, labeled_photo_shards):
     photos = read_manifest(labeled_photo_shards)  # 3-channel photos
     size = 224 if encoder.endswith("vit_b_16") else 64  # torchvision's ViT fixes its size; timm's takes ours
@@ -59,11 +64,14 @@ def test_vit_position_embedding_and_class_token_take_no_weight_decay(synthetic_s
     assert all(p.ndim >= 2 for p in decay["params"])
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("model.encoder=torchvision:resnet9000", "model.encoder: torchvision has no classification model 'resnet9000'"),
-    ("model.encoder=timm:not_a_model", "model.encoder: timm has no model 'not_a_model'"),
-    ("model.encoder=keras:resnet50", "model.encoder: unknown library 'keras'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.encoder=torchvision:resnet9000", "model.encoder: torchvision has no classification model 'resnet9000'"),
+        ("model.encoder=timm:not_a_model", "model.encoder: timm has no model 'not_a_model'"),
+        ("model.encoder=keras:resnet50", "model.encoder: unknown library 'keras'"),
+    ],
+)
 def test_unknown_backbones_are_refused_before_anything_runs(override, message):
     with pytest.raises(ConfigError, match=message):
         validate(load_config(None, [override]))
@@ -71,9 +79,9 @@ def test_unknown_backbones_are_refused_before_anything_runs(override, message):
 
 def test_backbone_args_and_stem_refused_where_they_do_not_apply(synthetic_shards):
     small = read_manifest(synthetic_shards)
-    with pytest.raises(ConfigError, match="model.backbone_args: small_cnn is built in"):
+    with pytest.raises(ConfigError, match=re.escape("model.backbone_args: small_cnn is built in")):
         encoder_spec(ModelConfig(backbone_args={"depth": 3}), small)
-    with pytest.raises(ConfigError, match="model.cifar_stem: timm:resnet18 has no ResNet stem"):
+    with pytest.raises(ConfigError, match=re.escape("model.cifar_stem: timm:resnet18 has no ResNet stem")):
         encoder_spec(ModelConfig(encoder="timm:resnet18", cifar_stem=True), small)
-    with pytest.raises(ConfigError, match="model.backbone_args: torchvision:resnet18 refuses them"):
+    with pytest.raises(ConfigError, match=re.escape("model.backbone_args: torchvision:resnet18 refuses them")):
         build_encoder(encoder_spec(ModelConfig(encoder="torchvision:resnet18", backbone_args={"depth": 3}), small))

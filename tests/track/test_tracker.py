@@ -40,16 +40,21 @@ def _artifacts_in_tmp(tmp_path, monkeypatch):
 
 
 def _checkout_commit() -> str | None:
-    result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=False, capture_output=True,
-                            text=True)
+    result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=False, capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else None
 
 
 def test_a_run_records_its_shards_source_and_the_training_kind(tmp_path, synthetic_shards):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     manifest = read_manifest(synthetic_shards)
-    run_id = tracker.start("sslpipe", "run", {}, "", entry_point="sslpipe pretrain",
-                           datasets={"training": (str(synthetic_shards), manifest)})
+    run_id = tracker.start(
+        "sslpipe",
+        "run",
+        {},
+        "",
+        entry_point="sslpipe pretrain",
+        datasets={"training": (str(synthetic_shards), manifest)},
+    )
     run = tracker.client.get_run(run_id)
     [used] = run.inputs.dataset_inputs
     assert used.dataset.name == synthetic_shards.name and used.dataset.source_type == "local"
@@ -92,7 +97,9 @@ def test_system_metrics_are_sampled_while_the_block_runs(tmp_path):
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
 
-LOAD_WITHOUT_SSLPIPE = WITHOUT_SSLPIPE + """
+LOAD_WITHOUT_SSLPIPE = (
+    WITHOUT_SSLPIPE
+    + """
 import mlflow, torch
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pytorch.load_model(sys.argv[2])
@@ -109,6 +116,7 @@ else:
 assert not [name for name in sys.modules if name.split(".")[0] in ("pipeline", "augment")]
 print("ok")
 """
+)
 
 
 def test_the_registered_encoder_loads_and_evals_without_sslpipe_and_pins_torch(tmp_path):
@@ -118,10 +126,15 @@ def test_the_registered_encoder_loads_and_evals_without_sslpipe_and_pins_torch(t
     encoder, _ = build_encoder(EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32))
     encoder.train()(torch.rand(16, 1, 28, 28))  # BatchNorm statistics away from their defaults
     program = io.BytesIO()
-    torch.export.save(torch.export.export(encoder.eval(), (torch.rand(2, 1, 28, 28),),
-                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), program)
-    model_uri = tracker.log_encoder(run_id, program.getvalue(), torch.rand(2, 1, 28, 28), {"encoder.json": b"{}"},
-                                    "enc")
+    torch.export.save(
+        torch.export.export(
+            encoder.eval(), (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        ),
+        program,
+    )
+    model_uri = tracker.log_encoder(
+        run_id, program.getvalue(), torch.rand(2, 1, 28, 28), {"encoder.json": b"{}"}, "enc"
+    )
     assert model_uri == "models:/enc/1"
 
     x = torch.rand(5, 1, 28, 28)
@@ -129,9 +142,22 @@ def test_the_registered_encoder_loads_and_evals_without_sslpipe_and_pins_torch(t
         torch.save(x, tmp_path / "x.pt")
         torch.save(encoder.eval()(x), tmp_path / "expected.pt")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_SSLPIPE, tracker.uri, model_uri,
-                             str(tmp_path / "x.pt"), str(tmp_path / "expected.pt")],
-                            check=False, capture_output=True, text=True, cwd=tmp_path, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_WITHOUT_SSLPIPE,
+            tracker.uri,
+            model_uri,
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "expected.pt"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
 

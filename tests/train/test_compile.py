@@ -14,8 +14,9 @@ from pipeline.train import train_step
 
 @pytest.mark.slow
 def test_a_compiled_model_takes_the_eager_models_steps():
-    config = load_config(None, ["model.width=4", "model.embed_dim=8", "model.head_hidden=8", "model.head_dim=4",
-                                "train.compile=true"])
+    config = load_config(
+        None, ["model.width=4", "model.embed_dim=8", "model.head_hidden=8", "model.head_dim=4", "train.compile=true"]
+    )
     spec = EncoderSpec("small_cnn", 1, 8, (0.5,), (0.25,), width=4, embed_dim=8)
     torch.manual_seed(0)
     eager = build_method(config.method, spec, config.model).to(memory_format=torch.channels_last)
@@ -28,5 +29,5 @@ def test_a_compiled_model_takes_the_eager_models_steps():
         expected = train_step(eager, optimizers[0], views, autocast=False)
         got = train_step(compiled, optimizers[1], views, autocast=False)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    for a, b in zip(eager.state_dict().values(), compiled_method.state_dict().values()):
+    for a, b in zip(eager.state_dict().values(), compiled_method.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)  # the plain method holds the trained weights

@@ -61,17 +61,17 @@ def test_pt2_loads_and_embeds_without_our_code(tmp_path):
         torch.save(encoder(x), tmp_path / "expected.pt")
     script = f"""
 import sys, torch
-module = torch.export.load({str(tmp_path / 'encoder.pt2')!r}).module()
-x = torch.load({str(tmp_path / 'x.pt')!r})
+module = torch.export.load({str(tmp_path / "encoder.pt2")!r}).module()
+x = torch.load({str(tmp_path / "x.pt")!r})
 out = module(x)
 assert out.shape == (5, 32), out.shape
 assert module(x[:1]).shape == (1, 32)  # the batch dimension is dynamic
-torch.testing.assert_close(out, torch.load({str(tmp_path / 'expected.pt')!r}))
+torch.testing.assert_close(out, torch.load({str(tmp_path / "expected.pt")!r}))
 assert any(p.requires_grad for p in module.parameters())
 assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sys.modules), "imported sslpipe"
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -80,8 +80,11 @@ def test_an_export_to_a_url_loads_back_from_it():
     encoder = _trained_like_encoder()
     location = "memory://sslpipe-test/exports/run"
     paths = export_encoder(encoder, SPEC, location, {"method": "simclr"})
-    assert paths == {"pt2": f"{location}/encoder.pt2", "weights": f"{location}/encoder.safetensors",
-                     "meta": f"{location}/encoder.json"}
+    assert paths == {
+        "pt2": f"{location}/encoder.pt2",
+        "weights": f"{location}/encoder.safetensors",
+        "meta": f"{location}/encoder.json",
+    }
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(location).eval()(x), encoder(x))
@@ -117,8 +120,12 @@ def test_backbone_exports_load_in_their_own_library_alone(tmp_path, synthetic_sh
 
 def test_a_damaged_backbone_file_is_caught(tmp_path, synthetic_shards):
     folder, paths, _, _ = _library_export(tmp_path, "timm:resnet18", synthetic_shards)
-    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "encoder.json", "encoder.pt2",
-                                                         "encoder.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "backbone.safetensors",
+        "encoder.json",
+        "encoder.pt2",
+        "encoder.safetensors",
+    ]
     weights = load_file(paths["backbone"])
     weights["conv1.weight"] += 0.5
     save_file(weights, paths["backbone"])

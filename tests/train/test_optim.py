@@ -8,7 +8,9 @@ from pipeline.schedules import warmup_cosine
 
 
 def test_no_decay_for_batchnorm_and_bias():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
     decay, no_decay = parameter_groups(model, 0.1)
     assert [p.shape for p in decay["params"]] == [(4, 1, 3, 3), (2, 4)]
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0  # conv bias, BN weight+bias, fc bias

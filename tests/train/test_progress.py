@@ -7,17 +7,23 @@ import pytest
 
 from pipeline.console import duration
 from pipeline.train.progress import (
-    RAY_TRAIN_REPORT_MODULES, EpochClock, epoch_line, progress_line, quiet_ray_train_reports,
+    RAY_TRAIN_REPORT_MODULES,
+    EpochClock,
+    epoch_line,
+    progress_line,
+    quiet_ray_train_reports,
 )
 
 
 def test_lines_read_as_people_expect():
     assert [duration(s) for s in (0.4, 45, 61, 3599, 3725)] == ["0s", "45s", "1m01s", "59m59s", "1h02m"]
     assert progress_line(1, 6, 130, 480, 812.4, 0.031, 312) == (
-        "epoch 2/6  step 130/480 (27%)  812 img/s  data wait 3%  ETA 5m12s")
+        "epoch 2/6  step 130/480 (27%)  812 img/s  data wait 3%  ETA 5m12s"
+    )
     assert progress_line(0, 1, 0, 10, 0.0, 0.0, None).endswith("ETA ?")
     assert epoch_line(0, 2, 4.55104, 1234.0, 0.5, 63) == (
-        "epoch 1/2 done in 1m03s  loss 4.5510  1,234 img/s  data wait 50% (the rank that waited most)")
+        "epoch 1/2 done in 1m03s  loss 4.5510  1,234 img/s  data wait 50% (the rank that waited most)"
+    )
 
 
 class FakeClock:
@@ -40,7 +46,7 @@ def test_the_clock_measures_waiting_for_batches_not_the_step(monkeypatch):
     monkeypatch.setattr(time, "perf_counter", fake)
     shown = []
     clock = EpochClock(0, 1, 10, fake(), 0, interval_s=0.0, show=shown.append)
-    for step, batch in enumerate(clock.batches(fake.slow(range(5), 0.02)), start=1):
+    for step, _ in enumerate(clock.batches(fake.slow(range(5), 0.02)), start=1):
         fake.now += 0.02  # the step itself: as long as the wait
         clock.step(8, step)
     assert clock.wait_fraction == pytest.approx(0.5)

@@ -16,6 +16,6 @@ print(sorted({{name.split(".")[0] for name in sys.modules}} & {{"torchvision", "
 
 
 def test_ray_train_processes_import_no_library_they_do_not_use():
-    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", SCRIPT], check=False, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
