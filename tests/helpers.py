@@ -21,6 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.data import ShardLoader
 
+# the end-to-end tests' small CNN and heads (seconds per epoch of the synthetic shards)
+TINY_MODEL = ["model.width=8", "model.embed_dim=32", "model.head_hidden=64", "model.head_dim=32"]
+
 
 def read_split(location: Path, split: str, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every sample of ``split`` in source order: ``(images (N, C, H, W), labels (N,), indices (N,))``."""

@@ -68,10 +68,8 @@ def test_bad_protocol_arguments_are_one_line(synthetic_shards, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
-    ray_local, synthetic_shards, tmp_path, monkeypatch, capsys
+    ray_local, synthetic_shards, tmp_path, workdir, capsys
 ):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
     job = tmp_path / "job.yaml"
     job.write_text("")  # the embedded defaults, with the overrides below
     assert (

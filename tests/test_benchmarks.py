@@ -174,7 +174,8 @@ def test_lightly_peer_trains_both_sides_from_the_same_weights(synthetic_shards, 
         early, late = run["sides"][side]
         assert early["images"] > 0 and early["trained_min"] >= 0.03 and late["trained_min"] >= 0.05
         assert 0 < early["distance_from_initial"] <= late["distance_from_initial"]
-        assert late["images_per_s"] > 0 and 0 <= late["probe_accuracy"] <= 1
+        # the gratings are separable: the probe reads them far above chance (0.1) on either side
+        assert late["images_per_s"] > 0 and late["probe_accuracy"] > 0.5
     written = json.loads((tmp_path / "lightly_peer.json").read_text())
     assert written["command"] == "python -m benchmarks.lightly_peer " + " ".join(args) and written["machine"]["date"]
     assert "ours - lightly, points" in capsys.readouterr().out
@@ -198,9 +199,11 @@ def test_view_ablation_arms_make_two_independent_views_in_the_unit_range():
 
 
 @pytest.mark.slow
-def test_view_ablation_starts_every_arm_alike_and_records_each_in_mlflow(synthetic_shards, tmp_path, monkeypatch):
+def test_view_ablation_starts_every_arm_alike_and_records_each_in_mlflow(
+    synthetic_shards, tmp_path, tracking_uri, monkeypatch
+):
     monkeypatch.setattr("benchmarks.common.RESULTS", tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     base = ["--shards", str(synthetic_shards), "--seeds", "2", "--probe-max-iter", "20"]
     untrained = view_ablation_main([*base, "--steps", "0", "--arms", "ours", "lightly"])["runs"]

@@ -3,10 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 SSLPIPE = Path(sys.executable).with_name("sslpipe")  # the console script installed beside this interpreter
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs `sslpipe` in a process of its own
 
 
 def _sslpipe(*args):

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data import open_source, read_manifest, write_shards
 from pipeline.errors import ShardError
 from pipeline.track.epoch_log import NODES_TAG
+from tests.helpers import TINY_MODEL
 from tests.processes import BIN, REPO, S3Server, clean_env, ray_cluster, s3_server
 
 pytestmark = pytest.mark.slow
@@ -88,6 +89,20 @@ def test_job_submission_without_the_token_is_refused(cluster, tmp_path):
     assert accepted.returncode == 0 and "hello" in accepted.stdout, accepted.stdout + accepted.stderr
 
 
+def submitted(cluster, command: list[str]) -> None:
+    """Run ``command`` (a ``ray job submit``) from the repository against ``cluster``; assert the job succeeded."""
+    run = subprocess.run(
+        command,
+        cwd=REPO,
+        env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
 def readme_submit_command() -> str:
     """The ``ray job submit`` command of the README's local cluster example, continuation lines joined."""
     text = (REPO / "README.md").read_text()
@@ -101,10 +116,7 @@ def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
     overrides = [
         f"data.shards={s3_shards}",
         "data.batch_size=64",
-        "model.width=8",
-        "model.embed_dim=32",
-        "model.head_hidden=64",
-        "model.head_dim=32",
+        *TINY_MODEL,
         "train.epochs=1",
         "train.name=submitted",
         "eval.baselines=false",
@@ -113,21 +125,11 @@ def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
         f"export.out_dir={tmp_path}/exports",
         f"train.storage_path={tmp_path}/ray_results",
     ]
-    command = f"{readme_submit_command()} {shlex.join(overrides)}"
-    run = subprocess.run(
-        ["bash", "-c", command],
-        cwd=REPO,
-        env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    submitted(cluster, ["bash", "-c", f"{readme_submit_command()} {shlex.join(overrides)}"])
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [found] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 'submitted'")
-    assert found.info.status == "FINISHED" and 0.0 <= found.data.metrics["probe_accuracy"] <= 1.0
+    assert found.info.status == "FINISHED" and found.data.metrics["probe_accuracy"] > 0.8  # measured 1.0
     nodes = found.data.tags[NODES_TAG].split(",")
     assert len(nodes) == 2 and len(set(nodes)) == 2  # rank 0 and rank 1 ran on different nodes
     assert found.data.metrics["images"] == TRAIN_SAMPLES  # both ranks' shares of the S3 shards, nothing missing
@@ -167,19 +169,16 @@ def test_resharding_on_s3_needs_overwrite_and_never_leaves_a_stale_manifest(s3, 
 
 
 def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(cluster, s3, s3_shards, tmp_path):
-    """`sslpipe tune` submitted to the cluster with checkpoints, Tune's state and exports under s3:// URLs: every
+    """`sslpipe tune` submitted to the cluster with checkpoints, Tune's state and exports under s3:// URLs: the
     trial's encoder lands in the bucket, the best is registered from there, and the same command again finds the
-    finished search in the bucket and runs nothing."""
+    finished search in the bucket and runs nothing. (One trial: ranking trials is tests/test_search.py's.)"""
     overrides = [
         "search.name=s3-search",
-        "search.space={eval.probe_max_iter: {grid: [1, 50]}}",
+        "search.space={eval.probe_max_iter: {grid: [50]}}",
         f"data.shards={s3_shards}",
         "data.batch_size=64",
         "data.num_workers=0",
-        "model.width=8",
-        "model.embed_dim=32",
-        "model.head_hidden=64",
-        "model.head_dim=32",
+        *TINY_MODEL,
         "train.epochs=1",
         "train.num_workers=1",
         f"train.storage_path=s3://{BUCKET}/ray_results",
@@ -203,32 +202,21 @@ def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(clust
         *overrides,
     ]
 
-    def submit() -> subprocess.CompletedProcess:
-        run = subprocess.run(
-            command,
-            cwd=REPO,
-            env=cluster.client_env(RAY_ADDRESS=cluster.dashboard),
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=420,
-        )
-        assert run.returncode == 0 and "succeeded" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
-        return run
-
-    submit()
+    submitted(cluster, command)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [parent] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 's3-search'")
     children = client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert parent.info.status == "FINISHED" and len(children) == 1
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert any(key.startswith("ray_results/s3-search/") for key in keys)  # Tune's state, beside the checkpoints
     exports = sorted(key for key in keys if key.startswith("exports/s3-search-") and key.endswith("/encoder.pt2"))
-    assert len(exports) == 2, keys
+    assert len(exports) == 1, keys
     version = client.get_model_version("sslpipe-encoder", "1")
     assert version.run_id == parent.data.tags["sslpipe.best_run_id"]
 
-    submit()  # the same command: restored from the bucket, nothing runs again, nothing is registered twice
+    submitted(
+        cluster, command
+    )  # the same command: restored from the bucket, nothing runs again, nothing is registered twice
     assert {
         r.info.run_id: r.info.end_time
         for r in client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

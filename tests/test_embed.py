@@ -140,6 +140,7 @@ def test_folder_ids_are_relative_paths_and_photos_meet_a_grey_encoder_as_center_
     np.testing.assert_allclose(rows["embedding"], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_ray_workers_give_the_rows_of_one_process(
     ray_local, grey_export, synthetic_shards, synthetic_embedded, photo_folder, tmp_path
 ):

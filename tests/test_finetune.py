@@ -4,6 +4,7 @@ pretraining run and beat chance."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +118,11 @@ def test_both_inits_start_from_the_same_head_and_the_export_s_weights():
 
 
 @pytest.fixture(scope="module")
-def pretrained(synthetic_shards, tmp_path_factory) -> tuple[Path, str, str]:
+def pretrained(synthetic_shards, tmp_path_factory, migrated_store) -> tuple[Path, str, str]:
     """``(export folder, tracking URI, run id)``: an export of a small CNN whose ``encoder.json`` names a
     pretraining run in a fresh MLflow store, and names the synthetic shards in its config."""
     folder = tmp_path_factory.mktemp("finetune")
+    shutil.copy(migrated_store, folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     run_id = Tracker(uri).start("sslpipe", "simclr-pretraining", {}, "")
     config = with_values(

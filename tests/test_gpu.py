@@ -13,7 +13,7 @@ from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 from pipeline.export import load_encoder
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 METHODS = {  # overrides; SimCLR with the ResNet-50 of the papers
     "simclr": {"model.encoder": "resnet50"},
@@ -36,9 +36,7 @@ def gpu_photos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_method_on_gpu(ray_local, gpu_photos, tmp_path, monkeypatch, name):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
+def test_method_on_gpu(ray_local, gpu_photos, tmp_path, workdir, name):
     config = load_config(
         None,
         [

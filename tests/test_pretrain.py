@@ -16,25 +16,20 @@ from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
 from pipeline.export import load_encoder
 from pipeline.train import NonFiniteLoss
-from tests.helpers import features_with_the_library_alone
+from tests.helpers import TINY_MODEL, features_with_the_library_alone
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 @pytest.fixture
-def config(synthetic_shards, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)  # exports/, ray_results/ and mlflow.db land here
+def config(synthetic_shards, workdir):
     return load_config(
         None,
         [
             f"data.shards={synthetic_shards}",
             "data.batch_size=64",
             "data.num_workers=1",
-            "model.width=8",
-            "model.embed_dim=32",
-            "model.head_hidden=64",
-            "model.head_dim=32",
+            *TINY_MODEL,
             "train.epochs=1",
             "train.name=e2e",
             "eval.baselines=false",
@@ -45,6 +40,8 @@ def config(synthetic_shards, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_path, monkeypatch):
+    """SimCLR on 2 ranks through ``pretrain``: the MLflow run, its datasets and system metrics, the export and the
+    registered model. The gratings of the synthetic shards are separable: the probe reads them far above chance."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     summary = pretrain(config)
@@ -55,7 +52,7 @@ def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_pa
     assert run.info.status == "FINISHED"
     assert run.data.params["method.temperature"] == "0.5" and run.data.params["train.epochs"] == "1"
     assert len(run.data.params["data.manifest_sha256"]) == 64
-    assert 0.0 <= run.data.metrics["probe_accuracy"] <= 1.0 and "knn_accuracy" in run.data.metrics
+    assert run.data.metrics["probe_accuracy"] > 0.9 and run.data.metrics["knn_accuracy"] > 0.9  # measured 1.0, 1.0
     assert [m.step for m in client.get_metric_history(summary.run_id, "loss")] == [0]
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"augmentation_preview.png", "probe_confusion.png", "config.yaml", "export"} <= artifacts
@@ -94,6 +91,7 @@ def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_pa
 def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
     config.optim.lr = 1e30
     config.train.max_failures = 0
+    config.train.num_workers = 1
     config.train.name = "diverges"
     with pytest.raises(
         NonFiniteLoss,
@@ -106,7 +104,7 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("overrides", "dim", "extra_metrics", "extra_plots"),
+    ("overrides", "dim", "extra_metrics", "extra_plots", "probe_floor"),
     [
         (
             {
@@ -128,6 +126,7 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
                 "pca_anomaly_auroc",
             },
             {"reconstructions.png", "interpolations.png", "anomaly_roc.png"},
+            0.6,  # measured 0.90
         ),
         (
             {
@@ -154,17 +153,18 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
                 "pca_anomaly_auroc",
             },
             {"reconstructions.png", "interpolations.png", "prior_samples.png", "anomaly_roc.png"},
+            0.25,  # measured 0.43: one epoch of one class, a 6-d code
         ),
     ],
     ids=["denoising-sparse-autoencoder-without-class-3", "one-class-vae"],  # BYOL: tests/test_reliability.py
 )
-def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics, extra_plots):
-    config = with_values(config, overrides, "test")
+def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics, extra_plots, probe_floor):
+    config = with_values(config, overrides | {"train.num_workers": 1}, "test")
     config.train.name = config.method.name
-    summary = pretrain(config)
+    summary = pretrain(config, register=False)
     client = MlflowClient(summary.tracking_uri)
     metrics = client.get_run(summary.run_id).data.metrics
-    assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["probe_accuracy"] <= 1.0
+    assert np.isfinite(metrics["loss"]) and metrics["probe_accuracy"] > probe_floor  # chance: 0.1
     assert extra_metrics <= metrics.keys()
     if config.data.normal_class is not None:  # one class of the 10 read: an epoch is a tenth of the split's steps
         assert metrics["images"] == pytest.approx(3000 / 10, rel=0.25)
@@ -174,81 +174,80 @@ def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_m
 
 
 @pytest.mark.slow
-def test_photos_pretrain_on_unlabeled_shards_and_evaluate_on_labeled_ones(
-    ray_local, unlabeled_photo_shards, labeled_photo_shards, tmp_path, monkeypatch
+def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on_labeled_ones(
+    ray_local, unlabeled_photo_shards, labeled_photo_shards, workdir, capsys
 ):
-    """The photo path end to end: JPEG shards decoded and cropped in the loader workers, a ResNet-18 with the
-    ImageNet stem, the probe and kNN on a separate labeled set, the export at the crop size."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    config = load_config(
-        JOBS / "simclr_photos.yaml",
-        [
-            f"data.shards={unlabeled_photo_shards}",
-            f"eval.shards={labeled_photo_shards}",
-            "data.image_size=64",
-            "data.batch_size=16",
-            "train.epochs=1",
-            "train.max_steps_per_epoch=2",
-            "train.name=photos",
-            "eval.baselines=false",
-        ],
-    )
-    summary = pretrain(config)
-    client = MlflowClient(summary.tracking_uri)
-    run = client.get_run(summary.run_id)
+    """The photo path end to end through `sslpipe pretrain`: JPEG shards decoded and cropped in the loader
+    workers, the photo job's ResNet-18 (ImageNet stem) on 2 ranks, the probe and kNN on a separate labeled set, the
+    export at the crop size, with ONNX beside it and a backbone.safetensors that torchvision alone loads."""
+    overrides = [
+        f"data.shards={unlabeled_photo_shards}",
+        f"eval.shards={labeled_photo_shards}",
+        "data.image_size=64",
+        "data.batch_size=16",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.name=photos",
+        "eval.baselines=false",
+        "export.onnx=true",
+    ]
+    assert main(["pretrain", str(JOBS / "simclr_photos.yaml"), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "probe_accuracy" in printed and "/#/experiments/1?workflowType=machine_learning" in printed
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    [run] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 'photos'")
     assert run.info.status == "FINISHED" and run.data.params["eval.shards"] == str(labeled_photo_shards)
     assert run.data.params["model.encoder"] == "resnet18" and run.data.params["data.image_size"] == "64"
     assert {(used.tags[0].value, json.loads(used.dataset.source)["uri"]) for used in run.inputs.dataset_inputs} == {
         ("training", str(unlabeled_photo_shards)),
         ("evaluation", str(labeled_photo_shards)),
     }
-    assert summary.train_metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
-    per_rank = [summary.train_metrics[f"images_per_s_rank_{r}"] for r in range(2)]
-    assert min(per_rank) > 0 and abs(sum(per_rank) / summary.train_metrics["images_per_s"] - 1) < 0.25
-    assert 0.0 <= run.data.metrics["data_wait_fraction"] < 1.0 and "images_per_s_rank_1" in run.data.metrics
+    metrics = run.data.metrics
+    assert metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
+    per_rank = [metrics[f"images_per_s_rank_{r}"] for r in range(2)]
+    assert min(per_rank) > 0 and abs(sum(per_rank) / metrics["images_per_s"] - 1) < 0.25
+    assert 0.0 <= metrics["data_wait_fraction"] < 1.0
     # 8 photographs to tell apart from 64 px center crops of 256-640 px pieces: far above chance (0.125)
-    assert run.data.metrics["probe_accuracy"] > 0.5 and run.data.metrics["knn_accuracy"] > 0.3
-    artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
+    assert metrics["probe_accuracy"] > 0.5 and metrics["knn_accuracy"] > 0.3
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"augmentation_preview.png", "probe_confusion.png", "export"} <= artifacts
-    assert load_encoder(summary.export_dir)(torch.rand(2, 3, 64, 64)).shape == (2, 512)
+    export = workdir / "exports" / "photos"
+    assert (export / "encoder.onnx").is_file()
+    meta = json.loads((export / "encoder.json").read_text())
+    assert meta["backbone"]["library"] == "torchvision" and meta["spec"]["arch"] == "torchvision:resnet18"
+    encoder = load_encoder(export).eval()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        assert encoder(x).shape == (4, 512)
+        torch.testing.assert_close(features_with_the_library_alone(export, x), encoder[1](encoder[0](x)))
 
 
 @pytest.mark.slow
-def test_timm_backbones_pretrain_through_the_command_and_load_in_timm_alone(
-    ray_local, unlabeled_photo_shards, labeled_photo_shards, tmp_path, monkeypatch, capsys
+def test_a_timm_vit_pretrains_through_the_command_and_loads_in_timm_alone(
+    ray_local, unlabeled_photo_shards, labeled_photo_shards, workdir
 ):
-    """A timm ResNet-18 (SimCLR, with an ONNX export) and a timm ViT-Tiny (BYOL) at 32 px, a few capped steps
-    through `sslpipe pretrain`; each export's backbone.safetensors gives the encoder's features in timm alone."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    common = [
+    """A timm ViT-Tiny (BYOL) at 32 px, a few capped steps through `sslpipe pretrain` on one worker; the export's
+    backbone.safetensors gives the encoder's features in timm alone."""
+    overrides = [
         f"data.shards={unlabeled_photo_shards}",
         f"eval.shards={labeled_photo_shards}",
         "data.image_size=32",
         "data.batch_size=8",
         "train.epochs=1",
         "train.max_steps_per_epoch=2",
+        "train.num_workers=1",
         "eval.baselines=false",
+        "model.encoder=timm:vit_tiny_patch16_224",
+        "model.backbone_args={patch_size: 8}",
+        "train.name=vit",
     ]
-    runs = {
-        "resnet": ("simclr_photos.yaml", ["model.encoder=timm:resnet18", "export.onnx=true"]),
-        "vit": (
-            "byol_fashion_mnist.yaml",
-            ["model.encoder=timm:vit_tiny_patch16_224", "model.backbone_args={patch_size: 8}"],
-        ),
-    }
-    for name, (job, overrides) in runs.items():
-        assert main(["pretrain", str(JOBS / job), *common, *overrides, f"train.name={name}"]) == 0
-        export = tmp_path / "exports" / name
-        meta = json.loads((export / "encoder.json").read_text())
-        assert meta["backbone"]["library"] == "timm" and meta["spec"]["arch"] == overrides[0].split("=")[1]
-        assert meta["spec"]["backbone_args"].get("img_size") == (32 if name == "vit" else None)  # ViTs take a size
-        encoder = load_encoder(export).eval()
-        x = torch.rand(4, 3, 32, 32)
-        with torch.no_grad():
-            expected = encoder[1](encoder[0](x))
-        torch.testing.assert_close(features_with_the_library_alone(export, x), expected)
-    assert (tmp_path / "exports" / "resnet" / "encoder.onnx").is_file()
-    printed = capsys.readouterr().out
-    assert "probe_accuracy" in printed and "/#/experiments/1?workflowType=machine_learning" in printed
+    assert main(["pretrain", str(JOBS / "byol_fashion_mnist.yaml"), *overrides]) == 0
+    export = workdir / "exports" / "vit"
+    meta = json.loads((export / "encoder.json").read_text())
+    assert meta["backbone"]["library"] == "timm" and meta["spec"]["arch"] == "timm:vit_tiny_patch16_224"
+    assert meta["spec"]["backbone_args"].get("img_size") == 32  # ViTs take a size
+    encoder = load_encoder(export).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = encoder[1](encoder[0](x))
+    torch.testing.assert_close(features_with_the_library_alone(export, x), expected)

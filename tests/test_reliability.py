@@ -1,5 +1,6 @@
 """Faults for real: a Ray Train worker killed by PID mid-run, a driver stopped with SIGTERM and run again, a tracking
-server that goes away mid-run."""
+server that goes away mid-run. (The loop's own resume, every random stream continued, runs in-process in
+tests/train/test_harness.py.)"""
 
 from __future__ import annotations
 
@@ -10,20 +11,17 @@ import signal
 import subprocess
 import threading
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from ray.train import UserCallback
 
 from pipeline.commands.pretrain import pretrain
 from pipeline.config import JobConfig, load_config
 from pipeline.export import load_encoder
 from pipeline.schedules import ema_momentum, warmup_cosine
 from pipeline.track.epoch_log import NODES_TAG
-from pipeline.train import fit
-from tests.helpers import kill_a_train_worker, rewrite_shard, when_epochs_logged
+from tests.helpers import TINY_MODEL, kill_a_train_worker, rewrite_shard, when_epochs_logged
 from tests.processes import BIN, REPO, MlflowServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -36,10 +34,7 @@ def _overrides(shards, name: str) -> list[str]:
         f"data.shards={shards}",
         "data.batch_size=64",
         "data.num_workers=1",
-        "model.width=8",
-        "model.embed_dim=32",
-        "model.head_hidden=64",
-        "model.head_dim=32",
+        *TINY_MODEL,
         f"train.epochs={EPOCHS}",
         f"train.name={name}",
         "optim.warmup_epochs=0",
@@ -71,11 +66,8 @@ def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobCon
 
 
 def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
-    ray_local, synthetic_shards, tmp_path, monkeypatch
+    ray_local, synthetic_shards, tmp_path, workdir, tracking_uri
 ):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri)
 
     # 1. a Ray Train worker process killed by PID once epoch 0 is logged: Ray restarts the workers from the
@@ -83,7 +75,7 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
     config = load_config(JOB, [*_overrides(synthetic_shards, "killed"), "train.max_failures=1"])
     killed: list[int] = []
     killer = kill_a_train_worker(ray_local, lambda: when_epochs_logged(tracking_uri, "killed", 1), killed)
-    restarted = pretrain(config)
+    restarted = pretrain(config, register=False)
     killer.join(timeout=10)
     assert killed, "no worker was killed"
     [run] = client.search_runs(["1"])  # one run: the restarted workers logged into it
@@ -119,14 +111,14 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
         if torch.load(path, weights_only=True)["epoch"] == stopped_at
     ]
     last.write_bytes(last.read_bytes()[:1000])
-    resumed = pretrain(load_config(JOB, overrides))
+    resumed = pretrain(load_config(JOB, overrides), register=False)
     assert resumed.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
     assert max(value for _, value in _history(client, run_id, "start_epoch")) == stopped_at - 1
     assert 1 < stopped_at < EPOCHS  # (the epoch rerun from the earlier checkpoint repeats its metrics exactly)
     _assert_one_continuous_run(client, run_id, config)
 
     metrics = client.get_run(run_id).data.metrics
-    assert 0.0 <= metrics["probe_accuracy"] <= 1.0 and 0.0 <= metrics["knn_accuracy"] <= 1.0
+    assert metrics["probe_accuracy"] > 0.8 and metrics["knn_accuracy"] > 0.8  # measured 1.0, 0.99; chance 0.1
     assert "latent_scatter.png" in {a.path for a in client.list_artifacts(run_id)}
 
     # the two runs were interrupted at different epochs, and both resumed to the same encoder: resuming restores
@@ -139,7 +131,9 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
     assert embeddings.shape == (16, 32)
 
 
-def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthetic_shards, tmp_path, monkeypatch):
+def test_a_tracking_server_outage_and_bad_samples_lose_nothing(
+    ray_local, synthetic_shards, tmp_path, tracking_uri, monkeypatch
+):
     """A real `mlflow server` stopped after epoch 0 and started again a few epochs later: training goes on, the
     epochs in between wait in a local file, and the run ends with every epoch logged exactly once. The shards hold
     an undecodable chunk of 256 images, skipped (data.skip_bad_samples) and counted in every epoch's metrics."""
@@ -151,7 +145,7 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthe
         "train-000001.tar",
         lambda member, data: b"not a png" if member == "train-chunk-00000256.images.png" else data,
     )
-    server = MlflowServer(tmp_path)
+    server = MlflowServer(tmp_path)  # its store: tmp_path/mlflow.db, migrated already (``tracking_uri``)
     server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     config = load_config(
@@ -171,7 +165,9 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthe
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
     try:
-        summary = pretrain(config)  # ends once the server is back: the driver sends what is left, then evaluates
+        summary = pretrain(
+            config, register=False
+        )  # ends once the server is back: the driver sends what is left, then evaluates
         thread.join(timeout=60)
         assert [entry["step"] for entry in kept[:2]] == [1, 2]  # kept in order while the server was away
         client = MlflowClient(server.url)
@@ -185,57 +181,3 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(ray_local, synthe
         assert run.data.tags[NODES_TAG] and "probe_accuracy" in run.data.metrics
     finally:
         server.stop()
-
-
-class EpochMarker(UserCallback):
-    """Ray Train callback: touches ``path`` once an epoch's checkpoint is registered (the controller runs its
-    checkpoint manager before user callbacks)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        Path(self.path).touch()
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["method.name=vae", "method.bottleneck=8"],
-        ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "method.corruption_amount=0.5"],
-    ],
-    ids=["vae", "denoising-autoencoder"],
-)
-def test_a_restarted_worker_continues_the_random_streams(ray_local, synthetic_shards, tmp_path, overrides):
-    """The VAE's reparameterisation noise and the denoising corruption draw from the global generators: a worker
-    restarted from a checkpoint continues their streams, so the run ends with the weights of an uninterrupted one
-    (exactly, up to float reduction order: one worker on one CPU thread here). The online kNN monitor, which reads
-    its images on its first call, must not shift them."""
-    config = load_config(
-        None,
-        [
-            f"data.shards={synthetic_shards}",
-            "data.batch_size=64",
-            "data.num_workers=0",
-            "augment.preset=none",
-            "model.width=4",
-            "model.embed_dim=8",
-            "train.epochs=3",
-            "train.num_workers=1",
-            "train.max_failures=1",
-            f"train.storage_path={tmp_path}",
-            "optim.warmup_epochs=0",
-            "eval.online_knn=400",
-            "eval.knn_k=20",
-            *overrides,
-        ],
-    )
-    uninterrupted = fit(config, "uninterrupted")
-    marker, killed = tmp_path / "epoch-reported", []
-    killer = kill_a_train_worker(ray_local, lambda: wait_until(marker.exists, 120, "an epoch reported"), killed)
-    restarted = fit(config, "restarted", [EpochMarker(str(marker))])
-    killer.join(timeout=10)
-    assert killed and restarted["metrics"]["start_epoch"] >= 1  # resumed from a checkpoint, not started over
-    assert restarted["step"] == uninterrupted["step"]
-    for key, value in uninterrupted["model"].items():
-        torch.testing.assert_close(restarted["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)

@@ -16,6 +16,7 @@ from pipeline.commands.tune import tune
 from pipeline.config import load_config, with_values
 from pipeline.errors import ConfigError
 from pipeline.search.space import SearchConfig, load_search
+from tests.helpers import TINY_MODEL
 
 
 def _overrides(shards):
@@ -23,10 +24,7 @@ def _overrides(shards):
         f"data.shards={shards}",
         "data.batch_size=64",
         "data.num_workers=0",
-        "model.width=8",
-        "model.embed_dim=32",
-        "model.head_hidden=64",
-        "model.head_dim=32",
+        *TINY_MODEL,
         "train.epochs=2",
         "train.num_workers=1",
         "eval.baselines=false",
@@ -37,9 +35,7 @@ def _overrides(shards):
 
 
 @pytest.fixture
-def config(synthetic_shards, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
+def config(synthetic_shards, workdir):
     return load_config(None, _overrides(synthetic_shards))
 
 
@@ -48,11 +44,19 @@ def _children(client, parent_run_id):
 
 
 @pytest.mark.slow
-def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path, monkeypatch):
-    # ASHA's metric is the learning rate itself, so trial 2 (run after trial 1) trails it for sure
-    search = SearchConfig(
-        space={"optim.lr": {"grid": [1e-2, 1e-3]}}, early_stop_metric="lr", max_concurrent_trials=1, name="rigged"
-    )
+def test_a_search_over_methods_stops_the_weak_trial_early_and_gives_each_trial_only_its_own_options(
+    ray_local, config, tmp_path, monkeypatch
+):
+    """Method branches under ASHA. ASHA's metric is rigged: the learning rate itself, so the SimCLR trial at 1e-3,
+    run after the VAE at 1e-2, trails it at the first rung for sure and is stopped; the VAE finishes and is the
+    best. Each trial records only its own method's options."""
+    space = {
+        "method": {
+            "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}, "optim.lr": 1e-2},
+            "simclr": {"method.temperature": {"grid": [0.2]}, "optim.lr": 1e-3},
+        }
+    }
+    search = SearchConfig(space=space, early_stop_metric="lr", max_concurrent_trials=1, name="rigged")
     config.train.epochs = 4  # ASHA decides at the first report; a trial runs on until Tune's stop reaches it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -61,17 +65,37 @@ def test_rigged_search_stops_the_weak_trial_early(ray_local, config, tmp_path, m
     client = MlflowClient(summary.tracking_uri)
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_stopped_early"] == 1
-    children = _children(client, summary.parent_run_id)
-    assert sorted(float(r.data.params["optim.lr"]) for r in children) == [1e-3, 1e-2]  # recorded exactly
-    by_lr = {float(r.data.params["optim.lr"]): r for r in children}
-    assert by_lr[1e-2].info.status == "FINISHED" and "probe_accuracy" in by_lr[1e-2].data.metrics
-    stopped = by_lr[1e-3]
+    children = {run.data.params["method.name"]: run for run in _children(client, summary.parent_run_id)}
+    assert {name: float(run.data.params["optim.lr"]) for name, run in children.items()} == {
+        "vae": 1e-2,
+        "simclr": 1e-3,
+    }  # recorded exactly
+    assert children["vae"].info.status == "FINISHED" and "recon_mse" in children["vae"].data.metrics  # a VAE
+    stopped = children["simclr"]
     assert stopped.info.status == "KILLED" and "probe_accuracy" not in stopped.data.metrics
     logged = sorted(m.step for m in client.get_metric_history(stopped.info.run_id, "loss"))
     assert logged == list(range(len(logged))) and 1 <= len(logged) < 4  # stopped before its last epoch
-    rows = {row["optim.lr"]: row for row in summary.trials}
-    assert [rows[lr]["status"] for lr in (1e-2, 1e-3)] == ["finished", "stopped early"]
-    assert summary.best["optim.lr"] == 1e-2 and summary.model_uri == "models:/sslpipe-encoder/1"
+
+    params = {name: run.data.params for name, run in children.items()}
+    method_keys = {name: {key for key in values if key.startswith("method.")} for name, values in params.items()}
+    assert method_keys == {
+        "simclr": {"method.name", "method.temperature"},
+        "vae": {
+            "method.name",
+            "method.bottleneck",
+            "method.beta",
+            "method.kl_anneal_steps",
+            "method.free_bits",
+            "method.likelihood",
+        },
+    }  # decoder_std: Gaussian only
+    assert params["simclr"]["method.temperature"] == "0.2" and params["simclr"]["augment.preset"] == "simclr"
+    assert params["vae"]["method.bottleneck"] == "4" and params["vae"]["augment.preset"] == "none"
+    assert "model.head_dim" in params["simclr"] and "model.head_dim" not in params["vae"]  # no heads: not its key
+    rows = {row["method.name"]: row for row in summary.trials}
+    assert [rows[name]["status"] for name in ("vae", "simclr")] == ["finished", "stopped early"]
+    assert rows["vae"]["method.temperature"] is None and rows["simclr"]["method.bottleneck"] is None
+    assert summary.best["method.name"] == "vae" and summary.model_uri == "models:/sslpipe-encoder/1"
 
 
 SEARCH_SCRIPT = """
@@ -147,41 +171,6 @@ def test_an_interrupted_search_resumes_ranks_and_registers_the_best(ray_local, c
     assert {r.info.run_id: r.info.end_time for r in _children(client, parent.info.run_id)} == {
         r.info.run_id: r.info.end_time for r in children
     }
-
-
-@pytest.mark.slow
-def test_a_search_over_methods_gives_each_trial_only_its_own_options(ray_local, config):
-    space = {
-        "method": {
-            "simclr": {"method.temperature": {"grid": [0.2]}},
-            "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}},
-        }
-    }
-    config.train.epochs = 1
-    summary = tune(
-        config, SearchConfig(space=space, grace_period=10, max_concurrent_trials=2, name="methods"), pretrain
-    )
-    client = MlflowClient(summary.tracking_uri)
-    params = {run.data.params["method.name"]: run.data.params for run in _children(client, summary.parent_run_id)}
-    method_keys = {name: {key for key in values if key.startswith("method.")} for name, values in params.items()}
-    assert method_keys == {
-        "simclr": {"method.name", "method.temperature"},
-        "vae": {
-            "method.name",
-            "method.bottleneck",
-            "method.beta",
-            "method.kl_anneal_steps",
-            "method.free_bits",
-            "method.likelihood",
-        },
-    }  # decoder_std: Gaussian only
-    assert params["simclr"]["method.temperature"] == "0.2" and params["simclr"]["augment.preset"] == "simclr"
-    assert params["vae"]["method.bottleneck"] == "4" and params["vae"]["augment.preset"] == "none"
-    assert "model.head_dim" in params["simclr"] and "model.head_dim" not in params["vae"]  # no heads: not its key
-    rows = {row["method.name"]: row for row in summary.trials}
-    assert [rows[name]["status"] for name in ("simclr", "vae")] == ["finished", "finished"]
-    assert rows["vae"]["method.temperature"] is None and rows["simclr"]["method.bottleneck"] is None
-    assert "recon_mse" in client.get_run(rows["vae"]["mlflow_run_id"]).data.metrics  # it ran as a VAE
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from ray.train import Checkpoint, UserCallback
 from pipeline import storage
 from pipeline.errors import SslpipeError
 from pipeline.track.tracker import Tracker, check_reachable
-from pipeline.train.harness import WORKER_NODES
+from pipeline.train.session import WORKER_NODES
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0  # how long a probe of the server may take before an epoch is kept for later

@@ -3,9 +3,10 @@ loop run with its own :class:`Step`.
 
 Each epoch every rank reads its share of the shards, makes its views on its own device and steps the optimizer
 (a warm-up, then a cosine to 0); every ``step.report_every`` epochs and after the last, rank 0 runs the step's
-evaluation and all ranks call ``ray.train.report`` once, rank 0 with the checkpoint: the model, optimizer and
-scheduler, the counters, and every rank's random state, so a resumed run continues the same data, augmentation and
-noise streams. The checkpoint's metadata names the Ray node of every rank (:data:`WORKER_NODES`).
+evaluation and all ranks report once, rank 0 with the checkpoint: the model, optimizer and scheduler, the
+counters, and every rank's random state, so a resumed run continues the same data, augmentation and noise streams.
+What the loop asks of the process running it goes through its :class:`~pipeline.train.session.Session` (a Ray Train
+worker's: :func:`train_worker`), so the loop itself also runs in a plain process or gloo group.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from pipeline.distributed import gather_objects, sum_across_ranks, world
 from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec
 from pipeline.schedules import warmup_cosine
-from pipeline.train.checkpoint import CHECKPOINT_FILE, restore_state, rng_state, save_checkpoint, set_rng_state
+from pipeline.train.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
 from pipeline.train.progress import EpochClock, epoch_line, quiet_ray_train_reports
+from pipeline.train.session import RayTrainSession, Session
 from pipeline.train.step import Forward, Step
 from pipeline.train.views import TrainingViews
 
 log = logging.getLogger(__name__)
-WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
 LOSS_READ_EVERY = 25  # steps between reads of the loss (a host sync on GPUs), each checking it is finite
 
 
@@ -107,11 +108,10 @@ def check_finite(loss_sum: torch.Tensor, last: torch.Tensor, epoch: int, step: i
         raise NonFiniteLoss(f"loss is {last.item()} at epoch {epoch}, step {step} (rank {rank}); {advice}")
 
 
-def prepare(config: JobConfig, step: Step, device: torch.device) -> Training:
+def prepare(config: JobConfig, step: Step, session: Session) -> Training:
     """This rank's loader, views, module (SyncBatchNorm, DDP and ``torch.compile`` as the job says), optimizer and
     warm-up-cosine schedule."""
-    import ray.train.torch
-
+    device = session.device()
     rank, world_size = world()
     manifest = read_manifest(config.data.shards)
     views = TrainingViews(config, manifest, step.num_views(config), device, rank)
@@ -135,7 +135,7 @@ def prepare(config: JobConfig, step: Step, device: torch.device) -> Training:
     torch.manual_seed(config.train.seed + 1 + rank)
     if config.train.sync_batchnorm and world_size > 1:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    model = ray.train.torch.prepare_model(module)  # moves to device, wraps in DDP when world_size > 1
+    model = session.prepare_model(module)
     if config.train.compile:
         model = torch.compile(model)  # the first steps compile; checkpoints keep the plain module's weights
     optimizer, warmup_epochs = step.optimizer(module, config, world_size)
@@ -145,14 +145,11 @@ def prepare(config: JobConfig, step: Step, device: torch.device) -> Training:
     return Training(config, step, device, manifest, views, loader, module, spec, model, optimizer, scheduler, per_epoch)
 
 
-def resume(training: Training) -> tuple[int, int]:
+def resume(training: Training, session: Session) -> tuple[int, int]:
     """``(epoch, step)`` to start from: the last checkpoint's, its state restored, or ``(0, 0)``."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
+    state = session.resume_state()
+    if state is None:
         return 0, 0
-    state = restore_state(checkpoint)
     training.module.load_state_dict(state["model"])
     training.optimizer.load_state_dict(state["optimizer"])
     training.scheduler.load_state_dict(state["scheduler"])
@@ -225,10 +222,8 @@ def epoch_metrics(
     }
 
 
-def report(training: Training, metrics: dict[str, float], nodes: list[str]) -> None:
+def report(training: Training, metrics: dict[str, float], nodes: list[str], session: Session) -> None:
     """Every rank's report of an epoch; rank 0's with the checkpoint (every rank's random state in it)."""
-    import ray.train
-
     rank = world()[0]
     state = {
         "model": training.module.state_dict(),
@@ -242,29 +237,27 @@ def report(training: Training, metrics: dict[str, float], nodes: list[str]) -> N
         "metrics": metrics,
     }
     with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
         if rank == 0:
             save_checkpoint(Path(directory) / CHECKPOINT_FILE, state)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-            checkpoint.set_metadata({WORKER_NODES: nodes})
-        ray.train.report(metrics, checkpoint=checkpoint)
+        session.report(metrics, Path(directory) if rank == 0 else None, nodes)
 
 
 def train_worker(payload: dict) -> None:
-    """``train_loop_per_worker``: ``payload`` holds the ``config`` (a :class:`~pipeline.config.JobConfig`) and the
-    ``step`` (a :class:`Step`)."""
-    import ray
-    import ray.train.torch
-
-    config, step = payload["config"], payload["step"]
-    rank = world()[0]
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(config.train.cpus_per_worker)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
-    training = prepare(config, step, device)
-    start_epoch, first_step = resume(training)
-    nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs (after a restart too)
+    """``train_loop_per_worker``: :func:`train` in a Ray Train worker; ``payload`` holds the ``config`` (a
+    :class:`~pipeline.config.JobConfig`) and the ``step`` (a :class:`Step`)."""
     quiet_ray_train_reports()
+    train(payload["config"], payload["step"], RayTrainSession())
+
+
+def train(config: JobConfig, step: Step, session: Session) -> None:
+    """This rank's whole run of the harness with ``step``: prepare, resume, then every epoch, each report of it."""
+    rank = world()[0]
+    torch.set_num_threads(config.train.cpus_per_worker)
+    training = prepare(config, step, session)
+    device = training.device
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
+    start_epoch, first_step = resume(training, session)
+    nodes = gather_objects(session.node())  # where each rank runs (after a restart too)
     if not step.progress:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # a search trial: the search prints its lines
     every, started, steps_done = step.report_every(config.train.epochs), time.perf_counter(), first_step
@@ -298,5 +291,5 @@ def train_worker(payload: dict) -> None:
                 )
                 + scores
             )
-        report(training, metrics, nodes)
+        report(training, metrics, nodes, session)
     step.finish(training.module, device)

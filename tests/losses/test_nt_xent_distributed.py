@@ -38,6 +38,7 @@ def _worker(rank, port, results):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # a process of its own
 def test_two_ranks_equal_one_process_on_the_global_batch():
     x1, x2, model = _data()
     global_loss, global_weight = _step(model, x1, x2)

@@ -9,7 +9,7 @@ from pipeline.track.epoch_log import Outbox, send_unsent
 from tests.processes import free_port
 
 
-def test_unsent_epochs_survive_the_process_and_go_out_in_order(tmp_path):
+def test_unsent_epochs_survive_the_process_and_go_out_in_order(tmp_path, tracking_uri):
     path = tmp_path / "run" / "mlflow_unsent.json"
     down = Tracker(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     outbox = Outbox(path)
@@ -19,7 +19,7 @@ def test_unsent_epochs_survive_the_process_and_go_out_in_order(tmp_path):
     with pytest.raises(SslpipeError, match=r"still unreachable after 0 s: the metrics of 3 epoch\(s\) are kept in "):
         send_unsent(down, "run-id", path, wait_s=0)
 
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = Tracker(tracking_uri)
     run_id = tracker.client.create_run(tracker.client.create_experiment("e")).info.run_id
     send_unsent(tracker, run_id, path, wait_s=0)  # what the controller left behind, sent by another process
     history = sorted(MlflowClient(tracker.uri).get_metric_history(run_id, "loss"), key=lambda m: m.step)

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["o'brien", 'say "cheese"', "plain"])
-def test_a_run_name_with_a_quote_resumes_its_run(tmp_path, name):
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_a_run_name_with_a_quote_resumes_its_run(tracking_uri, name):
+    tracker = Tracker(tracking_uri)
     run_id = tracker.start("sslpipe", name, {"train.name": name}, "train: {}\n")
     tracker.start("sslpipe", "another", {}, "")
     assert tracker.start("sslpipe", name, {"train.name": name}, "train: {}\n") == run_id  # unfinished: resumed
@@ -44,8 +44,8 @@ def _checkout_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def test_a_run_records_its_shards_source_and_the_training_kind(tmp_path, synthetic_shards):
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_a_run_records_its_shards_source_and_the_training_kind(tracking_uri, synthetic_shards):
+    tracker = Tracker(tracking_uri)
     manifest = read_manifest(synthetic_shards)
     run_id = tracker.start(
         "sslpipe",
@@ -78,8 +78,8 @@ def test_a_run_records_its_shards_source_and_the_training_kind(tmp_path, synthet
     assert tracker.client.get_experiment(chosen).tags["mlflow.experimentKind"] == "finetuning"
 
 
-def test_system_metrics_are_sampled_while_the_block_runs(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_system_metrics_are_sampled_while_the_block_runs(tracking_uri):
+    tracker = Tracker(tracking_uri)
     run_id = tracker.start("sslpipe", "run", {}, "")
 
     def cpu_history():
@@ -119,8 +119,9 @@ print("ok")
 )
 
 
-def test_the_registered_encoder_loads_and_evals_without_sslpipe_and_pins_torch(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.mark.slow  # a process of its own
+def test_the_registered_encoder_loads_and_evals_without_sslpipe_and_pins_torch(tmp_path, tracking_uri):
+    tracker = Tracker(tracking_uri)
     run_id = tracker.start("sslpipe", "run", {}, "")
     torch.manual_seed(0)
     encoder, _ = build_encoder(EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32))

@@ -52,6 +52,7 @@ def test_a_damaged_export_is_caught_before_registration(tmp_path):
         verify_export(encoder, SPEC, tmp_path, example)
 
 
+@pytest.mark.slow  # a process of its own
 def test_pt2_loads_and_embeds_without_our_code(tmp_path):
     encoder = _trained_like_encoder()
     export_encoder(encoder, SPEC, tmp_path, {})
@@ -102,12 +103,14 @@ def _library_export(tmp_path, encoder_name, manifest_location, size=None, **mode
     return folder, export_encoder(encoder.eval(), spec, folder, {}), encoder, spec
 
 
+@pytest.mark.slow  # a process of its own
 def test_backbone_exports_load_in_their_own_library_alone(tmp_path, synthetic_shards, labeled_photo_shards):
     """backbone.safetensors + the recipe in encoder.json give the same features with torchvision or timm alone."""
     exports = [
         _library_export(tmp_path, "torchvision:resnet18", synthetic_shards),  # 1 channel, small stem
         _library_export(tmp_path, "torchvision:mobilenet_v3_small", labeled_photo_shards, 64),
         _library_export(tmp_path, "timm:vit_tiny_patch16_224", synthetic_shards, backbone_args={"patch_size": 7}),
+        _library_export(tmp_path, "timm:resnet18", labeled_photo_shards, 32),
     ]
     meta = json.loads(Path(exports[0][1]["meta"]).read_text())["backbone"]
     assert meta["library"] == "torchvision" and meta["classifier"] == "fc" and "conv1" in meta["load"]

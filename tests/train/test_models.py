@@ -1,3 +1,4 @@
+import math
 import re
 
 import pytest
@@ -25,14 +26,29 @@ def test_normalisation_is_inside_the_encoder():
     torch.testing.assert_close(encoder[0](x), (x - 0.5) / 0.25)
 
 
-def test_simclr_loss_is_finite_and_trains():
+def test_simclr_trains_its_encoder_to_match_two_views_of_each_image():
+    """30 Adam steps on two noisy views of 8 fixed images: NT-Xent falls to under 0.6 of its first value (measured
+    1.88 -> 0.89), through gradients that reach the encoder's first convolution."""
+    torch.manual_seed(0)
     method = build_method(
         SimCLROptions(), EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,), width=8, embed_dim=16), ModelConfig()
     )
-    views = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
-    loss = method(*views)
-    loss.backward()
-    assert torch.isfinite(loss) and method.encoder[1][0].weight.grad is not None
+    images = torch.rand(8, 1, 28, 28)
+    views = (
+        (images + 0.05 * torch.randn_like(images)).clamp(0, 1),
+        (images + 0.05 * torch.randn_like(images)).clamp(0, 1),
+    )
+    first = method.encoder[1][0].weight.detach().clone()
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = method(*views)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.6 * losses[0], losses
+    assert not torch.equal(method.encoder[1][0].weight, first)
 
 
 def test_unknown_encoder_and_method():

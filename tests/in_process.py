@@ -1,0 +1,50 @@
+"""The training harness without Ray: a :class:`~pipeline.train.session.Session` for this process, or for each rank
+of a gloo group a test starts, so tests of the loop itself (resume, random streams, the finite-loss stop) take
+seconds. What only Ray does (restarting a killed worker, storing its checkpoints) stays in test_reliability.py."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.distributed import world
+from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.session import Session
+
+
+class Interrupted(Exception):
+    """The run stopped on purpose after a report, as a crash right after a checkpoint would stop it."""
+
+
+class InProcess(Session):
+    """Rank ``world()`` on the CPU (DDP when a gloo group is initialised); rank 0's checkpoints kept in
+    ``folder/epoch-N`` and the newest resumed from; every report kept in ``reports``. With ``stop_after``, raises
+    :class:`Interrupted` after that many reports."""
+
+    def __init__(self, folder: Path, stop_after: int | None = None) -> None:
+        self.folder, self.stop_after, self.reports = Path(folder), stop_after, []
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def node(self) -> str:
+        return platform.node()
+
+    def prepare_model(self, module: nn.Module) -> nn.Module:
+        return DistributedDataParallel(module) if world()[1] > 1 else module
+
+    def resume_state(self) -> dict | None:
+        saved = sorted(self.folder.glob("epoch-*"), key=lambda path: int(path.name.split("-")[1]))
+        return load_checkpoint(saved[-1]) if saved else None
+
+    def report(self, metrics: dict[str, float], directory: Path | None, nodes: list[str]) -> None:
+        self.reports.append(metrics)
+        if directory is not None:
+            shutil.copytree(directory, self.folder / f"epoch-{int(metrics['epoch'])}")
+        if self.stop_after is not None and len(self.reports) >= self.stop_after:
+            raise Interrupted(f"stopped after {len(self.reports)} report(s)")
