@@ -74,6 +74,7 @@ def test_linear_autoencoder_recovers_the_pca_subspace():
     assert cosines.min() > 0.99  # principal angles below about 8 degrees
 
 
+@pytest.mark.slow  # trains on all 60,000 Fashion-MNIST images
 def test_linear_autoencoder_matches_pca_on_fashion_mnist(fashion_shards):
     """k = 32: test MSE within 2% of PCA's, and the top 24 principal directions within 10 degrees of the decoder's
     span (directions 32 and 33 have eigenvalues 0.5% apart, so the last few are nearly degenerate)."""
