@@ -69,7 +69,7 @@ def pretrain(
         metrics, plots = evaluate_method(method, plan, work, gather_features(extraction))
         run.log_metrics(metrics, step=job.train.epochs)
         run.log_artifacts(plots)
-        export_dir = export_run(run, method, manifest.digest(), metrics)
+        export_dir = export_run(run, method, metrics)
         model_uri = None
         if register:
             model_uri = run.tracker.log_encoder(run.id, *model_parts(export_dir), job.track.registered_model)
@@ -86,7 +86,7 @@ def pretrain(
     )
 
 
-def export_run(run: TrackedRun, method: Method, manifest_sha256: str, metrics: dict[str, float]) -> str:
+def export_run(run: TrackedRun, method: Method, metrics: dict[str, float]) -> str:
     """The method's final encoder (e.g. ending at a bottleneck) exported to ``export.out_dir/<run name>``, its
     pt2, backbone and ONNX files logged to the run (the registered model holds the others); returns the folder."""
     config = run.config
@@ -94,7 +94,7 @@ def export_run(run: TrackedRun, method: Method, manifest_sha256: str, metrics: d
     metadata = {
         "method": config.method.name,
         "config": config.to_dict(),
-        "manifest_sha256": manifest_sha256,
+        "manifest_sha256": run.manifest_sha256,
         "mlflow_run_id": run.id,
         "metrics": metrics,
     }

@@ -23,12 +23,14 @@ DESCRIPTION_TAG = "mlflow.note.content"  # what MLflow's UI shows as the run's d
 
 @dataclass(frozen=True)
 class TrackedRun:
-    """An MLflow run in progress: ``config`` is its job with the worker count settled."""
+    """An MLflow run in progress: ``config`` is its job with the worker count settled; ``manifest_sha256`` the
+    training shards' manifest hash (``data.manifest_sha256`` in its params), when it has training shards."""
 
     tracker: Tracker
     id: str
     name: str
     config: JobConfig
+    manifest_sha256: str | None = None
 
     @property
     def outbox(self) -> Path:
@@ -89,7 +91,8 @@ def tracked_run(
     for context, location in (datasets or {}).items():
         if location not in (known for known, _ in inputs.values()):
             inputs[context] = (location, read_manifest(location))
-    digest = {"data.manifest_sha256": inputs["training"][1].digest()} if "training" in inputs else {}
+    manifest_sha256 = inputs["training"][1].digest() if "training" in inputs else None
+    digest = {"data.manifest_sha256": manifest_sha256} if manifest_sha256 else {}
     uri = check_reachable(config.track.store())  # before Ray starts: an unreachable server fails at once
     config = with_workers(config, cluster.resources())  # starts or joins Ray
     values = {key: value for key, value in config.flat().items() if key.partition(".")[0] not in omit}
@@ -109,7 +112,7 @@ def tracked_run(
     metrics = tracker.system_metrics(run_id) if system_metrics else contextlib.nullcontext()
     try:
         with sigterm_as_interrupt(), metrics:
-            yield TrackedRun(tracker, run_id, name, config)
+            yield TrackedRun(tracker, run_id, name, config, manifest_sha256)
     except BaseException as error:
         if not trial:
             _end(tracker, run_id, error, f"{resume_key}={name}" if parent_run_id is None else None)
