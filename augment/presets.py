@@ -146,10 +146,10 @@ class ViewAugmenter(nn.Module):
         if chunk >= len(batch) and not stacked:
             return [
                 pipe(to_unit_float(source)).clamp_(0.0, 1.0)
-                for pipe, source in zip(self.pipelines, sources, strict=True)
+                for pipe, source in zip(self.pipelines, sources, strict=False)
             ]
         out = None
-        for view, (pipeline, source) in enumerate(zip(self.pipelines, sources, strict=True)):
+        for view, (pipeline, source) in enumerate(zip(self.pipelines, sources, strict=False)):
             for start in range(0, len(batch), chunk):
                 part = pipeline(to_unit_float(source[start : start + chunk])).clamp_(0.0, 1.0)
                 if out is None:

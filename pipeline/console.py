@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 def duration(seconds: float) -> str:
     """``3h05m``, ``12m40s`` or ``45s``."""
-    seconds = round(seconds)
+    seconds = int(round(seconds))  # noqa: RUF046 (a numpy float32 rounds to a float32)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -235,7 +235,7 @@ def test_method_branches_give_each_trial_only_its_own_options(tmp_path):
     (tmp_path / "base.yaml").write_text("method:\n  name: simclr\n  temperature: 0.2\n")
     (tmp_path / "search.yaml").write_text(BRANCHED)
     config, search = load_search(tmp_path / "search.yaml")
-    assert search.keys() == ["optim.lr", "method.name", "method.temperature", "augment.preset", "method.beta"]
+    assert search.varied_keys() == ["optim.lr", "method.name", "method.temperature", "augment.preset", "method.beta"]
     trials = [trial_values(params) for _, params in generate_variants(tune_space(search.space))]  # Tune's expansion
     assert len(trials) == grid_points(search.space) == 2 * (2 + 1)
     for values in trials:

@@ -25,5 +25,5 @@ def interpolations(method: Reconstructs, starts: torch.Tensor, ends: torch.Tenso
     t = torch.linspace(0, 1, steps, device=device)[:, None]
     return [
         method.decode(torch.lerp(a.expand(steps, -1), b.expand(steps, -1), t))
-        for a, b in zip(code_a, code_b, strict=True)
+        for a, b in zip(code_a, code_b, strict=False)
     ]

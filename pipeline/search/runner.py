@@ -93,7 +93,7 @@ def _trial_rows(
     results: Any, search: SearchConfig, tracker: Tracker, name: str, experiment: str, report: Sequence[str] = ()
 ) -> list[dict]:
     rows = []
-    keys = search.keys()
+    keys = search.varied_keys()
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
@@ -271,7 +271,7 @@ def record(run: TrackedRun, search: SearchConfig, rows: list[dict], best: dict |
             parent,
             search_png(
                 rows,
-                search.keys(),
+                search.varied_keys(),
                 search.log_keys(),
                 search.metric,
                 search.early_stop_metric,
@@ -289,7 +289,7 @@ def record(run: TrackedRun, search: SearchConfig, rows: list[dict], best: dict |
             )
     if best is not None:
         tracker.log_metrics(parent, {f"best_{search.metric}": best[search.metric]})
-        best_params = {key: best[key] for key in search if best[key] is not None}
+        best_params = {key: best[key] for key in search.varied_keys() if best[key] is not None}
         tracker.log_text(parent, yaml.safe_dump(best_params), "best_params.yaml")
         tracker.set_tags(
             parent,

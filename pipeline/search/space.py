@@ -62,7 +62,7 @@ class SearchConfig:
     max_concurrent_trials: Annotated[int, Ge(0), "0: as many as the cluster's CPUs hold"] = 0
     name: Annotated[str | None, "rerunning a search of this name resumes it"] = None
 
-    def keys(self) -> list[str]:
+    def varied_keys(self) -> list[str]:
         """Every config key the trials vary, in order: the space's, then ``method.name`` and the branches'."""
         return list(dict.fromkeys(key for key, _ in _entries(self.space)))
 

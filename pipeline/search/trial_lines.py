@@ -15,7 +15,7 @@ class TrialLines(Callback):
     trial's end: finished with its ranked metric, stopped early, or failed."""
 
     def __init__(self, search: SearchConfig, epochs: int) -> None:
-        self.keys, self.metric, self.early = search.keys(), search.metric, search.early_stop_metric
+        self.keys, self.metric, self.early = search.varied_keys(), search.metric, search.early_stop_metric
         self.epochs = epochs  # (no printer held: Tune pickles its callbacks with the experiment's state)
 
     def _trial(self, trial: Any) -> str:
