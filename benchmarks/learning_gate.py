@@ -17,6 +17,7 @@ import math
 import os
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,6 @@ def gate_overrides(shards: Path, seed: int, name: str) -> list[str]:
 
 def measure(subset: Path, seed: int, label: str) -> dict:
     """One gate run of ``jobs/simclr_fashion_mnist.yaml``: probe, random-init probe, per-epoch losses."""
-    from datetime import UTC, datetime
-
     from mlflow.tracking import MlflowClient
 
     from pipeline.commands.pretrain import pretrain

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from pipeline.data import open_source, write_shards
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 from pipeline.data.sources import _IDX_SETS
+from tests.helpers import copied_store
 
 FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
 
@@ -31,10 +31,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if unmarked:
         raise pytest.UsageError(f"tests that start Ray must be marked slow: {', '.join(unmarked)}")
-    skip = pytest.mark.skip(reason="needs a CUDA device (`make gpu-check` on a GPU machine)")
-    for item in items:
-        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
-            item.add_marker(skip)
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (`make gpu-check` on a GPU machine)")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +108,7 @@ def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tracking_uri(tmp_path: Path, migrated_store: Path) -> str:
     """``sqlite:///<tmp_path>/mlflow.db``, a copy of the migrated empty store."""
-    shutil.copy(migrated_store, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return copied_store(migrated_store, tmp_path)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ pretraining run and beat chance."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from pipeline.export import export_encoder
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.track import Tracker
 from pipeline.train.finetuning import classifier
-from tests.helpers import read_split
+from tests.helpers import copied_store, read_split
 
 GREY = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.35,), width=8, embed_dim=32)
 
@@ -122,8 +121,7 @@ def pretrained(synthetic_shards, tmp_path_factory, migrated_store) -> tuple[Path
     """``(export folder, tracking URI, run id)``: an export of a small CNN whose ``encoder.json`` names a
     pretraining run in a fresh MLflow store, and names the synthetic shards in its config."""
     folder = tmp_path_factory.mktemp("finetune")
-    shutil.copy(migrated_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = copied_store(migrated_store, folder)
     run_id = Tracker(uri).start("sslpipe", "simclr-pretraining", {}, "")
     config = with_values(
         JobConfig(),
