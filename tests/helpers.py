@@ -109,32 +109,35 @@ LIBRARY_ALONE = (
     WITHOUT_SSLPIPE
     + """
 import json, os, torch
-os.chdir(sys.argv[1])
-entry = json.load(open("encoder.json"))["backbone"]
-scope = {}
-exec(entry["load"], scope)
-model = scope["model"]
-if "missing" in scope:  # torchvision: only the classifier keeps its initial weights
-    assert {key.rsplit(".", 1)[0] for key in scope["missing"]} == {entry["classifier"]}, scope["missing"]
-    assert not scope["unexpected"], scope["unexpected"]
-    model.set_submodule(entry["classifier"], torch.nn.Identity())
-mean, std = (torch.tensor(entry["input"]["normalize"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
-with torch.no_grad():
-    torch.save(model.eval()((torch.load(sys.argv[2]) - mean) / std), sys.argv[3])
+for folder, inputs, outputs in zip(*[iter(sys.argv[1:])] * 3):
+    entry = json.load(open(os.path.join(folder, "encoder.json")))["backbone"]
+    os.chdir(folder)
+    scope = {}
+    exec(entry["load"], scope)
+    model = scope["model"]
+    if "missing" in scope:  # torchvision: only the classifier keeps its initial weights
+        assert {key.rsplit(".", 1)[0] for key in scope["missing"]} == {entry["classifier"]}, scope["missing"]
+        assert not scope["unexpected"], scope["unexpected"]
+        model.set_submodule(entry["classifier"], torch.nn.Identity())
+    mean, std = (torch.tensor(entry["input"]["normalize"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        torch.save(model.eval()((torch.load(inputs) - mean) / std), outputs)
 """
 )
 
 
-def features_with_the_library_alone(export_dir: Path, images: torch.Tensor) -> torch.Tensor:
-    """Features ``(B, D)`` of ``images`` ``(B, C, H, W)`` in [0, 1] by the backbone of ``export_dir``, loaded as
-    its ``encoder.json`` says with torchvision or timm alone, in a process where sslpipe cannot be imported."""
-    inputs, outputs = Path(export_dir) / "library-alone-in.pt", Path(export_dir) / "library-alone-out.pt"
-    torch.save(images, inputs)
+def features_with_the_library_alone(*exports: tuple[Path, torch.Tensor]) -> list[torch.Tensor]:
+    """For each ``(export_dir, images)``, features ``(B, D)`` of ``images`` ``(B, C, H, W)`` in [0, 1] by the backbone
+    of ``export_dir``, loaded as its ``encoder.json`` says with torchvision or timm alone, all in one process where
+    sslpipe cannot be imported."""
+    arguments, outputs = [], []
+    for export_dir, images in exports:
+        inputs, output = Path(export_dir) / "library-alone-in.pt", Path(export_dir) / "library-alone-out.pt"
+        torch.save(images, inputs)
+        arguments += [str(Path(export_dir).resolve()), str(inputs.resolve()), str(output.resolve())]
+        outputs.append(output)
     result = subprocess.run(
-        [sys.executable, "-c", LIBRARY_ALONE, str(export_dir), str(inputs), str(outputs)],
-        check=False,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", LIBRARY_ALONE, *arguments], check=False, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(outputs)
+    return [torch.load(output) for output in outputs]

@@ -12,8 +12,15 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.config import JobConfig
+from pipeline.data import read_manifest
 from pipeline.distributed import world
+from pipeline.evaluate.suite import evaluate_method, monitors
+from pipeline.job import evaluation_plan
+from pipeline.methods import trained_method
 from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.harness import train
+from pipeline.train.pretraining import Pretraining
 from pipeline.train.session import Session
 
 
@@ -48,3 +55,17 @@ class InProcess(Session):
             shutil.copytree(directory, self.folder / f"epoch-{int(metrics['epoch'])}")
         if self.stop_after is not None and len(self.reports) >= self.stop_after:
             raise Interrupted(f"stopped after {len(self.reports)} report(s)")
+
+
+def pretrain_in_process(config: JobConfig, folder: Path) -> dict[str, float]:
+    """``sslpipe pretrain``'s training and evaluation of ``config`` as one rank in this process (no tracking, no
+    export; checkpoints and plots in ``folder``): the final evaluation's metrics. For what a method learns, where a
+    Ray Train run would add only its start-up."""
+    manifest = read_manifest(config.data.shards)
+    plan = evaluation_plan(config, manifest)
+    session = InProcess(folder / "checkpoints")
+    train(config, Pretraining(monitors(plan), progress=False), session)
+    state = session.resume_state()
+    method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
+    metrics, _ = evaluate_method(method, plan, folder / "evaluation")
+    return metrics

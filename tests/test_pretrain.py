@@ -12,8 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
+from pipeline.commands import pretrain as commands_pretrain
 from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
+from pipeline.evaluate.suite import evaluate_method, worker_features
 from pipeline.export import load_encoder
 from pipeline.train import NonFiniteLoss
 from tests.helpers import TINY_MODEL, features_with_the_library_alone
@@ -40,11 +42,29 @@ def config(synthetic_shards, workdir):
 
 @pytest.mark.slow
 def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_path, monkeypatch):
-    """SimCLR on 2 ranks through ``pretrain``: the MLflow run, its datasets and system metrics, the export and the
-    registered model. The gratings of the synthetic shards are separable: the probe reads them far above chance."""
+    """SimCLR on 2 ranks through ``pretrain``: the features the Ray Train workers computed after the last epoch, the
+    MLflow run, its datasets and system metrics, the export and the registered model. The gratings of the synthetic
+    shards are separable: the probe reads them far above chance."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
+    evaluated = {}
+
+    def evaluate_and_keep(method, plan, out_dir, features=None):
+        evaluated.update(method=method, plan=plan, features=features)
+        return evaluate_method(method, plan, out_dir, features)
+
+    monkeypatch.setattr(commands_pretrain, "evaluate_method", evaluate_and_keep)
     summary = pretrain(config)
+    # each rank wrote its share after the last epoch; gathered, they are what one process computes from the model
+    shares = worker_features(evaluated["plan"]).shares(evaluated["method"], torch.device("cpu"), 0, 1)
+    for split, share in shares.items():
+        expected, gathered = share.in_sample_order(), evaluated["features"][split]
+        assert (
+            np.array_equal(gathered.indices, expected.indices)
+            and len(expected.indices) == {"train": 3000, "test": 500}[split]
+        )
+        for kind, values in expected.features.items():
+            np.testing.assert_allclose(gathered.features[kind], values, rtol=1e-5, atol=1e-6)
     assert not list((tmp_path / "tmp").glob("sslpipe-*"))  # the run's own temporary folders are gone
     assert summary.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(summary.tracking_uri)
@@ -219,7 +239,7 @@ def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         assert encoder(x).shape == (4, 512)
-        torch.testing.assert_close(features_with_the_library_alone(export, x), encoder[1](encoder[0](x)))
+        torch.testing.assert_close(features_with_the_library_alone((export, x))[0], encoder[1](encoder[0](x)))
 
 
 @pytest.mark.slow
@@ -250,4 +270,4 @@ def test_a_timm_vit_pretrains_through_the_command_and_loads_in_timm_alone(
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         expected = encoder[1](encoder[0](x))
-    torch.testing.assert_close(features_with_the_library_alone(export, x), expected)
+    torch.testing.assert_close(features_with_the_library_alone((export, x))[0], expected)

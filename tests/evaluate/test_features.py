@@ -16,7 +16,7 @@ from pipeline.errors import SslpipeError
 from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER, WorkerFeatures, extract_features
 from pipeline.evaluate.pixels import pixel_plan, pixel_rows, subsample
 from pipeline.evaluate.suite import evaluate_method, gather_features, worker_features
-from pipeline.job import evaluation_plan, features_folder, resolve_paths
+from pipeline.job import evaluation_plan
 from pipeline.methods import build_method
 from pipeline.models import encoder_spec
 
@@ -86,9 +86,8 @@ def test_the_metrics_do_not_depend_on_where_the_features_were_computed(synthetic
     _, plan, method = small_job(synthetic_shards)
     here, _ = evaluate_method(method, plan, tmp_path / "here")
     extraction = worker_features(plan, str(tmp_path / "features"))
-    run_ranks(extraction, method, 2)
-    extraction.clear()
-    run_ranks(extraction, method, 2)  # a rerun over an earlier attempt's files
+    extraction(method, torch.device("cpu"), 2, 3)  # what an earlier attempt on 3 ranks left
+    extraction.clear()  # as pretrain does before it trains
     for rank in range(2):
         extraction(method, torch.device("cpu"), rank, 2)
     gathered, _ = evaluate_method(method, plan, tmp_path / "there", gather_features(extraction))
@@ -144,33 +143,3 @@ def test_downsampled_pixels_are_area_averages():
     expected = torch.nn.functional.avg_pool2d(images.float(), 2).round().to(torch.uint8).flatten(1)
     assert rows.shape == (2, 3 * 32 * 32) and torch.equal(rows, expected)
     assert torch.equal(pixel_rows(images, 64), images.flatten(1))
-
-
-@pytest.mark.slow
-def test_ray_train_workers_compute_the_features_after_training(ray_local, synthetic_shards, tmp_path):
-    """A real 2-worker run: after its last epoch each rank writes its share; gathered, they are what one process
-    computes from the final checkpoint."""
-    from pipeline.methods import trained_method
-    from pipeline.train import fit
-    from pipeline.train.pretraining import Pretraining
-
-    config, _, _ = small_job(
-        synthetic_shards,
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "data.batch_size=32",
-        "train.num_workers=2",
-        f"train.storage_path={tmp_path}",
-    )
-    config = resolve_paths(config, "features")
-    manifest = read_manifest(synthetic_shards)
-    extraction = worker_features(evaluation_plan(config, manifest), features_folder(config))
-    state = fit(config, "features", step=Pretraining(finishers=(extraction,)))
-    gathered, seconds = extraction.gather()
-    method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
-    expected = {s: f.in_sample_order() for s, f in extraction.shares(method, torch.device("cpu"), 0, 1).items()}
-    assert seconds > 0
-    for split in ("train", "test"):
-        assert np.array_equal(gathered[split].indices, expected[split].indices)
-        for kind, values in expected[split].features.items():
-            np.testing.assert_allclose(gathered[split].features[kind], values, rtol=1e-5, atol=1e-6)
