@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from benchmarks.learning_gate import fashion_subset
+from benchmarks.learning_gate import fashion_subset, gate_overrides
 from benchmarks.photo_folder import make_photo_folder
+from pipeline.config import JobConfig, load_config
 from pipeline.data import open_source, write_shards
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 from pipeline.data.sources import _IDX_SETS
-from tests.helpers import copied_store
+from tests.helpers import GATE_SEED, copied_store
+
+if TYPE_CHECKING:
+    from pipeline.commands.pretrain import PretrainSummary
 
 FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -133,3 +141,48 @@ def ray_local():
 def synthetic_labels(num_train: int, num_test: int, seed: int = 0) -> dict[str, np.ndarray]:
     source = open_source("synthetic", num_train=num_train, num_test=num_test, seed=seed)
     return {name: split.load(np.arange(split.num_samples))[1] for name, split in source.splits.items()}
+
+
+@dataclass
+class SharedRun:
+    """One ``pretrain`` run that several tests assert on: its job, its summary, the per-epoch losses MLflow holds,
+    what the driver evaluated (``method``, ``plan`` and the Ray Train workers' ``features``) and the temporary
+    folder the run's own temporary folders went to."""
+
+    config: JobConfig
+    summary: PretrainSummary
+    losses: list[float]
+    evaluated: dict
+    temp: Path
+
+
+@pytest.fixture(scope="session")
+def shipped_simclr(ray_local, fashion_subset_shards: Path, migrated_store: Path, tmp_path_factory) -> SharedRun:
+    """The shipped SimCLR job with the learning gate's overrides (``benchmarks.learning_gate.gate_overrides``: the
+    subset, two epochs, a 16-d representation, the random-init baseline) through ``pretrain`` on 2 Ray Train
+    workers, registered, in a folder of its own as a user runs it: the learning gate and the end-to-end test of
+    tracking and exports assert on this one run."""
+    from pipeline.commands import pretrain as commands_pretrain  # (not at import: test-fast's start-up)
+
+    folder = tmp_path_factory.mktemp("shipped-simclr")
+    copied_store(migrated_store, folder)
+    (folder / "tmp").mkdir()
+    evaluated: dict = {}
+    evaluate = commands_pretrain.evaluate_method
+
+    def evaluate_and_keep(method, plan, out_dir, features=None):
+        evaluated.update(method=method, plan=plan, features=features)
+        return evaluate(method, plan, out_dir, features)
+
+    config = load_config(
+        JOBS / "simclr_fashion_mnist.yaml", gate_overrides(fashion_subset_shards, GATE_SEED, "gate-simclr")
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setattr(tempfile, "tempdir", str(folder / "tmp"))
+        patch.setattr(commands_pretrain, "evaluate_method", evaluate_and_keep)
+        summary = commands_pretrain.pretrain(config)
+    history = MlflowClient(summary.tracking_uri).get_metric_history(summary.run_id, "loss")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    return SharedRun(config, summary, losses, evaluated, folder / "tmp")

@@ -24,6 +24,7 @@ from pipeline.data import ShardLoader
 
 # the end-to-end tests' small CNN and heads (seconds per epoch of the synthetic shards)
 TINY_MODEL = ["model.width=8", "model.embed_dim=32", "model.head_hidden=64", "model.head_dim=32"]
+GATE_SEED = 0  # the learning gate's runs (tests/test_learning_gate.py), measured over seeds 0-2
 
 
 def copied_store(template: Path, folder: Path) -> str:

@@ -1,10 +1,13 @@
 """The anomaly protocols: which classes pretraining reads, the refusals, and ``sslpipe anomaly`` end to end on a
-real local Ray (a Tune grid, one pretraining run per class) with a real MLflow store."""
+real local Ray (a Tune grid, one pretraining run per class) with a real MLflow store: the one-class VAE's end to end
+test too."""
 
 import math
 import re
 
+import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
@@ -12,6 +15,7 @@ from pipeline.commands.anomaly import AnomalySummary, table
 from pipeline.config import load_config, validate
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
+from pipeline.export import load_encoder
 from pipeline.sections import DataConfig
 
 
@@ -66,10 +70,31 @@ def test_bad_protocol_arguments_are_one_line(synthetic_shards, tmp_path, capsys)
     assert "sslpipe: error: --classes: 12 is not a label of" in capsys.readouterr().err
 
 
+# what a one-class VAE run reports besides the probe: its reconstruction, ELBO and latent use, and every anomaly score
+VAE_METRICS = {
+    "recon_mse",
+    "pca_recon_mse",
+    "elbo",
+    "kl",
+    "active_units",
+    "train_kl",
+    "train_active_units",
+    "train_kl_dim_5",
+    "anomaly_auroc_recon",
+    "anomaly_auroc_neg_elbo",
+    "anomaly_auroc_knn",
+    "anomaly_auroc_mahalanobis",
+    "pca_anomaly_auroc",
+}
+VAE_PLOTS = {"latent_scatter.png", "reconstructions.png", "interpolations.png", "prior_samples.png", "anomaly_roc.png"}
+
+
 @pytest.mark.slow
-def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
+def test_one_class_protocol_runs_a_vae_per_class_and_tables_every_score(
     ray_local, synthetic_shards, tmp_path, workdir, capsys
 ):
+    """``sslpipe anomaly`` with the VAE, classes 0 and 3: each class's trial is a whole pretraining run of the VAE
+    end to end (its metrics, plots and export at the 6-d code), and the table is the trials' own scores."""
     job = tmp_path / "job.yaml"
     job.write_text("")  # the embedded defaults, with the overrides below
     assert (
@@ -83,9 +108,10 @@ def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
                 "0,3",
                 "--name",
                 "oc",
-                "method.name=autoencoder",
+                "method.name=vae",
                 "augment.preset=none",
-                "method.bottleneck=8",
+                "method.bottleneck=6",
+                "method.kl_anneal_steps=10",
                 f"data.shards={synthetic_shards}",
                 "data.batch_size=32",
                 "data.num_workers=0",
@@ -100,7 +126,7 @@ def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
         == 0
     )
     printed = capsys.readouterr().out
-    header = "| class | name | kNN cosine | Mahalanobis | reconstruction | PCA |"
+    header = "| class | name | kNN cosine | Mahalanobis | reconstruction | -ELBO | PCA |"
     assert header in printed and "| mean | |" in printed
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [parent] = client.search_runs(["1"], "tags.`mlflow.runName` = 'oc'")
@@ -113,13 +139,27 @@ def test_one_class_protocol_runs_a_trial_per_class_and_tables_every_score(
     by_class = {int(run.data.params["data.normal_class"]): run for run in children}
     assert sorted(by_class) == [0, 3] and all(run.info.status == "FINISHED" for run in children)
     table_rows = [line for line in printed.splitlines() if line.startswith(("| 0 |", "| 3 |"))]
+    keys = [
+        "anomaly_auroc_knn",
+        "anomaly_auroc_mahalanobis",
+        "anomaly_auroc_recon",
+        "anomaly_auroc_neg_elbo",
+        "pca_anomaly_auroc",
+    ]
     for line in table_rows:  # the table is the nested runs' own metrics
         label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
         metrics = by_class[int(label)].data.metrics
-        keys = ["anomaly_auroc_knn", "anomaly_auroc_mahalanobis", "anomaly_auroc_recon", "pca_anomaly_auroc"]
         assert [float(cell) for cell in cells[1:]] == [pytest.approx(metrics[key], abs=5e-4) for key in keys]
-        # pretraining read that class alone: an epoch is about a tenth of the 3000 training images
-        assert metrics["images"] == pytest.approx(300, rel=0.25)
+    for run in children:
+        metrics = run.data.metrics
+        assert metrics.keys() >= VAE_METRICS and np.isfinite(metrics["loss"])
+        assert metrics["probe_accuracy"] > 0.25  # chance 0.1; measured 0.31 and 0.45 (2 epochs of one class, 6-d)
+        assert metrics["images"] == pytest.approx(300, rel=0.25)  # that class alone: a tenth of the 3000 images
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= VAE_PLOTS
+    exports = sorted((workdir / "exports").glob("oc-*"))
+    assert len(exports) == 2
+    for export in exports:
+        assert load_encoder(export)(torch.rand(2, 1, 28, 28)).shape == (2, 6)  # the export ends at the code
     mean = parent.data.metrics["mean_pca_anomaly_auroc"]
     assert mean == pytest.approx(sum(by_class[c].data.metrics["pca_anomaly_auroc"] for c in (0, 3)) / 2)
     assert "sslpipe.best_model" not in parent.data.tags and not client.search_registered_models()  # nothing "best"

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -12,10 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
-from pipeline.commands import pretrain as commands_pretrain
 from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
-from pipeline.evaluate.suite import evaluate_method, worker_features
+from pipeline.evaluate.suite import worker_features
 from pipeline.export import load_encoder
 from pipeline.train import NonFiniteLoss
 from tests.helpers import TINY_MODEL, features_with_the_library_alone
@@ -41,45 +39,32 @@ def config(synthetic_shards, workdir):
 
 
 @pytest.mark.slow
-def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_path, monkeypatch):
-    """SimCLR on 2 ranks through ``pretrain``: the features the Ray Train workers computed after the last epoch, the
-    MLflow run, its datasets and system metrics, the export and the registered model. The gratings of the synthetic
-    shards are separable: the probe reads them far above chance."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    evaluated = {}
-
-    def evaluate_and_keep(method, plan, out_dir, features=None):
-        evaluated.update(method=method, plan=plan, features=features)
-        return evaluate_method(method, plan, out_dir, features)
-
-    monkeypatch.setattr(commands_pretrain, "evaluate_method", evaluate_and_keep)
-    summary = pretrain(config)
+def test_pretrain_tracks_and_exports(shipped_simclr):
+    """The shipped SimCLR job on 2 ranks through ``pretrain`` (the run the learning gate asserts on): the features
+    the Ray Train workers computed after the last epoch, the MLflow run, its datasets and system metrics, the export
+    and the registered model."""
+    config, summary, evaluated = shipped_simclr.config, shipped_simclr.summary, shipped_simclr.evaluated
     # each rank wrote its share after the last epoch; gathered, they are what one process computes from the model
     shares = worker_features(evaluated["plan"]).shares(evaluated["method"], torch.device("cpu"), 0, 1)
     for split, share in shares.items():
         expected, gathered = share.in_sample_order(), evaluated["features"][split]
-        assert (
-            np.array_equal(gathered.indices, expected.indices)
-            and len(expected.indices) == {"train": 3000, "test": 500}[split]
-        )
+        assert np.array_equal(gathered.indices, expected.indices) and len(expected.indices) == 10_000
         for kind, values in expected.features.items():
             np.testing.assert_allclose(gathered.features[kind], values, rtol=1e-5, atol=1e-6)
-    assert not list((tmp_path / "tmp").glob("sslpipe-*"))  # the run's own temporary folders are gone
-    assert summary.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not list(shipped_simclr.temp.glob("sslpipe-*"))  # the run's own temporary folders are gone
+    assert summary.tracking_uri == f"sqlite:///{shipped_simclr.temp.parent / 'mlflow.db'}"
     client = MlflowClient(summary.tracking_uri)
     run = client.get_run(summary.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["method.temperature"] == "0.5" and run.data.params["train.epochs"] == "1"
+    assert run.data.params["method.temperature"] == "0.1" and run.data.params["train.epochs"] == "2"  # job, gate
     assert len(run.data.params["data.manifest_sha256"]) == 64
-    assert run.data.metrics["probe_accuracy"] > 0.9 and run.data.metrics["knn_accuracy"] > 0.9  # measured 1.0, 1.0
-    assert [m.step for m in client.get_metric_history(summary.run_id, "loss")] == [0]
+    assert [m.step for m in client.get_metric_history(summary.run_id, "loss")] == [0, 1]
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"augmentation_preview.png", "probe_confusion.png", "config.yaml", "export"} <= artifacts
 
     # what the MLflow UI shows: the shards as the dataset input, the source, the training view, system metrics
     [used] = run.inputs.dataset_inputs
-    assert json.loads(used.dataset.source) == {"uri": str(synthetic_shards)}
+    assert json.loads(used.dataset.source) == {"uri": config.data.shards}
     assert used.dataset.digest == run.data.params["data.manifest_sha256"][:36]
     assert [(tag.key, tag.value) for tag in used.tags] == [("mlflow.data.context", "training")]
     assert run.data.tags["mlflow.source.name"] == "sslpipe pretrain" and run.data.tags["mlflow.source.type"] == "LOCAL"
@@ -104,7 +89,7 @@ def test_pretrain_tracks_and_exports(ray_local, config, synthetic_shards, tmp_pa
         expected = load_encoder(summary.export_dir).eval()(x)
         torch.testing.assert_close(registered(x), expected)
         torch.testing.assert_close(load_encoder(summary.model_uri).eval()(x), expected)
-    assert expected.shape == (3, 32)
+    assert expected.shape == (3, 16)  # the gate's 16-d representation
 
 
 @pytest.mark.slow
@@ -123,74 +108,36 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("overrides", "dim", "extra_metrics", "extra_plots", "probe_floor"),
-    [
-        (
-            {
-                "method.name": "autoencoder",
-                "augment.preset": "none",
-                "method.bottleneck": 12,
-                "method.sparsity": "kl",
-                "method.corruption": "gaussian",
-                "data.holdout_class": 3,
-            },
-            12,
-            {
-                "recon_mse",
-                "pca_recon_mse",
-                "recon_mse_over_pca",
-                "anomaly_auroc_recon",
-                "anomaly_auroc_knn",
-                "anomaly_auroc_mahalanobis",
-                "pca_anomaly_auroc",
-            },
-            {"reconstructions.png", "interpolations.png", "anomaly_roc.png"},
-            0.6,  # measured 0.90
-        ),
-        (
-            {
-                "method.name": "vae",
-                "augment.preset": "none",
-                "method.bottleneck": 6,
-                "method.kl_anneal_steps": 10,
-                "data.normal_class": 1,
-            },
-            6,
-            {
-                "recon_mse",
-                "pca_recon_mse",
-                "elbo",
-                "kl",
-                "active_units",
-                "train_kl",
-                "train_active_units",
-                "train_kl_dim_5",
-                "anomaly_auroc_recon",
-                "anomaly_auroc_neg_elbo",
-                "anomaly_auroc_knn",
-                "anomaly_auroc_mahalanobis",
-                "pca_anomaly_auroc",
-            },
-            {"reconstructions.png", "interpolations.png", "prior_samples.png", "anomaly_roc.png"},
-            0.25,  # measured 0.43: one epoch of one class, a 6-d code
-        ),
-    ],
-    ids=["denoising-sparse-autoencoder-without-class-3", "one-class-vae"],  # BYOL: tests/test_reliability.py
-)
-def test_other_methods_run_end_to_end(ray_local, config, overrides, dim, extra_metrics, extra_plots, probe_floor):
-    config = with_values(config, overrides | {"train.num_workers": 1}, "test")
-    config.train.name = config.method.name
-    summary = pretrain(config, register=False)
+def test_a_denoising_sparse_autoencoder_without_a_class_runs_end_to_end(ray_local, config):
+    """The autoencoder's path through ``pretrain``, leaving class 3 out: its reconstruction and anomaly metrics and
+    plots, and the export ending at the 12-d code. (The VAE's: tests/test_anomaly.py; BYOL's:
+    tests/test_reliability.py.)"""
+    overrides = {
+        "method.name": "autoencoder",
+        "augment.preset": "none",
+        "method.bottleneck": 12,
+        "method.sparsity": "kl",
+        "method.corruption": "gaussian",
+        "data.holdout_class": 3,
+        "train.num_workers": 1,
+        "train.name": "autoencoder",
+    }
+    summary = pretrain(with_values(config, overrides, "test"), register=False)
     client = MlflowClient(summary.tracking_uri)
     metrics = client.get_run(summary.run_id).data.metrics
-    assert np.isfinite(metrics["loss"]) and metrics["probe_accuracy"] > probe_floor  # chance: 0.1
-    assert extra_metrics <= metrics.keys()
-    if config.data.normal_class is not None:  # one class of the 10 read: an epoch is a tenth of the split's steps
-        assert metrics["images"] == pytest.approx(3000 / 10, rel=0.25)
+    assert np.isfinite(metrics["loss"]) and metrics["probe_accuracy"] > 0.6  # chance: 0.1; measured 0.90
+    assert {
+        "recon_mse",
+        "pca_recon_mse",
+        "recon_mse_over_pca",
+        "anomaly_auroc_recon",
+        "anomaly_auroc_knn",
+        "anomaly_auroc_mahalanobis",
+        "pca_anomaly_auroc",
+    } <= metrics.keys()
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
-    assert {"latent_scatter.png", *extra_plots} <= artifacts
-    assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, dim)
+    assert {"latent_scatter.png", "reconstructions.png", "interpolations.png", "anomaly_roc.png"} <= artifacts
+    assert load_encoder(summary.export_dir)(torch.rand(2, 1, 28, 28)).shape == (2, 12)
 
 
 @pytest.mark.slow
