@@ -1,13 +1,18 @@
-"""The training loop itself, in this process (tests/in_process.py): a run stopped after a checkpoint and resumed in a
-scrambled random state ends where an uninterrupted run ends, and a diverging loss stops at its step with one line,
-before its epoch's checkpoint. Ray's own part (a killed worker restarted from storage) is test_reliability.py's."""
+"""The training loop itself, in this process or in a 2-process gloo group (tests/in_process.py): a run stopped after a
+checkpoint and resumed in a scrambled random state ends where an uninterrupted run ends, and a diverging loss stops
+at its step with one line, before its epoch's checkpoint. Ray's own part (a killed worker restarted from storage) is
+test_reliability.py's."""
 
+import contextlib
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from pipeline.config import load_config
 from pipeline.data import read_manifest
@@ -18,6 +23,7 @@ from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.harness import LOSS_READ_EVERY, train
 from pipeline.train.pretraining import Pretraining
 from tests.in_process import InProcess, Interrupted
+from tests.processes import free_port
 
 STEPS = 8  # per epoch: enough to cross epochs, few enough for seconds
 
@@ -89,3 +95,51 @@ def test_a_diverging_loss_stops_at_its_read_with_one_line_and_no_checkpoint(synt
     with pytest.raises(NonFiniteLoss, match=message):
         train(config, Pretraining(), session)
     assert not session.reports and not list(tmp_path.glob("epoch-*"))  # the epoch never reported nor saved
+
+
+def _scramble(rank: int) -> None:
+    """Every global random stream somewhere else, as a new process would start them."""
+    torch.manual_seed(12345 + rank), np.random.seed(12345 + rank), random.seed(12345 + rank)
+
+
+def _two_ranks(rank: int, port: int, folder: str, shards: str, results) -> None:
+    """Rank ``rank`` of a gloo group of 2: the whole run, then the same run stopped after its first checkpoint and
+    resumed in a scrambled random state; both runs' losses to ``results``."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    config = _config(shards, "method.name=vae", "method.bottleneck=8", "augment.preset=none")  # noise: global RNG
+    whole = InProcess(Path(folder) / "whole")
+    train(config, Pretraining(), whole)
+    _scramble(rank)
+    with contextlib.suppress(Interrupted):
+        train(config, Pretraining(), InProcess(Path(folder) / "stopped", stop_after=1))
+    dist.barrier()  # rank 0 has kept its checkpoint
+    _scramble(rank)
+    resumed = InProcess(Path(folder) / "stopped")
+    train(config, Pretraining(), resumed)
+    results.put((rank, [r["loss"] for r in whole.reports], [r["loss"] for r in resumed.reports]))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # processes of their own
+def test_two_ranks_resumed_continue_every_rank_s_random_streams(synthetic_shards, tmp_path):
+    """DDP over a 2-process gloo group, as Ray Train's workers run it: a VAE stopped after its first checkpoint and
+    resumed ends with the uninterrupted run's losses and weights, so the checkpoint holds and restores every rank's
+    random state (each rank draws its own reparameterisation noise). Handing rank 1 rank 0's saved state fails it."""
+    context = mp.get_context("spawn")
+    results, port = context.Queue(), free_port()
+    processes = [
+        context.Process(target=_two_ranks, args=(rank, port, str(tmp_path), str(synthetic_shards), results))
+        for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    outputs = sorted(results.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    for _, whole, resumed in outputs:
+        assert resumed == whole[1:] and len(whole) == 3  # the epochs after the stop, exactly
+    ended, expected = (load_checkpoint(tmp_path / run / "epoch-2") for run in ("stopped", "whole"))
+    assert ended["step"] == expected["step"] == 3 * STEPS
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(ended["model"][key], value, rtol=0, atol=0, msg=key)
