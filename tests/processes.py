@@ -1,5 +1,5 @@
-"""Real services started by tests, each stopped by PID: Ray nodes (``ray start --block``), a moto S3 server,
-an MLflow tracking server."""
+"""Real processes started by tests, each stopped by PID: Ray nodes (``ray start --block``), a moto S3 server,
+an MLflow tracking server; and the ranks of a gloo group."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -300,3 +301,31 @@ def alive_nodes(cluster: RayCluster) -> int:
         text=True,
     )
     return result.stdout.count("node_id:") if result.returncode == 0 else 0
+
+
+def _gloo_rank(rank: int, world_size: int, port: int, worker: Callable[..., Any], args: tuple, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    results.put((rank, worker(*args)))
+    dist.destroy_process_group()
+
+
+def gloo_ranks(worker: Callable[..., Any], *args: Any, world_size: int = 2, timeout_s: float = 300) -> list[Any]:
+    """What ``worker(*args)`` returns on each rank of a gloo group of ``world_size`` spawned processes, in rank
+    order (``worker``: a module-level function; its result pickled by value, e.g. numpy arrays, not tensors)."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results, port = context.Queue(), free_port()
+    processes = [
+        context.Process(target=_gloo_rank, args=(rank, world_size, port, worker, args, results))
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    outputs = sorted((results.get(timeout=timeout_s) for _ in processes), key=lambda output: output[0])
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0, f"a rank exited with {process.exitcode}"
+    return [result for _, result in outputs]

@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.losses import nt_xent
-from tests.processes import free_port
+from tests.processes import gloo_ranks
 
 BATCH, DIM = 4, 6
 
@@ -29,31 +28,21 @@ def _step(model, x1, x2):
     return loss.detach(), model.module.weight.detach() if hasattr(model, "module") else model.weight.detach()
 
 
-def _worker(rank, port, results):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _rank_step():
+    """This rank's step on its half of the batch: (loss, weight after the step)."""
+    rank = dist.get_rank()
     x1, x2, model = _data()
     local = slice(rank * BATCH, (rank + 1) * BATCH)
     loss, weight = _step(DistributedDataParallel(model), x1[local], x2[local])
-    results.put((rank, loss.item(), weight.numpy().copy()))  # numpy: pickled by value, not shared memory
-    dist.destroy_process_group()
+    return loss.item(), weight.numpy().copy()  # numpy: pickled by value, not shared memory
 
 
-@pytest.mark.slow  # a process of its own
+@pytest.mark.slow  # processes of their own
 def test_two_ranks_equal_one_process_on_the_global_batch():
     x1, x2, model = _data()
     global_loss, global_weight = _step(model, x1, x2)
-
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = free_port()
-    processes = [context.Process(target=_worker, args=(rank, port, results)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    outputs = sorted(results.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    mean_loss = sum(loss for _, loss, _ in outputs) / 2
+    outputs = gloo_ranks(_rank_step)
+    mean_loss = sum(loss for loss, _ in outputs) / 2
     assert mean_loss == pytest.approx(global_loss.item(), rel=1e-5)
-    for _, _, weight in outputs:
+    for _, weight in outputs:
         torch.testing.assert_close(torch.from_numpy(weight), global_weight, rtol=1e-5, atol=1e-6)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pipeline.config import load_config
 from pipeline.data import read_manifest
@@ -23,7 +22,7 @@ from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.harness import LOSS_READ_EVERY, train
 from pipeline.train.pretraining import Pretraining
 from tests.in_process import InProcess, Interrupted
-from tests.processes import free_port
+from tests.processes import gloo_ranks
 
 STEPS = 8  # per epoch: enough to cross epochs, few enough for seconds
 
@@ -102,10 +101,10 @@ def _scramble(rank: int) -> None:
     torch.manual_seed(12345 + rank), np.random.seed(12345 + rank), random.seed(12345 + rank)
 
 
-def _two_ranks(rank: int, port: int, folder: str, shards: str, results) -> None:
-    """Rank ``rank`` of a gloo group of 2: the whole run, then the same run stopped after its first checkpoint and
-    resumed in a scrambled random state; both runs' losses to ``results``."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _whole_then_stopped_and_resumed(folder: str, shards: str) -> tuple[list[float], list[float]]:
+    """On this rank of a gloo group: the whole run, then the same run stopped after its first checkpoint and resumed
+    in a scrambled random state; the losses of the whole and of the resumed run."""
+    rank = dist.get_rank()
     config = _config(shards, "method.name=vae", "method.bottleneck=8", "augment.preset=none")  # noise: global RNG
     whole = InProcess(Path(folder) / "whole")
     train(config, Pretraining(), whole)
@@ -116,8 +115,7 @@ def _two_ranks(rank: int, port: int, folder: str, shards: str, results) -> None:
     _scramble(rank)
     resumed = InProcess(Path(folder) / "stopped")
     train(config, Pretraining(), resumed)
-    results.put((rank, [r["loss"] for r in whole.reports], [r["loss"] for r in resumed.reports]))
-    dist.destroy_process_group()
+    return [r["loss"] for r in whole.reports], [r["loss"] for r in resumed.reports]
 
 
 @pytest.mark.slow  # processes of their own
@@ -125,19 +123,7 @@ def test_two_ranks_resumed_continue_every_rank_s_random_streams(synthetic_shards
     """DDP over a 2-process gloo group, as Ray Train's workers run it: a VAE stopped after its first checkpoint and
     resumed ends with the uninterrupted run's losses and weights, so the checkpoint holds and restores every rank's
     random state (each rank draws its own reparameterisation noise). Handing rank 1 rank 0's saved state fails it."""
-    context = mp.get_context("spawn")
-    results, port = context.Queue(), free_port()
-    processes = [
-        context.Process(target=_two_ranks, args=(rank, port, str(tmp_path), str(synthetic_shards), results))
-        for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    outputs = sorted(results.get(timeout=300) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    for _, whole, resumed in outputs:
+    for whole, resumed in gloo_ranks(_whole_then_stopped_and_resumed, str(tmp_path), str(synthetic_shards)):
         assert resumed == whole[1:] and len(whole) == 3  # the epochs after the stop, exactly
     ended, expected = (load_checkpoint(tmp_path / run / "epoch-2") for run in ("stopped", "whole"))
     assert ended["step"] == expected["step"] == 3 * STEPS
