@@ -65,7 +65,7 @@ def pretrain_in_process(config: JobConfig, folder: Path) -> dict[str, float]:
     plan = evaluation_plan(config, manifest)
     session = InProcess(folder / "checkpoints")
     train(config, Pretraining(monitors(plan), progress=False), session)
-    state = session.resume_state()
+    state = session.resume_state()  # the last epoch's checkpoint
     method = trained_method(config.method, config.model, manifest, state, config.data.crop_size)
     metrics, _ = evaluate_method(method, plan, folder / "evaluation")
     return metrics
