@@ -52,6 +52,11 @@ def _config(shards, *overrides):
     )
 
 
+def _scramble(rank: int) -> None:
+    """Every global random stream somewhere else, as a new process would start them."""
+    torch.manual_seed(12345 + rank), np.random.seed(12345 + rank), random.seed(12345 + rank)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -71,7 +76,7 @@ def test_a_resumed_run_continues_the_random_streams(synthetic_shards, tmp_path, 
     train(config, step, whole)
     with pytest.raises(Interrupted):
         train(config, step, InProcess(tmp_path / "stopped", stop_after=1))
-    torch.manual_seed(12345), np.random.seed(12345), random.seed(12345)
+    _scramble(0)
     resumed = InProcess(tmp_path / "stopped")
     train(config, step, resumed)
 
@@ -94,11 +99,6 @@ def test_a_diverging_loss_stops_at_its_read_with_one_line_and_no_checkpoint(synt
     with pytest.raises(NonFiniteLoss, match=message):
         train(config, Pretraining(), session)
     assert not session.reports and not list(tmp_path.glob("epoch-*"))  # the epoch never reported nor saved
-
-
-def _scramble(rank: int) -> None:
-    """Every global random stream somewhere else, as a new process would start them."""
-    torch.manual_seed(12345 + rank), np.random.seed(12345 + rank), random.seed(12345 + rank)
 
 
 def _whole_then_stopped_and_resumed(folder: str, shards: str) -> tuple[list[float], list[float]]:
