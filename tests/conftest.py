@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from benchmarks.learning_gate import fashion_subset, gate_overrides
+from benchmarks.learning_gate import JOBS, fashion_subset, gate_overrides
 from benchmarks.photo_folder import make_photo_folder
 from pipeline.config import JobConfig, load_config
 from pipeline.data import open_source, write_shards
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from pipeline.commands.pretrain import PretrainSummary
 
 FASHION_DIR = _IDX_SETS["fashion-mnist"][1]
-JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
