@@ -92,7 +92,10 @@ class AugmentConfig:
 class TrainConfig:
     epochs: Annotated[int, Gt(0), "passes over the training split"] = 5
     num_workers: Annotated[
-        int | None, Gt(0), "Ray Train workers (DDP ranks); unset: one per GPU Ray sees with use_gpu, else 2"
+        int | None,
+        Ge(0),
+        "Ray Train workers (DDP ranks); 0: train in this process, without Ray Train (one rank: small jobs, "
+        "debugging, a search trial that trains in its own process); unset: one per GPU Ray sees with use_gpu, else 2",
     ] = None
     use_gpu: Annotated[bool, "one GPU per worker, DDP over nccl"] = False
     cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
@@ -107,6 +110,10 @@ class TrainConfig:
     max_failures: Annotated[int, Ge(0), "worker failures survived by restarting from the last checkpoint"] = 1
     start_attempts: Annotated[int, Ge(-1), "tries (60 s each) to get the workers' resources; -1: wait forever"] = 10
     max_steps_per_epoch: Annotated[int | None, Gt(0), "caps the batches of every epoch (benchmarks, smoke runs)"] = None
+
+    def ranks(self) -> int:
+        """The data-parallel ranks once ``num_workers`` is decided: that many Ray Train workers, 1 in-process (0)."""
+        return max(1, self.num_workers or 0)
 
 
 @dataclass

@@ -117,7 +117,7 @@ def test_one_class_protocol_runs_a_vae_per_class_and_tables_every_score(
                 "data.num_workers=0",
                 "model.width=8",
                 "train.epochs=2",
-                "train.num_workers=1",
+                "train.num_workers=0",  # each trial trains in its own Tune process
                 "eval.baselines=false",
                 "eval.probe_max_iter=50",
                 "eval.anomaly_pca_k=4",

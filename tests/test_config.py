@@ -47,7 +47,7 @@ def test_unknown_section_and_bad_type():
         (["method.name=autoencoder", "method.bottleneck=-4"], "method.bottleneck must be > 0, got -4"),
         (["method.temperature=0"], "method.temperature must be > 0, got 0.0"),
         (["method.name=byol", "method.ema_base=1"], "method.ema_base must be in [0, 1), got 1.0"),
-        (["train.num_workers=0"], "train.num_workers must be > 0, got 0"),
+        (["train.num_workers=-1"], "train.num_workers must be >= 0, got -1"),
         (["optim.weight_decay=-1e-4"], "optim.weight_decay must be >= 0, got -0.0001"),
     ],
 )

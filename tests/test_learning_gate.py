@@ -1,7 +1,7 @@
 """The learning gate: brief, seeded pretraining runs of the shipped jobs on a fixed Fashion-MNIST subset
 (``fashion_subset_shards``: 10,000 train images, the whole test split), SimCLR and BYOL through ``pretrain`` on the
-shared local Ray (2 Ray Train workers: SimCLR's negatives come from both), the autoencoder and the VAE as one rank in
-this process (``tests.in_process.pretrain_in_process``: the same training and evaluation, without Ray's start-up),
+shared local Ray (2 Ray Train workers: SimCLR's negatives come from both), the autoencoder and the VAE through
+``pretrain`` as one rank in this process (``train.num_workers=0``: the same training, without Ray's start-up),
 asserting that each method learns what it is for, by margins measured with ``python -m benchmarks.learning_gate``
 (``benchmarks/results/learning_gate.json``, 2026-12-07, this 2-core machine):
 
@@ -38,7 +38,6 @@ from benchmarks.learning_gate import gate_overrides
 from pipeline.commands.pretrain import PretrainSummary, pretrain
 from pipeline.config import load_config
 from tests.helpers import GATE_SEED
-from tests.in_process import pretrain_in_process
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 PROBE_MARGIN = {"simclr": 0.02, "byol": 0.015}  # about half the smallest gap measured over seeds 0-2
@@ -47,7 +46,7 @@ PROBE_MARGIN = {"simclr": 0.02, "byol": 0.015}  # about half the smallest gap me
 # from another image leave it 0.18-0.22 above
 FIRST_EPOCH_BELOW_CHANCE = (0.1, 0.75)
 # the autoencoder and VAE gates: one rank in this process, with both of this machine's cores
-IN_PROCESS = ["train.num_workers=1", "train.cpus_per_worker=2"]
+IN_PROCESS = ["train.num_workers=0", "train.cpus_per_worker=2"]
 
 
 def _assert_learned(config, summary: PretrainSummary, losses: list[float]) -> None:
@@ -85,14 +84,14 @@ def test_byol_probes_above_its_random_initialisation(ray_local, fashion_subset_s
     _assert_learned(config, summary, [m.value for m in sorted(history, key=lambda m: m.step)])
 
 
-def _in_process(shards: Path, job: str, overrides: list[str], folder: Path) -> dict[str, float]:
+def _in_process(shards: Path, job: str, overrides: list[str], name: str) -> dict[str, float]:
     """The final metrics of ``job`` with the gate's and these ``overrides``, trained as one rank in this process."""
-    config = load_config(JOBS / job, [*gate_overrides(shards, GATE_SEED, folder.name), *overrides, *IN_PROCESS])
-    return pretrain_in_process(config, folder)
+    config = load_config(JOBS / job, [*gate_overrides(shards, GATE_SEED, name), *overrides, *IN_PROCESS])
+    return pretrain(config, register=False).metrics
 
 
 @pytest.mark.slow
-def test_autoencoder_rebuilds_better_than_pca_at_the_same_k(fashion_subset_shards, tmp_path):
+def test_autoencoder_rebuilds_better_than_pca_at_the_same_k(fashion_subset_shards, workdir):
     metrics = _in_process(
         fashion_subset_shards,
         "autoencoder_fashion_mnist.yaml",
@@ -104,13 +103,13 @@ def test_autoencoder_rebuilds_better_than_pca_at_the_same_k(fashion_subset_shard
             "train.epochs=2",
             "eval.baselines=false",
         ],
-        tmp_path / "gate-ae",
+        "gate-ae",
     )
     assert metrics["recon_mse_over_pca"] < 0.9  # measured 0.738 in one process (0.777 on 2 Ray Train workers)
 
 
 @pytest.mark.slow
-def test_vae_keeps_units_active_at_beta_1_and_collapses_them_at_large_beta(fashion_subset_shards, tmp_path):
+def test_vae_keeps_units_active_at_beta_1_and_collapses_them_at_large_beta(fashion_subset_shards, workdir):
     active = {}
     for beta in (1, 100):
         metrics = _in_process(
@@ -124,7 +123,7 @@ def test_vae_keeps_units_active_at_beta_1_and_collapses_them_at_large_beta(fashi
                 "train.epochs=1",
                 "eval.baselines=false",
             ],
-            tmp_path / f"gate-vae-{beta}",
+            f"gate-vae-{beta}",
         )
         active[beta] = metrics["active_units"] / 16
     assert active[1] >= 0.75, active  # measured 16 of 16

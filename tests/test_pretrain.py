@@ -1,4 +1,5 @@
-"""End to end on a real local Ray and a real MLflow store: pretrain -> probe -> MLflow -> export."""
+"""End to end on a real MLflow store: pretrain -> probe -> MLflow -> export, on a real local Ray where ranks are under
+test (the shared SimCLR run, the one-line worker error), else as one rank in this process (``train.num_workers=0``)."""
 
 import json
 import subprocess
@@ -59,6 +60,8 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
     assert run.data.params["method.temperature"] == "0.1" and run.data.params["train.epochs"] == "2"  # job, gate
     assert len(run.data.params["data.manifest_sha256"]) == 64
     assert [m.step for m in client.get_metric_history(summary.run_id, "loss")] == [0, 1]
+    per_rank = [run.data.metrics[f"images_per_s_rank_{rank}"] for rank in range(2)]  # each rank's own rate
+    assert min(per_rank) > 0 and abs(sum(per_rank) / run.data.metrics["images_per_s"] - 1) < 0.25
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"augmentation_preview.png", "probe_confusion.png", "config.yaml", "export"} <= artifacts
 
@@ -108,7 +111,7 @@ def test_nan_loss_is_one_clear_line(ray_local, config, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_denoising_sparse_autoencoder_without_a_class_runs_end_to_end(ray_local, config):
+def test_a_denoising_sparse_autoencoder_without_a_class_runs_end_to_end(config):
     """The autoencoder's path through ``pretrain``, leaving class 3 out: its reconstruction and anomaly metrics and
     plots, and the export ending at the 12-d code. (The VAE's: tests/test_anomaly.py; BYOL's:
     tests/test_reliability.py.)"""
@@ -119,7 +122,7 @@ def test_a_denoising_sparse_autoencoder_without_a_class_runs_end_to_end(ray_loca
         "method.sparsity": "kl",
         "method.corruption": "gaussian",
         "data.holdout_class": 3,
-        "train.num_workers": 1,
+        "train.num_workers": 0,
         "train.name": "autoencoder",
     }
     summary = pretrain(with_values(config, overrides, "test"), register=False)
@@ -142,11 +145,12 @@ def test_a_denoising_sparse_autoencoder_without_a_class_runs_end_to_end(ray_loca
 
 @pytest.mark.slow
 def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on_labeled_ones(
-    ray_local, unlabeled_photo_shards, labeled_photo_shards, workdir, capsys
+    unlabeled_photo_shards, labeled_photo_shards, workdir, capsys
 ):
     """The photo path end to end through `sslpipe pretrain`: JPEG shards decoded and cropped in the loader
-    workers, the photo job's ResNet-18 (ImageNet stem) on 2 ranks, the probe and kNN on a separate labeled set, the
-    export at the crop size, with ONNX beside it and a backbone.safetensors that torchvision alone loads."""
+    workers, the photo job's ResNet-18 (ImageNet stem) as one rank in this process, the probe and kNN on a separate
+    labeled set, the export at the crop size, with ONNX beside it and a backbone.safetensors that torchvision alone
+    loads."""
     overrides = [
         f"data.shards={unlabeled_photo_shards}",
         f"eval.shards={labeled_photo_shards}",
@@ -154,6 +158,7 @@ def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on
         "data.batch_size=16",
         "train.epochs=1",
         "train.max_steps_per_epoch=2",
+        "train.num_workers=0",
         "train.name=photos",
         "eval.baselines=false",
         "export.onnx=true",
@@ -170,9 +175,8 @@ def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on
         ("evaluation", str(labeled_photo_shards)),
     }
     metrics = run.data.metrics
-    assert metrics["images"] == 2 * 2 * 16  # 2 steps of 16 photos on each of 2 ranks
-    per_rank = [metrics[f"images_per_s_rank_{r}"] for r in range(2)]
-    assert min(per_rank) > 0 and abs(sum(per_rank) / metrics["images_per_s"] - 1) < 0.25
+    assert metrics["images"] == 2 * 16  # 2 steps of 16 photos
+    assert metrics["images_per_s"] > 0 and printed.count("epoch 1/1 done in") == 1  # its line, printed here
     assert 0.0 <= metrics["data_wait_fraction"] < 1.0
     # 8 photographs to tell apart from 64 px center crops of 256-640 px pieces: far above chance (0.125)
     assert metrics["probe_accuracy"] > 0.5 and metrics["knn_accuracy"] > 0.3
@@ -191,9 +195,9 @@ def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on
 
 @pytest.mark.slow
 def test_a_timm_vit_pretrains_through_the_command_and_loads_in_timm_alone(
-    ray_local, unlabeled_photo_shards, labeled_photo_shards, workdir
+    unlabeled_photo_shards, labeled_photo_shards, workdir
 ):
-    """A timm ViT-Tiny (BYOL) at 32 px, a few capped steps through `sslpipe pretrain` on one worker; the export's
+    """A timm ViT-Tiny (BYOL) at 32 px, a few capped steps through `sslpipe pretrain` in this process; the export's
     backbone.safetensors gives the encoder's features in timm alone."""
     overrides = [
         f"data.shards={unlabeled_photo_shards}",
@@ -202,7 +206,7 @@ def test_a_timm_vit_pretrains_through_the_command_and_loads_in_timm_alone(
         "data.batch_size=8",
         "train.epochs=1",
         "train.max_steps_per_epoch=2",
-        "train.num_workers=1",
+        "train.num_workers=0",
         "eval.baselines=false",
         "model.encoder=timm:vit_tiny_patch16_224",
         "model.backbone_args={patch_size: 8}",

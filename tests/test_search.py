@@ -26,7 +26,7 @@ def _overrides(shards):
         "data.num_workers=0",
         *TINY_MODEL,
         "train.epochs=2",
-        "train.num_workers=1",
+        "train.num_workers=0",  # each trial trains in its own Tune process (Ray Train workers: test_cluster.py)
         "eval.baselines=false",
         "eval.probe_max_iter=100",
         "eval.online_knn=400",

@@ -123,7 +123,7 @@ def run_config(
 ) -> FinetuneJob:
     """The config one fine-tuning runs under: the subset as ``data.shards`` (at ``finetune.batch_size`` per rank,
     less when a rank's share of the subset is smaller), ``finetune.augment`` views, this fraction's epochs."""
-    ranks = config.train.num_workers
+    ranks = config.train.ranks()
     batch = min(config.finetune.batch_size, count // ranks)
     if batch < 1:
         raise ConfigError(

@@ -39,7 +39,9 @@ def validate(config: JobConfig, manifest: Manifest | None = None) -> JobConfig:
         options.check(getattr(config, section.name), section.name)
     if manifest is None:
         return config
-    ranks = config.train.num_workers or (1 if config.train.use_gpu else CPU_WORKERS)  # GPUs: known once Ray runs
+    ranks = config.train.ranks()
+    if config.train.num_workers is None:  # decided once Ray runs (GPUs: one worker each)
+        ranks = 1 if config.train.use_gpu else CPU_WORKERS
     ShardLoader(
         config.data.shards,
         "train",

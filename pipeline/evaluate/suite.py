@@ -63,7 +63,7 @@ def monitors(plan: EvaluationPlan) -> tuple[OnlineKnn, ...]:
 
 def gather_features(extraction: WorkerFeatures) -> dict[str, SplitFeatures]:
     """The features the Ray Train workers wrote, in sample order (their files removed)."""
-    with phase(f"evaluation: gathering the features of {extraction.shards.location} from the Ray Train workers"):
+    with phase(f"evaluation: gathering the features of {extraction.shards.location} from the training ranks"):
         features, seconds = extraction.gather()
     print(f"evaluation: the workers' feature pass took {duration(seconds)} (the slowest rank)", flush=True)
     return features

@@ -55,8 +55,9 @@ def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_
     config = with_values(JobConfig.from_stored(base, "search trial"), trial_values(params), "search trial")
     # a stable name: a restored trial resumes its own Ray Train checkpoints and MLflow run
     config.train.name = f"{search_name}-{tune.get_context().get_trial_id()}"
+    epochs_to_tune = EpochsToTune() if config.train.num_workers == 0 else TuneReportCallback()
     with contextlib.redirect_stdout(io.StringIO()):  # its evaluation's phases: the search prints a line a report
-        summary = job(config, parent_run_id=parent_run_id, train_callbacks=[TuneReportCallback()], register=False)
+        summary = job(config, parent_run_id=parent_run_id, train_callbacks=[epochs_to_tune], register=False)
     tune.report(
         {
             **summary.train_metrics,
@@ -65,6 +66,16 @@ def run_trial(params: dict[str, Any], *, base: dict, parent_run_id: str, search_
             "export_dir": str(summary.export_dir),
         }
     )
+
+
+class EpochsToTune:
+    """Ray Train's ``TuneReportCallback`` for a trial that trains in its own process (``train.num_workers: 0``):
+    each epoch's report (rank 0's) goes to Tune from the trial's thread."""
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        from ray import tune
+
+        tune.report(metrics[0])
 
 
 class SearchError(SslpipeError):
@@ -129,9 +140,9 @@ def _trial_rows(
 
 def trials_that_fit(train: TrainConfig, resources: Mapping[str, float]) -> int:
     """How many trials run at once: as many as the cluster's CPUs (and, with ``use_gpu``, GPUs) hold, at least 1."""
-    fits = resources.get("CPU", 1) // (train.num_workers * train.cpus_per_worker)
+    fits = resources.get("CPU", 1) // (train.ranks() * train.cpus_per_worker)
     if train.use_gpu:
-        fits = min(fits, resources.get("GPU", 0) // train.num_workers)
+        fits = min(fits, resources.get("GPU", 0) // train.ranks())
     return max(1, int(fits))
 
 
@@ -225,11 +236,15 @@ def _tuner(run: TrackedRun, search: SearchConfig, job: Job) -> Any:
 
     config = run.config
     concurrent = search.max_concurrent_trials or trials_that_fit(config.train, cluster.resources())
+    # the trial only drives; its Ray Train workers ask for their own CPUs. Not even 0.01 CPU: 2 workers of 1 CPU must
+    # still fit a 2-CPU machine. (Tune refuses an empty request, so it asks for a little memory.) A trial that
+    # trains in its own process asks for what a worker would.
+    resources = {"memory": TRIAL_MEMORY}
+    if config.train.num_workers == 0:
+        resources = {"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config.to_dict(), parent_run_id=run.id, search_name=run.name, job=job),
-        # the trial only drives; its Ray Train workers ask for their own CPUs. Not even 0.01 CPU: 2 workers of
-        # 1 CPU must still fit a 2-CPU machine. (Tune refuses an empty request, so it asks for a little memory.)
-        {"memory": TRIAL_MEMORY},
+        resources,
     )
     experiment = storage.join(config.train.storage_path, run.name)
     if tune.Tuner.can_restore(experiment):

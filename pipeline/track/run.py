@@ -94,7 +94,8 @@ def tracked_run(
     manifest_sha256 = inputs["training"][1].digest() if "training" in inputs else None
     digest = {"data.manifest_sha256": manifest_sha256} if manifest_sha256 else {}
     uri = check_reachable(config.track.store())  # before Ray starts: an unreachable server fails at once
-    config = with_workers(config, cluster.resources())  # starts or joins Ray
+    if config.train.num_workers != 0:  # Ray Train workers (0: training in this process, no Ray)
+        config = with_workers(config, cluster.resources())  # starts or joins Ray
     values = {key: value for key, value in config.flat().items() if key.partition(".")[0] not in omit}
     text = dump_config(config)
     tracker = Tracker(uri)

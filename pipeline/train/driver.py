@@ -3,7 +3,8 @@
 knows nothing of tracking: callers hand it Ray Train callbacks (the MLflow epoch logger, Tune's report forwarding).
 
 A rerun with the same run name and ``train.storage_path`` resumes from the last checkpoint, as does Ray after a
-worker failure.
+worker failure. With ``train.num_workers: 0`` the harness runs in this process instead (no Ray Train workers;
+a crash is not retried, a rerun resumes).
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from pipeline import storage
 from pipeline.config.job_config import JobConfig, with_workers
 from pipeline.errors import SslpipeError
 from pipeline.stopping import raise_if_stopped
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.harness import train_worker
+from pipeline.train.harness import train, train_worker
 from pipeline.train.pretraining import Pretraining
+from pipeline.train.progress import lines_printed
+from pipeline.train.session import InProcessSession
 from pipeline.train.step import Step
 
 
@@ -36,6 +41,9 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
     ``scheduler``, ``epoch``, ``step``, ``rng``, ``config``, ``spec`` and the last report's ``metrics``).
     ``callbacks`` are Ray Train callbacks, run on its controller after every report. A run that SIGTERM stopped
     raises :class:`~pipeline.errors.RunStopped`."""
+    step = step or Pretraining()
+    if config.train.num_workers == 0:
+        return _fit_in_process(config, run_name, callbacks, step)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -43,7 +51,7 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
     config = with_workers(config, ray.cluster_resources())
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config, "step": step or Pretraining()},
+        train_loop_config={"config": config, "step": step},
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
             use_gpu=config.train.use_gpu,
@@ -70,3 +78,18 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
     raise_if_stopped()
     with result.checkpoint.as_directory() as directory:
         return load_checkpoint(directory)
+
+
+def _fit_in_process(config: JobConfig, run_name: str, callbacks: Sequence[Any], step: Step) -> dict:
+    """:func:`fit` as this process's only rank (:class:`~pipeline.train.session.InProcessSession`): its progress
+    lines printed here, the process's torch threads as they were afterwards."""
+    folder = storage.join(config.train.storage_path, run_name)
+    session = InProcessSession(folder, config.train.use_gpu, callbacks)
+    threads = torch.get_num_threads()
+    try:
+        with lines_printed(step.progress):
+            train(config, step, session)
+    finally:
+        torch.set_num_threads(threads)
+    raise_if_stopped()
+    return session.resume_state()

@@ -6,7 +6,9 @@ fell behind the step); near 0 means the data path keeps the device busy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -26,6 +28,25 @@ def quiet_ray_train_reports() -> None:
         module = importlib.import_module(name)
         for logger_name in (module.__name__, module.__file__):
             logging.getLogger(logger_name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def lines_printed(show: bool) -> Iterator[None]:
+    """For the block, the harness's lines (``pipeline.train`` at INFO: progress, epochs) printed on stdout as they
+    are, as a Ray Train worker's are printed by Ray; nothing with ``show`` false (a search trial)."""
+    logger = logging.getLogger("pipeline.train")
+    if not show:
+        yield
+        return
+    handler, level = logging.StreamHandler(sys.stdout), logger.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def progress_line(

@@ -1,19 +1,25 @@
 """Where the training harness meets the process that runs it. :class:`Session` is everything the harness asks of
 that process (its device and machine, the data-parallel wrapper, the checkpoint to resume from, the report of an
-epoch); every run passes :class:`RayTrainSession`, a Ray Train worker's context, so the harness itself holds no
-Ray call and runs in any process that provides these five."""
+epoch): a Ray Train worker's (:class:`RayTrainSession`), or this process's alone (:class:`InProcessSession`,
+``train.num_workers: 0``), so the harness itself holds no Ray call."""
 
 from __future__ import annotations
 
+import platform
+import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from pipeline import storage
 from pipeline.train.checkpoint import restore_state
 
 WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
+KEEP_CHECKPOINTS = 2  # the newest checkpoints a run keeps (Ray Train's num_to_keep, in-process alike)
 
 
 class Session(ABC):
@@ -74,3 +80,60 @@ class RayTrainSession(Session):
             checkpoint = ray.train.Checkpoint.from_directory(directory)
             checkpoint.set_metadata({WORKER_NODES: nodes})
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class InProcessSession(Session):
+    """This process as the only rank (``train.num_workers: 0``): no Ray Train workers, as Ray Train's local mode,
+    but keeping what makes a run whole. Its device is the GPU with ``use_gpu``, else the CPU; each checkpoint is
+    stored in ``folder`` (``train.storage_path/<run name>``, a folder or URL) as ``checkpoint_<epoch>/``, its file
+    written whole (:func:`~pipeline.storage.atomic_writer`), the newest :data:`KEEP_CHECKPOINTS` kept, and a rerun
+    resumes from the newest readable one; each report goes to the Ray Train ``callbacks`` (the MLflow epoch logger,
+    a search's report to Tune) as Ray Train's controller hands it: ``after_report(None, [metrics], checkpoint)``."""
+
+    def __init__(self, folder: str, use_gpu: bool = False, callbacks: Sequence[Any] = ()) -> None:
+        import pyarrow.fs
+
+        self.folder, self.use_gpu, self.callbacks = storage.absolute(folder), use_gpu, list(callbacks)
+        self.filesystem, self.root = pyarrow.fs.FileSystem.from_uri(self.folder)
+
+    def device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
+
+    def node(self) -> str:
+        return platform.node()
+
+    def prepare_model(self, module: nn.Module) -> nn.Module:
+        return module.to(self.device())
+
+    def checkpoints(self) -> list[str]:
+        """The stored checkpoints' paths in this session's file system, oldest first."""
+        import pyarrow.fs
+
+        found = self.filesystem.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        return sorted(
+            info.path
+            for info in found
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+        )
+
+    def resume_state(self) -> dict | None:
+        from ray.train import Checkpoint
+
+        stored = self.checkpoints()
+        return restore_state(Checkpoint(stored[-1], filesystem=self.filesystem)) if stored else None
+
+    def report(self, metrics: dict[str, float], directory: Path | None, nodes: list[str]) -> None:
+        from ray.train import Checkpoint
+
+        checkpoint = None
+        if directory is not None:
+            name = f"checkpoint_{int(metrics['epoch']):06d}"
+            for file in sorted(Path(directory).iterdir()):
+                with storage.atomic_writer(storage.join(self.folder, name), file.name) as out, file.open("rb") as src:
+                    shutil.copyfileobj(src, out)
+            checkpoint = Checkpoint(f"{self.root.rstrip('/')}/{name}", filesystem=self.filesystem)
+            checkpoint.set_metadata({WORKER_NODES: nodes})
+            for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
+                self.filesystem.delete_dir(old)
+        for callback in self.callbacks:
+            callback.after_report(None, [metrics], checkpoint)
