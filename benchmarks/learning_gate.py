@@ -1,11 +1,15 @@
-"""The learning gate's SimCLR run (``tests/test_learning_gate.py``), measured per seed: the probe of the pretrained
-encoder against its random initialisation, and the first epochs' NT-Xent against ``log(2 x global batch - 1)``.
+"""The learning gate's SimCLR and BYOL runs (``tests/test_learning_gate.py``), measured per seed: the probe of the
+pretrained encoder against its random initialisation, and the first epochs' losses (SimCLR's NT-Xent against
+``log(2 x global batch - 1)``).
 
-    python -m benchmarks.learning_gate [--seeds 0 1 2] [--label correct] [--subset data/fashion-subset]
+    python -m benchmarks.learning_gate [--method simclr] [--workers 2] [--seeds 0 1 2] [--label correct]
+        [--subset data/fashion-subset]
+
+``--workers 0`` trains in this process (``train.num_workers=0``), as the BYOL gate does.
 
 The gate's margins and its loss window come from these runs. To measure a breakage the gate must catch, run the
 same command from a copy of the repository broken on purpose (``PYTHONPATH=<copy>``, so the Ray Train workers load
-it too) with another ``--label``; each label's rows replace that label's earlier ones in
+it too) with another ``--label``; each (method, workers, label)'s rows replace its earlier ones in
 ``benchmarks/results/learning_gate.json``.
 """
 
@@ -54,29 +58,36 @@ def gate_overrides(shards: Path, seed: int, name: str) -> list[str]:
     return [f"data.shards={shards}", *GATE, f"train.seed={seed}", "eval.baselines=true", f"train.name={name}"]
 
 
-def measure(subset: Path, seed: int, label: str) -> dict:
-    """One gate run of ``jobs/simclr_fashion_mnist.yaml``: probe, random-init probe, per-epoch losses."""
+def measure(subset: Path, seed: int, label: str, method: str = "simclr", workers: int = 2) -> dict:
+    """One gate run of ``jobs/<method>_fashion_mnist.yaml`` on ``workers`` Ray Train workers (0: in this process, with
+    both cores): probe, random-init probe, per-epoch losses."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.commands.pretrain import pretrain
     from pipeline.config import load_config
 
-    config = load_config(JOBS / "simclr_fashion_mnist.yaml", gate_overrides(subset, seed, f"gate-{label}-{seed}"))
+    where = ["train.num_workers=0", "train.cpus_per_worker=2"] if workers == 0 else [f"train.num_workers={workers}"]
+    name = f"gate-{method}-{workers}-{label}-{seed}"
+    config = load_config(JOBS / f"{method}_fashion_mnist.yaml", [*gate_overrides(subset, seed, name), *where])
     summary = pretrain(config, register=False)
     history = MlflowClient(summary.tracking_uri).get_metric_history(summary.run_id, "loss")
     return {
+        "method": method,
+        "workers": workers,
         "label": label,
         "seed": seed,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "probe_accuracy": summary.metrics["probe_accuracy"],
         "random_init_probe_accuracy": summary.metrics["baseline_random_encoder_probe_accuracy"],
         "losses": [m.value for m in sorted(history, key=lambda m: m.step)],
-        "chance_loss": math.log(2 * config.data.batch_size * config.train.num_workers - 1),
+        "chance_loss": math.log(2 * config.data.batch_size * config.train.ranks() - 1),
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers; 0: train in this process")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label", default="correct", help="what the code measured is: correct, or the breakage")
     parser.add_argument("--subset", type=Path, default=Path("data/fashion-subset"))
@@ -85,21 +96,27 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m benchmarks.learning_gate " + shlex.join(sys.argv[1:] if argv is None else argv)
     code = os.environ.get("PYTHONPATH") or "this checkout"
     with local_ray(4):
-        rows = [measure(subset, seed, args.label) | {"command": command, "code": code} for seed in args.seeds]
+        rows = [
+            measure(subset, seed, args.label, args.method, args.workers) | {"command": command, "code": code}
+            for seed in args.seeds
+        ]
     print_table(
         [
             {
+                "method": r["method"],
+                "workers": r["workers"],
                 "label": r["label"],
                 "seed": r["seed"],
                 "probe gap, points": 100 * (r["probe_accuracy"] - r["random_init_probe_accuracy"]),
-                "first-epoch loss below chance": r["chance_loss"] - r["losses"][0],
+                "first-epoch loss below chance": r["chance_loss"] - r["losses"][0] if r["method"] == "simclr" else "",
             }
             for r in rows
         ]
     )
     path = RESULTS / "learning_gate.json"
     kept = json.loads(path.read_text())["runs"] if path.exists() else []
-    runs = [r for r in kept if r["label"] != args.label] + rows
+    key = (args.method, args.workers, args.label)
+    runs = [r for r in kept if (r.get("method", "simclr"), r.get("workers", 2), r["label"]) != key] + rows
     payload = {"runs": runs}
     write_results("learning_gate", payload)
     return payload
