@@ -65,7 +65,7 @@ def gather_features(extraction: WorkerFeatures) -> dict[str, SplitFeatures]:
     """The features the Ray Train workers wrote, in sample order (their files removed)."""
     with phase(f"evaluation: gathering the features of {extraction.shards.location} from the training ranks"):
         features, seconds = extraction.gather()
-    print(f"evaluation: the workers' feature pass took {duration(seconds)} (the slowest rank)", flush=True)
+    print(f"evaluation: the ranks' feature pass took {duration(seconds)} (the slowest rank)", flush=True)
     return features
 
 
