@@ -22,7 +22,7 @@ from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.harness import train, train_worker
 from pipeline.train.pretraining import Pretraining
 from pipeline.train.progress import lines_printed
-from pipeline.train.session import InProcessSession
+from pipeline.train.session import KEEP_CHECKPOINTS, InProcessSession
 from pipeline.train.step import Step
 
 
@@ -60,7 +60,7 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
         run_config=RunConfig(
             name=run_name,
             storage_path=storage.absolute(config.train.storage_path),  # workers run elsewhere
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=FailureConfig(
                 max_failures=config.train.max_failures, controller_failure_limit=config.train.start_attempts
             ),

@@ -38,15 +38,17 @@ def lines_printed(show: bool) -> Iterator[None]:
     if not show:
         yield
         return
-    handler, level = logging.StreamHandler(sys.stdout), logger.level
+    handler, level, propagate = logging.StreamHandler(sys.stdout), logger.level, logger.propagate
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # once, whatever handlers the application has
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def progress_line(

@@ -9,6 +9,7 @@ import platform
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ class RayTrainSession(Session):
 class InProcessSession(Session):
     """This process as the only rank (``train.num_workers: 0``): no Ray Train workers, as Ray Train's local mode,
     but keeping what makes a run whole. Its device is the GPU with ``use_gpu``, else the CPU; each checkpoint is
-    stored in ``folder`` (``train.storage_path/<run name>``, a folder or URL) as ``checkpoint_<epoch>/``, its file
+    stored in ``folder`` (``train.storage_path/<run name>``, a folder or URL) as ``checkpoint_<date and time>/``
+    (Ray Train's names: a run moved from Ray Train workers to this process resumes and prunes in order), its file
     written whole (:func:`~pipeline.storage.atomic_writer`), the newest :data:`KEEP_CHECKPOINTS` kept, and a rerun
     resumes from the newest readable one; each report goes to the Ray Train ``callbacks`` (the MLflow epoch logger,
     a search's report to Tune) as Ray Train's controller hands it: ``after_report(None, [metrics], checkpoint)``."""
@@ -127,7 +129,7 @@ class InProcessSession(Session):
 
         checkpoint = None
         if directory is not None:
-            name = f"checkpoint_{int(metrics['epoch']):06d}"
+            name = f"checkpoint_{datetime.today().strftime('%Y-%m-%d_%H-%M-%S.%f')}"
             for file in sorted(Path(directory).iterdir()):
                 with storage.atomic_writer(storage.join(self.folder, name), file.name) as out, file.open("rb") as src:
                     shutil.copyfileobj(src, out)

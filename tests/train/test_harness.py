@@ -83,7 +83,7 @@ def test_a_resumed_run_continues_the_random_streams(synthetic_shards, tmp_path, 
     assert [report["start_epoch"] for report in resumed.reports] == [1, 1]  # resumed, not started over
     for name in ("loss", "online_knn_accuracy", "step", "images"):
         assert [r[name] for r in resumed.reports] == [r[name] for r in whole.reports[1:]], name
-    ended, expected = (load_checkpoint(tmp_path / run / "checkpoint_000002") for run in ("stopped", "whole"))
+    ended, expected = (load_checkpoint(InProcess(tmp_path / run).checkpoints()[-1]) for run in ("stopped", "whole"))
     assert ended["step"] == expected["step"] == 3 * STEPS
     for key, value in expected["model"].items():
         torch.testing.assert_close(ended["model"][key], value, rtol=0, atol=0, msg=key)
@@ -125,7 +125,7 @@ def test_two_ranks_resumed_continue_every_rank_s_random_streams(synthetic_shards
     random state (each rank draws its own reparameterisation noise). Handing rank 1 rank 0's saved state fails it."""
     for whole, resumed in gloo_ranks(_whole_then_stopped_and_resumed, str(tmp_path), str(synthetic_shards)):
         assert resumed == whole[1:] and len(whole) == 3  # the epochs after the stop, exactly
-    ended, expected = (load_checkpoint(tmp_path / run / "checkpoint_000002") for run in ("stopped", "whole"))
+    ended, expected = (load_checkpoint(InProcess(tmp_path / run).checkpoints()[-1]) for run in ("stopped", "whole"))
     assert ended["step"] == expected["step"] == 3 * STEPS
     for key, value in expected["model"].items():
         torch.testing.assert_close(ended["model"][key], value, rtol=0, atol=0, msg=key)

@@ -3,6 +3,7 @@ newest two kept, a damaged newest one passed over on resume, and every report ha
 Ray Train's controller hands them."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,15 +49,16 @@ def test_checkpoints_are_stored_kept_two_deep_resumed_and_reported_to_the_callba
     session = InProcessSession(str(tmp_path / "run"), callbacks=[recorder])
     train(config, Pretraining(), session)
 
-    assert [path.name for path in sorted((tmp_path / "run").iterdir())] == ["checkpoint_000001", "checkpoint_000002"]
     assert [metrics["epoch"] for [metrics], _, _ in recorder.calls] == [0, 1, 2]
-    assert [path.rsplit("/", 1)[1] for _, path, _ in recorder.calls] == [f"checkpoint_00000{e}" for e in range(3)]
+    reported = [path for _, path, _ in recorder.calls]  # in Ray Train's naming: checkpoint_<date and time>
+    assert sorted(reported) == reported and all(path.rsplit("/", 1)[1].startswith("checkpoint_20") for path in reported)
+    assert session.checkpoints() == reported[1:]  # the newest two kept
     assert all(len(metadata[WORKER_NODES]) == 1 for _, _, metadata in recorder.calls)  # this process's machine
     assert session.resume_state()["epoch"] == 3  # the state after the last epoch
 
-    newest = tmp_path / "run" / "checkpoint_000002" / CHECKPOINT_FILE
+    newest = Path(reported[-1]) / CHECKPOINT_FILE
     newest.write_bytes(newest.read_bytes()[:1000])  # damaged: a rerun falls back to the one before
     with caplog.at_level(logging.WARNING):
         assert InProcessSession(str(tmp_path / "run")).resume_state()["epoch"] == 2
-    assert "checkpoint_000002" in caplog.text and "resuming from the earlier checkpoint" in caplog.text
+    assert reported[-1] in caplog.text and "resuming from the earlier checkpoint" in caplog.text
     assert InProcessSession(str(tmp_path / "none")).resume_state() is None  # nothing stored: a fresh start
