@@ -34,25 +34,27 @@ def load_checkpoint(directory: str | Path) -> dict:
         raise SslpipeError(f"{path}: unreadable checkpoint ({exn}); delete it to start afresh") from None
 
 
+def checkpoint_paths(filesystem: Any, folder: str) -> list[str]:
+    """The ``checkpoint_*`` folders of a run's ``folder`` in pyarrow ``filesystem``, oldest first (Ray Train's names
+    sort by time); none when the folder does not exist."""
+    import pyarrow.fs
+
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    return sorted(
+        info.path
+        for info in found
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+    )
+
+
 def restore_state(checkpoint: Any) -> dict:
     """The state in Ray Train ``checkpoint``; if that file is unreadable, the state of the newest readable
     checkpoint before it in the same run folder (Ray keeps ``num_to_keep`` of them), with a warning naming the
     bad one. Raises naming every unreadable file when none is left."""
-    import pyarrow.fs
     from ray.train import Checkpoint
 
     folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-    found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
-    earlier = sorted(
-        (
-            info.path
-            for info in found
-            if info.type == pyarrow.fs.FileType.Directory
-            and info.base_name.startswith("checkpoint_")
-            and info.path < checkpoint.path
-        ),
-        reverse=True,
-    )
+    earlier = [path for path in checkpoint_paths(checkpoint.filesystem, folder) if path < checkpoint.path][::-1]
     errors = []
     for candidate in [checkpoint, *(Checkpoint(path, filesystem=checkpoint.filesystem) for path in earlier)]:
         try:

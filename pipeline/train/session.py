@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pipeline import storage
-from pipeline.train.checkpoint import restore_state
+from pipeline.train.checkpoint import checkpoint_paths, restore_state
 
 WORKER_NODES = "worker_nodes"  # checkpoint metadata: the Ray node id of each rank, in rank order
 KEEP_CHECKPOINTS = 2  # the newest checkpoints a run keeps (Ray Train's num_to_keep, in-process alike)
@@ -109,14 +109,7 @@ class InProcessSession(Session):
 
     def checkpoints(self) -> list[str]:
         """The stored checkpoints' paths in this session's file system, oldest first."""
-        import pyarrow.fs
-
-        found = self.filesystem.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
-        return sorted(
-            info.path
-            for info in found
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
-        )
+        return checkpoint_paths(self.filesystem, self.root)
 
     def resume_state(self) -> dict | None:
         from ray.train import Checkpoint
