@@ -36,8 +36,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``command`` in its own session, output to ``log``."""
-    with log.open("wb") as out:
+    """``command`` in its own session (a process group of its own), output appended to ``log``."""
+    with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -207,46 +207,20 @@ def ray_cluster(
     temp_dirs = [tempfile.mkdtemp(prefix="sslpipe-ray-", dir="/tmp") for _ in cpus_per_node]
     cluster = RayCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", token_path, node_env)
     try:
-        head_log = work / "ray-head.log"
-        cluster.processes.append(
-            start(
-                [
-                    str(BIN / "ray"),
-                    "start",
-                    "--head",
-                    "--block",
-                    "--node-ip-address=127.0.0.1",
-                    f"--port={gcs_port}",
-                    "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard_port}",
-                    f"--num-cpus={cpus_per_node[0]}",
-                    f"--temp-dir={temp_dirs[0]}",
-                    *_node_options(),
-                ],
-                node_env,
-                head_log,
-            )
+        head = [
+            "--head",
+            f"--port={gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+        ]
+        _start_node(
+            cluster, head, cpus_per_node[0], temp_dirs[0], work / "ray-head.log", lambda: _answers(cluster.dashboard)
         )
-        wait_until(lambda: _answers(cluster.dashboard), 120, "the Ray head's dashboard", cluster.processes[0], head_log)
         for index, cpus in enumerate(cpus_per_node[1:], 1):
-            log = work / f"ray-node-{index}.log"
-            cluster.processes.append(
-                start(
-                    [
-                        str(BIN / "ray"),
-                        "start",
-                        "--block",
-                        f"--address={cluster.gcs}",
-                        "--node-ip-address=127.0.0.1",
-                        f"--num-cpus={cpus}",
-                        f"--temp-dir={temp_dirs[index]}",
-                        *_node_options(),
-                    ],
-                    node_env,
-                    log,
-                )
+            joined = lambda count=index + 1: alive_nodes(cluster) == count  # noqa: E731
+            _start_node(
+                cluster, [f"--address={cluster.gcs}"], cpus, temp_dirs[index], work / f"ray-node-{index}.log", joined
             )
-        wait_until(lambda: alive_nodes(cluster) == len(cpus_per_node), 120, "every Ray node joining")
         # the job server answers before the head's agent takes jobs ("No available agent to submit job")
         wait_until(lambda: _submit(cluster, "true").returncode == 0, 120, "the job server accepting jobs")
         yield cluster
@@ -254,6 +228,35 @@ def ray_cluster(
         stop(cluster.processes)
         for temp_dir in temp_dirs:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _start_node(
+    cluster: RayCluster, role: list[str], cpus: int, temp_dir: str, log: Path, joined: Callable[[], bool]
+) -> None:
+    """``ray start --block`` a node of ``cluster`` (``role``: the head's options or the address to join) and wait
+    until ``joined()``. ``ray start`` gives up when its raylet has not registered within a fixed 30 s, which a busy
+    2-core machine sometimes needs: a node that gave up is started again, twice at most (its log keeps each try)."""
+    for attempt in range(3):
+        command = [
+            str(BIN / "ray"),
+            "start",
+            "--block",
+            *role,
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus}",
+            f"--temp-dir={temp_dir}",
+            *_node_options(),
+        ]
+        process = start(command, cluster.env, log)
+        cluster.processes.append(process)
+        try:
+            wait_until(joined, 120, f"Ray node {log.stem} joining", process, log)
+            return
+        except AssertionError:
+            if process.poll() is None or attempt == 2:
+                raise
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # what the node had started (its raylet) goes with it
 
 
 def _node_options() -> list[str]:
