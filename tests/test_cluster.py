@@ -111,8 +111,9 @@ def readme_submit_command() -> str:
     return command.split("\n\n", 1)[0].replace("\\\n", " ").strip()
 
 
-def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
-    # the README's command as written, from the repository, plus overrides for a tiny run whose outputs land here
+def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3, s3_shards, tmp_path):
+    # the README's command as written, from the repository, plus overrides for a tiny run whose outputs land here;
+    # its checkpoints go where both nodes' Ray Train workers reach them, the bucket
     overrides = [
         f"data.shards={s3_shards}",
         "data.batch_size=64",
@@ -123,7 +124,7 @@ def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
         "eval.probe_max_iter=100",
         f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"export.out_dir={tmp_path}/exports",
-        f"train.storage_path={tmp_path}/ray_results",
+        f"train.storage_path=s3://{BUCKET}/ray_results",
     ]
     submitted(cluster, ["bash", "-c", f"{readme_submit_command()} {shlex.join(overrides)}"])
 
@@ -134,6 +135,9 @@ def test_readme_job_trains_on_two_nodes_from_s3(cluster, s3_shards, tmp_path):
     assert len(nodes) == 2 and len(set(nodes)) == 2  # rank 0 and rank 1 ran on different nodes
     assert found.data.metrics["images"] == TRAIN_SAMPLES  # both ranks' shares of the S3 shards, nothing missing
     assert (tmp_path / "exports" / "submitted" / "encoder.safetensors").exists()
+    stored = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="ray_results/submitted/")["Contents"]
+    checkpoint = re.compile(r"ray_results/submitted/checkpoint_[\d_.-]+/checkpoint\.pt")
+    assert len([o for o in stored if checkpoint.fullmatch(o["Key"])]) == 1, stored  # the epoch's, by rank 0
 
 
 def test_resharding_on_s3_needs_overwrite_and_never_leaves_a_stale_manifest(s3, monkeypatch):
@@ -171,7 +175,8 @@ def test_resharding_on_s3_needs_overwrite_and_never_leaves_a_stale_manifest(s3, 
 def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(cluster, s3, s3_shards, tmp_path):
     """`sslpipe tune` submitted to the cluster with checkpoints, Tune's state and exports under s3:// URLs: the
     trial's encoder lands in the bucket, the best is registered from there, and the same command again finds the
-    finished search in the bucket and runs nothing. (One trial: ranking trials is tests/test_search.py's.)"""
+    finished search in the bucket and runs nothing. (One trial, trained in its Tune process: ranking trials and a
+    trial that drives Ray Train workers are tests/test_search.py's, Ray Train workers across nodes the job above's.)"""
     overrides = [
         "search.name=s3-search",
         "search.space={eval.probe_max_iter: {grid: [50]}}",
@@ -180,7 +185,7 @@ def test_a_search_keeps_its_state_and_exports_on_s3_and_resumes_from_there(clust
         "data.num_workers=0",
         *TINY_MODEL,
         "train.epochs=1",
-        "train.num_workers=1",
+        "train.num_workers=0",
         f"train.storage_path=s3://{BUCKET}/ray_results",
         f"export.out_dir=s3://{BUCKET}/exports",
         "eval.online_knn=400",

@@ -60,6 +60,8 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
     assert run.data.params["method.temperature"] == "0.1" and run.data.params["train.epochs"] == "2"  # job, gate
     assert len(run.data.params["data.manifest_sha256"]) == 64
     assert [m.step for m in client.get_metric_history(summary.run_id, "loss")] == [0, 1]
+    global_batch = config.data.batch_size * config.train.num_workers
+    assert run.data.metrics["images"] == 10_000 // global_batch * global_batch  # each worker read its own share
     per_rank = [run.data.metrics[f"images_per_s_rank_{rank}"] for rank in range(2)]  # each rank's own rate
     assert min(per_rank) > 0 and abs(sum(per_rank) / run.data.metrics["images_per_s"] - 1) < 0.25
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
