@@ -28,7 +28,7 @@ def _overrides(shards):
         "data.num_workers=0",
         *TINY_MODEL,
         "train.epochs=2",
-        "train.num_workers=0",  # each trial trains in its own Tune process (Ray Train workers: test_cluster.py)
+        "train.num_workers=0",  # each trial trains in its own Tune process (Ray Train workers: the ASHA test's)
         "eval.baselines=false",
         "eval.probe_max_iter=100",
         "eval.online_knn=400",
@@ -51,16 +51,16 @@ def test_a_search_over_methods_stops_the_weak_trial_early_and_gives_each_trial_o
 ):
     """Method branches under ASHA. ASHA's metric is rigged: the learning rate itself, so the SimCLR trial at 1e-3,
     run after the VAE at 1e-2, trails it at the first rung for sure and is stopped; the VAE finishes and is the
-    best. Each trial records only its own method's options."""
+    best. Each trial records only its own method's options. The SimCLR trial drives a Ray Train worker group (the
+    default way a trial trains), so Tune's stop reaches through it; the VAE trains in its Tune process."""
     space = {
         "method": {
-            "vae": {
-                "augment.preset": "none",
-                "method.bottleneck": {"grid": [4]},
-                "optim.lr": 1e-2,
-                "train.num_workers": 1,  # this trial drives a Ray Train worker group; the other trains in-process
+            "vae": {"augment.preset": "none", "method.bottleneck": {"grid": [4]}, "optim.lr": 1e-2},
+            "simclr": {
+                "method.temperature": {"grid": [0.2]},
+                "optim.lr": 1e-3,
+                "train.num_workers": 1,  # this trial drives a Ray Train worker group, stopped by Tune with it
             },
-            "simclr": {"method.temperature": {"grid": [0.2]}, "optim.lr": 1e-3},
         }
     }
     search = SearchConfig(space=space, early_stop_metric="lr", max_concurrent_trials=1, name="rigged")
@@ -83,7 +83,7 @@ def test_a_search_over_methods_stops_the_weak_trial_early_and_gives_each_trial_o
         for name, run in children.items()
         if (tmp_path / "ray_results" / run.data.tags[RUN_NAME_TAG] / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).exists()
     }
-    assert ray_train_runs == {"vae"}  # Ray Train's controller kept the VAE trial's checkpoints, not the other's
+    assert ray_train_runs == {"simclr"}  # Ray Train's controller kept this trial's checkpoints, not the VAE's
     stopped = children["simclr"]
     assert stopped.info.status == "KILLED" and "probe_accuracy" not in stopped.data.metrics
     logged = sorted(m.step for m in client.get_metric_history(stopped.info.run_id, "loss"))
