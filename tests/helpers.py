@@ -11,9 +11,7 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,25 +74,19 @@ def rewrite_shard(shards: Path, name: str, edit) -> None:
     (shards / "manifest.json").write_text(json.dumps(raw))
 
 
-def kill_a_train_worker(ray, ready: Callable[[], object], killed: list[int]) -> threading.Thread:
-    """A started thread that, once ``ready()`` holds, kills a live Ray Train worker of the local ``ray`` by PID
-    (SIGKILL, as the OOM killer or a lost node would) and records the PID in ``killed``."""
+def kill_a_train_worker(ray) -> int:
+    """Kill a live Ray Train worker of the local ``ray`` by PID (SIGKILL, as the OOM killer or a lost node would);
+    its PID."""
     from ray.util.state import list_actors
 
-    def kill() -> None:
-        ready()
-        workers = list_actors(
-            address=ray.get_runtime_context().gcs_address,
-            detail=True,
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-        )
-        pid = max(actor.pid for actor in workers)
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-
-    thread = threading.Thread(target=kill, daemon=True)
-    thread.start()
-    return thread
+    workers = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        detail=True,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
+    pid = max(actor.pid for actor in workers)
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 WITHOUT_SSLPIPE = """

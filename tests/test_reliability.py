@@ -11,31 +11,36 @@ import signal
 import subprocess
 import threading
 from itertools import pairwise
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.commands.pretrain import pretrain
 from pipeline.config import JobConfig, load_config
-from pipeline.export import load_encoder
 from pipeline.schedules import ema_momentum, warmup_cosine
 from pipeline.track.epoch_log import NODES_TAG
+from pipeline.train.harness import train
+from pipeline.train.pretraining import Pretraining
 from tests.helpers import TINY_MODEL, kill_a_train_worker, rewrite_shard, when_epochs_logged
-from tests.processes import BIN, REPO, MlflowServer, wait_until
+from tests.in_process import InProcess
+from tests.processes import BIN, REPO, MlflowServer, gloo_ranks, wait_until
 
 pytestmark = pytest.mark.slow
-EPOCHS = 4
 JOB = REPO / "jobs" / "byol_fashion_mnist.yaml"  # with the overrides below: a small BYOL run on synthetic shards
+EPOCHS = 6  # the chain of faults' (about a second each): room for a restart, then a stop, before the last
+OUTAGE_EPOCHS = 4  # (3 s each): two kept while the server is away
 
 
-def _overrides(shards, name: str) -> list[str]:
+def _overrides(shards, name: str, epochs: int) -> list[str]:
     return [
         f"data.shards={shards}",
         "data.batch_size=64",
         "data.num_workers=1",
         *TINY_MODEL,
-        f"train.epochs={EPOCHS}",
+        f"train.epochs={epochs}",
         f"train.name={name}",
         "optim.warmup_epochs=0",
         "eval.baselines=false",
@@ -65,27 +70,33 @@ def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobCon
     assert len(images) == 1  # every epoch read the whole split, the restarted ones too
 
 
-def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
-    ray_local, synthetic_shards, tmp_path, workdir, tracking_uri
+def _uninterrupted(folder: str, shards: str) -> dict[str, np.ndarray]:
+    """On this rank of a 2-process gloo group (as Ray Train's 2 workers run it): the chain's job trained whole,
+    without Ray, its data read in this process (``data.num_workers=0``: the chain's loader process must not change a
+    sample); the final model state, as numpy arrays."""
+    session = InProcess(Path(folder))
+    config = load_config(JOB, [*_overrides(shards, "uninterrupted", EPOCHS), "data.num_workers=0"])
+    train(config, Pretraining(), session)
+    return {key: value.numpy() for key, value in session.resume_state()["model"].items()}
+
+
+def _checkpoints(folder: Path, epochs: int) -> list[Path]:
+    """The checkpoint files in ``folder`` written after ``epochs`` epochs (more than one where a worker was killed
+    after writing its epoch's checkpoint and before Ray registered it: the restart writes it again)."""
+    return [path for path in folder.glob("checkpoint_*/checkpoint.pt") if torch.load(path)["epoch"] == epochs]
+
+
+def test_a_killed_worker_then_a_stopped_driver_resume_to_the_uninterrupted_model(
+    ray_local, even_shards, tmp_path, workdir, tracking_uri
 ):
+    """One run through every fault of a long job: `sslpipe pretrain` as a user runs it (here joined to this test's
+    Ray), a Ray Train worker killed by PID once epoch 0 is logged (Ray restarts the workers from the last checkpoint,
+    train.max_failures=1, and they log into the same MLflow run), then the driver stopped with SIGTERM once the
+    restarted workers have logged an epoch, the checkpoint it would resume from damaged (a truncated file), and the
+    same command again: it falls back to the checkpoint before, and ends with the weights of the same job trained
+    without a fault (2 ranks of a gloo group, without Ray)."""
     client = MlflowClient(tracking_uri)
-
-    # 1. a Ray Train worker process killed by PID once epoch 0 is logged: Ray restarts the workers from the
-    #    last checkpoint (train.max_failures=1) and they go on logging into the same MLflow run
-    config = load_config(JOB, [*_overrides(synthetic_shards, "killed"), "train.max_failures=1"])
-    killed: list[int] = []
-    killer = kill_a_train_worker(ray_local, lambda: when_epochs_logged(tracking_uri, "killed", 1), killed)
-    restarted = pretrain(config, register=False)
-    killer.join(timeout=10)
-    assert killed, "no worker was killed"
-    [run] = client.search_runs(["1"])  # one run: the restarted workers logged into it
-    assert run.info.run_id == restarted.run_id and run.info.status == "FINISHED"
-    assert max(value for _, value in _history(client, run.info.run_id, "start_epoch")) >= 1  # resumed, not redone
-    _assert_one_continuous_run(client, run.info.run_id, config)
-
-    # 2. `sslpipe pretrain` as a user runs it (here joined to this test's Ray), stopped with SIGTERM after 2
-    #    epochs, then the same command again
-    overrides = _overrides(synthetic_shards, "stopped")
+    overrides = [*_overrides(even_shards, "faults", EPOCHS), "train.max_failures=1"]
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     process = subprocess.Popen(
         [str(BIN / "sslpipe"), "pretrain", str(JOB), *overrides],
@@ -96,7 +107,13 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
         text=True,
     )
     try:
-        run_id = when_epochs_logged(tracking_uri, "stopped", 2, process)
+        run_id = when_epochs_logged(tracking_uri, "faults", 1, process)
+        kill_a_train_worker(ray_local)
+        wait_until(
+            lambda: max(value for _, value in _history(client, run_id, "start_epoch")) >= 1,
+            300,
+            "an epoch of the restarted workers",
+        )
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -104,31 +121,28 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume_to_the_same_model(
     assert process.returncode == 2 and "stopped by SIGTERM" in output and "rerun" in output, output[-2000:]
     assert client.get_run(run_id).info.status == "KILLED"
     stopped_at = max(value for _, value in _history(client, run_id, "epoch")) + 1
-    # and the checkpoint it would resume from damaged (a truncated file): the rerun falls back to the one before
-    [last] = [
-        path
-        for path in (tmp_path / "ray_results" / "stopped").glob("checkpoint_*/checkpoint.pt")
-        if torch.load(path, weights_only=True)["epoch"] == stopped_at
-    ]
-    last.write_bytes(last.read_bytes()[:1000])
-    resumed = pretrain(load_config(JOB, overrides), register=False)
-    assert resumed.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    for last in _checkpoints(tmp_path / "ray_results" / "faults", stopped_at):
+        last.write_bytes(last.read_bytes()[:1000])
+    config = load_config(JOB, overrides)
+    resumed = pretrain(config, register=False)
+    [run] = client.search_runs(["1"])  # one run: the restarted workers and the rerun logged into it
+    assert run.info.run_id == resumed.run_id == run_id and run.info.status == "FINISHED"
     assert max(value for _, value in _history(client, run_id, "start_epoch")) == stopped_at - 1
     assert 1 < stopped_at < EPOCHS  # (the epoch rerun from the earlier checkpoint repeats its metrics exactly)
     _assert_one_continuous_run(client, run_id, config)
 
     metrics = client.get_run(run_id).data.metrics
-    assert metrics["probe_accuracy"] > 0.8 and metrics["knn_accuracy"] > 0.8  # measured 1.0, 0.99; chance 0.1
+    assert metrics["probe_accuracy"] > 0.8 and metrics["knn_accuracy"] > 0.8  # measured 1.0, 0.95; chance 0.1
     assert "latent_scatter.png" in {a.path for a in client.list_artifacts(run_id)}
 
-    # the two runs were interrupted at different epochs, and both resumed to the same encoder: resuming restores
-    # weights, optimizer, LR and momentum schedules and the data and augmentation streams exactly (up to float
-    # reduction order, which is deterministic on CPUs with gloo)
-    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        embeddings = load_encoder(resumed.export_dir).eval()(x)
-        torch.testing.assert_close(embeddings, load_encoder(restarted.export_dir).eval()(x), rtol=1e-4, atol=1e-5)
-    assert embeddings.shape == (16, 32)
+    # resuming restores weights, optimizer, LR and momentum schedules and the data and augmentation streams exactly:
+    # the faults left no trace in the weights (bit for bit: on CPUs, gloo's reduction order is fixed)
+    expected, _ = gloo_ranks(_uninterrupted, str(tmp_path / "uninterrupted"), str(even_shards))
+    ended = torch.load(max((tmp_path / "ray_results" / "faults").glob("checkpoint_*/checkpoint.pt")))
+    assert ended["epoch"] == EPOCHS
+    assert ended["model"].keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(ended["model"][key], torch.from_numpy(value), rtol=0, atol=0, msg=key)
 
 
 def test_a_tracking_server_outage_and_bad_samples_lose_nothing(
@@ -150,7 +164,12 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     config = load_config(
         JOB,
-        [*_overrides(shards, "outage"), "train.num_workers=1", "track.server_wait_s=120", "data.skip_bad_samples=true"],
+        [
+            *_overrides(shards, "outage", OUTAGE_EPOCHS),
+            "train.num_workers=1",
+            "track.server_wait_s=120",
+            "data.skip_bad_samples=true",
+        ],
     )
     unsent = tmp_path / "ray_results" / "outage" / "mlflow_unsent.json"
     kept: list[dict] = []
@@ -173,9 +192,9 @@ def test_a_tracking_server_outage_and_bad_samples_lose_nothing(
         client = MlflowClient(server.url)
         run = client.get_run(summary.run_id)
         assert run.info.status == "FINISHED" and not unsent.exists()
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(EPOCHS))
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(OUTAGE_EPOCHS))
         assert {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "skipped_samples")} == {
-            (epoch, 256) for epoch in range(EPOCHS)
+            (epoch, 256) for epoch in range(OUTAGE_EPOCHS)
         }
         assert {m.value for m in client.get_metric_history(run.info.run_id, "images")} == {3000 // 64 * 64}
         assert run.data.tags[NODES_TAG] and "probe_accuracy" in run.data.metrics

@@ -3,9 +3,11 @@ tracking server that goes away mid-run.
 
 Logging from the controller (not from rank 0) ties each logged epoch to a registered checkpoint: when a worker dies
 and Ray restarts the group from the last checkpoint, the epochs it reruns were never logged, so the run's step axis
-has every epoch exactly once. Epochs that cannot be sent (the server is down) wait, in order, in memory and in a
-local JSON file (:class:`Outbox`); training goes on, and they are sent once the server answers again: at the next
-epoch, or by the driver after training (:func:`send_unsent`).
+has every epoch exactly once. A stop that lands between Ray registering an epoch's checkpoint and this logger
+sending it leaves that one epoch out: the rerun, which resumes after it, logs it first from the checkpoint. Epochs
+that cannot be sent (the server is down) wait, in order, in memory and in a local JSON file (:class:`Outbox`);
+training goes on, and they are sent once the server answers again: at the next epoch, or by the driver after
+training (:func:`send_unsent`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ray.train import Checkpoint, UserCallback
 from pipeline import storage
 from pipeline.errors import SslpipeError
 from pipeline.track.tracker import Tracker, check_reachable
+from pipeline.train.checkpoint import checkpoint_paths, load_checkpoint
 from pipeline.train.session import WORKER_NODES
 
 log = logging.getLogger(__name__)
@@ -79,11 +82,36 @@ class EpochMetricsToMlflow(UserCallback):
         """``metrics[r]`` is rank ``r``'s report."""
         if self._tracker is None:
             self._tracker, self._outbox = Tracker(self.tracking_uri), Outbox(self.unsent)
+            self._add_unlogged_resumed_epoch(int(metrics[0].get("start_epoch", 0)), checkpoint)
         nodes = ",".join(checkpoint.get_metadata().get(WORKER_NODES, [])) if checkpoint else None
         tags = {NODES_TAG: nodes} if nodes and nodes != self._nodes else {}
         self._nodes = nodes or self._nodes
         self._outbox.add(int(metrics[0]["epoch"]), metrics[0], tags)
         self._outbox.send(self._tracker, self.run_id)
+
+    def _add_unlogged_resumed_epoch(self, resumed: int, checkpoint: Checkpoint | None) -> None:
+        """On a run's first report here, resumed after ``resumed`` epochs: if the last of those is neither in MLflow
+        nor in the outbox, its metrics from the checkpoint written after it (in ``checkpoint``'s run folder) go
+        into the outbox, ahead of this report. (Best effort: an unreachable server leaves the run as it is.)"""
+        if not resumed or checkpoint is None or any(entry["step"] == resumed - 1 for entry in self._outbox.entries):
+            return
+        try:
+            logged = {m.step for m in self._tracker.client.get_metric_history(self.run_id, "epoch")}
+        except Exception:  # the server is away: the run keeps its gap, training goes on
+            return
+        if resumed - 1 in logged:
+            return
+        folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+        for path in reversed(checkpoint_paths(checkpoint.filesystem, folder)):
+            with Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as directory:
+                try:
+                    state = load_checkpoint(directory)
+                except SslpipeError:
+                    continue
+            if state["epoch"] == resumed:
+                log.warning("epoch %d was stored but not logged before the run stopped: logging it now", resumed - 1)
+                self._outbox.add(resumed - 1, state["metrics"], {})
+                return
 
 
 def send_unsent(tracker: Tracker, run_id: str, unsent: str | Path, wait_s: float) -> None:
