@@ -132,10 +132,13 @@ def workdir(tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the session (started here, shut down here: exactly its own processes)."""
+    """One local Ray instance for the session (started here, shut down here: exactly its own processes). Its
+    workers inherit this process's environment as it is now: without a tracking URI that an earlier test left."""
     ray = pytest.importorskip("ray")
-    # the dashboard serves the state API that Ray Train's placement-group cleaner needs when Tune stops a trial
-    ray.init(num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        # the dashboard serves the state API that Ray Train's placement-group cleaner needs when Tune stops a trial
+        ray.init(num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

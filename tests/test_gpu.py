@@ -12,6 +12,7 @@ from pipeline.config import load_config, with_values
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 from pipeline.export import load_encoder
+from pipeline.track.tracker import fluent_api_at
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -69,7 +70,7 @@ def test_method_on_gpu(ray_local, gpu_photos, tmp_path, workdir, name):
         on_cpu = encoder(x)
         on_gpu = encoder.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
-    mlflow.set_tracking_uri(summary.tracking_uri)
-    registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cuda")  # as people call it
+    with fluent_api_at(summary.tracking_uri):
+        registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cuda")  # as people call it
     with torch.no_grad():
         torch.testing.assert_close(registered(x.cuda()).cpu(), on_cpu, atol=1e-3, rtol=1e-3)

@@ -16,6 +16,7 @@ from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
 from pipeline.evaluate.suite import worker_features
 from pipeline.export import load_encoder
+from pipeline.track.tracker import fluent_api_at
 from pipeline.train import NonFiniteLoss
 from tests.helpers import TINY_MODEL, features_with_the_library_alone
 
@@ -83,12 +84,10 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
 
     # the registered model loads without our classes, takes .eval() and .to(), and embeds; load_encoder agrees
     assert summary.model_uri == "models:/sslpipe-encoder/1"
-    mlflow.set_tracking_uri(summary.tracking_uri)
-    registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cpu")
-    assert (
-        f"torch=={torch.__version__.split('+')[0]}"
-        in Path(mlflow.pyfunc.get_model_dependencies(summary.model_uri)).read_text().split()
-    )
+    with fluent_api_at(summary.tracking_uri):
+        registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cpu")
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(summary.model_uri)).read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         expected = load_encoder(summary.export_dir).eval()(x)

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 from pipeline.commands.pretrain import pretrain
 from pipeline.config import JobConfig, load_config
 from pipeline.schedules import ema_momentum, warmup_cosine
 from pipeline.track.epoch_log import NODES_TAG
+from pipeline.train.checkpoint import CHECKPOINT_FILE
 from pipeline.train.harness import train
 from pipeline.train.pretraining import Pretraining
 from tests.helpers import TINY_MODEL, kill_a_train_worker, rewrite_shard, when_epochs_logged
@@ -53,6 +55,11 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
     return sorted({(m.step, m.value) for m in client.get_metric_history(run_id, key)})
 
 
+def _starts(client: MlflowClient, run_id: str) -> set[float]:
+    """The epochs that the run's attempts resumed after (``start_epoch``; 0: the first attempt)."""
+    return {value for _, value in _history(client, run_id, "start_epoch")}
+
+
 def _assert_one_continuous_run(client: MlflowClient, run_id: str, config: JobConfig) -> None:
     """Every epoch logged once, and the LR and BYOL momentum at each epoch's last step on the uninterrupted
     schedules (their counters continued through the restart)."""
@@ -80,12 +87,6 @@ def _uninterrupted(folder: str, shards: str) -> dict[str, np.ndarray]:
     return {key: value.numpy() for key, value in session.resume_state()["model"].items()}
 
 
-def _checkpoints(folder: Path, epochs: int) -> list[Path]:
-    """The checkpoint files in ``folder`` written after ``epochs`` epochs (more than one where a worker was killed
-    after writing its epoch's checkpoint and before Ray registered it: the restart writes it again)."""
-    return [path for path in folder.glob("checkpoint_*/checkpoint.pt") if torch.load(path)["epoch"] == epochs]
-
-
 def test_a_killed_worker_then_a_stopped_driver_resume_to_the_uninterrupted_model(
     ray_local, even_shards, tmp_path, workdir, tracking_uri
 ):
@@ -109,26 +110,27 @@ def test_a_killed_worker_then_a_stopped_driver_resume_to_the_uninterrupted_model
     try:
         run_id = when_epochs_logged(tracking_uri, "faults", 1, process)
         kill_a_train_worker(ray_local)
-        wait_until(
-            lambda: max(value for _, value in _history(client, run_id, "start_epoch")) >= 1,
-            300,
-            "an epoch of the restarted workers",
-        )
+        wait_until(lambda: len(_starts(client, run_id)) == 2, 300, "an epoch of the restarted workers")
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 2 and "stopped by SIGTERM" in output and "rerun" in output, output[-2000:]
     assert client.get_run(run_id).info.status == "KILLED"
-    stopped_at = max(value for _, value in _history(client, run_id, "epoch")) + 1
-    for last in _checkpoints(tmp_path / "ray_results" / "faults", stopped_at):
-        last.write_bytes(last.read_bytes()[:1000])
+    [restarted] = _starts(client, run_id) - {0}
+    # the checkpoint the rerun would resume from (Ray's latest registered one) damaged: it falls back to the newest
+    # readable one before it
+    folder = tmp_path / "ray_results" / "faults"
+    registered = json.loads((folder / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).read_text())["latest_checkpoint_result"]
+    latest = folder / registered["checkpoint_dir_name"] / CHECKPOINT_FILE
+    earlier = max(path for path in folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}") if path < latest)
+    stopped_at, fallback = torch.load(latest)["epoch"], torch.load(earlier)["epoch"]
+    latest.write_bytes(latest.read_bytes()[:1000])
     config = load_config(JOB, overrides)
     resumed = pretrain(config, register=False)
     [run] = client.search_runs(["1"])  # one run: the restarted workers and the rerun logged into it
     assert run.info.run_id == resumed.run_id == run_id and run.info.status == "FINISHED"
-    assert max(value for _, value in _history(client, run_id, "start_epoch")) == stopped_at - 1
-    assert 1 < stopped_at < EPOCHS  # (the epoch rerun from the earlier checkpoint repeats its metrics exactly)
+    assert _starts(client, run_id) == {0, restarted, fallback} and stopped_at < EPOCHS  # the epochs resumed after
     _assert_one_continuous_run(client, run_id, config)
 
     metrics = client.get_run(run_id).data.metrics
@@ -138,7 +140,7 @@ def test_a_killed_worker_then_a_stopped_driver_resume_to_the_uninterrupted_model
     # resuming restores weights, optimizer, LR and momentum schedules and the data and augmentation streams exactly:
     # the faults left no trace in the weights (bit for bit: on CPUs, gloo's reduction order is fixed)
     expected, _ = gloo_ranks(_uninterrupted, str(tmp_path / "uninterrupted"), str(even_shards))
-    ended = torch.load(max((tmp_path / "ray_results" / "faults").glob("checkpoint_*/checkpoint.pt")))
+    ended = torch.load(max(folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}")))
     assert ended["epoch"] == EPOCHS
     assert ended["model"].keys() == expected.keys()
     for key, value in expected.items():

@@ -277,8 +277,7 @@ class Tracker:
         whose ``.eval()`` and ``.to(device)`` work, without our code: the program in :data:`SHIPPED`'s
         ``ExportedEncoder``, which is shipped with the model and imports only torch."""
         loadable = shipped_module().ExportedEncoder(program)
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id), _written(files) as paths, quiet_registration():
+        with fluent_api_at(self.uri), mlflow.start_run(run_id=run_id), _written(files) as paths, quiet_registration():
             info = mlflow.pytorch.log_model(
                 # pickled: only the shipped class and the program's bytes (MLflow's pt2 format cannot .eval())
                 loadable,
@@ -294,6 +293,19 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def fluent_api_at(uri: str) -> Iterator[None]:
+    """MLflow's module-level API (``mlflow.start_run``, ``mlflow.pytorch.log_model``/``load_model``) at ``uri`` for
+    the block. Its setter also exports ``MLFLOW_TRACKING_URI`` to every process started later (a Ray instance's
+    workers, a command's subprocesses); afterwards both are as they were."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # (None unsets both)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import torch
 from pipeline.data import read_manifest
 from pipeline.models import EncoderSpec, build_encoder
 from pipeline.track import Tracker
+from pipeline.track.tracker import fluent_api_at
 from tests.helpers import WITHOUT_SSLPIPE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +163,7 @@ def test_the_registered_encoder_loads_and_evals_without_sslpipe_and_pins_torch(t
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
 
-    mlflow.set_tracking_uri(tracker.uri)
-    requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+    with fluent_api_at(tracker.uri):
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements
     assert f"torch=={importlib.metadata.version('torch')}" in requirements
