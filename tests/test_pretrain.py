@@ -84,15 +84,16 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
 
     # the registered model loads without our classes, takes .eval() and .to(), and embeds; load_encoder agrees
     assert summary.model_uri == "models:/sslpipe-encoder/1"
-    with fluent_api_at(summary.tracking_uri):
+    with fluent_api_at(summary.tracking_uri):  # as a user's MLFLOW_TRACKING_URI would
         registered = mlflow.pytorch.load_model(summary.model_uri).eval().to("cpu")
         requirements = Path(mlflow.pyfunc.get_model_dependencies(summary.model_uri)).read_text().split()
+        from_registry = load_encoder(summary.model_uri).eval()
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         expected = load_encoder(summary.export_dir).eval()(x)
         torch.testing.assert_close(registered(x), expected)
-        torch.testing.assert_close(load_encoder(summary.model_uri).eval()(x), expected)
+        torch.testing.assert_close(from_registry(x), expected)
     assert expected.shape == (3, 16)  # the gate's 16-d representation
 
 
