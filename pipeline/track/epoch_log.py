@@ -23,7 +23,7 @@ from ray.train import Checkpoint, UserCallback
 from pipeline import storage
 from pipeline.errors import SslpipeError
 from pipeline.track.tracker import Tracker, check_reachable
-from pipeline.train.checkpoint import checkpoint_paths, load_checkpoint
+from pipeline.train.checkpoint import checkpoint_paths, load_checkpoint, run_folder
 from pipeline.train.session import WORKER_NODES
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,7 @@ class EpochMetricsToMlflow(UserCallback):
             return
         if resumed - 1 in logged:
             return
-        folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-        for path in reversed(checkpoint_paths(checkpoint.filesystem, folder)):
+        for path in reversed(checkpoint_paths(checkpoint.filesystem, run_folder(checkpoint))):
             with Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as directory:
                 try:
                     state = load_checkpoint(directory)

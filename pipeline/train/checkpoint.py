@@ -47,13 +47,18 @@ def checkpoint_paths(filesystem: Any, folder: str) -> list[str]:
     )
 
 
+def run_folder(checkpoint: Any) -> str:
+    """The run folder that Ray Train ``checkpoint`` lies in (the parent of its ``checkpoint_*`` folder)."""
+    return checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+
+
 def restore_state(checkpoint: Any) -> dict:
     """The state in Ray Train ``checkpoint``; if that file is unreadable, the state of the newest readable
     checkpoint before it in the same run folder (Ray keeps ``num_to_keep`` of them), with a warning naming the
     bad one. Raises naming every unreadable file when none is left."""
     from ray.train import Checkpoint
 
-    folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    folder = run_folder(checkpoint)
     earlier = [path for path in checkpoint_paths(checkpoint.filesystem, folder) if path < checkpoint.path][::-1]
     errors = []
     for candidate in [checkpoint, *(Checkpoint(path, filesystem=checkpoint.filesystem) for path in earlier)]:
