@@ -48,7 +48,7 @@ class When:
 
 @dataclass(frozen=True)
 class Declared:
-    """One field: ``kinds`` are its allowed types (``NoneType`` for null), ``choices`` its allowed values (strings
+    """One field: ``kinds`` are its allowed types (``NoneType`` for null), ``choices`` its allowed values (strings,
     or integers), ``when`` the conditions under which it applies (none: always)."""
 
     name: str
@@ -132,9 +132,9 @@ def _coerce(value: Any, field: Declared, where: str) -> Any:
     if value is None and NONE in field.kinds:
         return None
     if field.choices:
-        if value not in field.choices or isinstance(value, bool):
+        if not any(value == choice and type(value) is type(choice) for choice in field.choices):
             null = " (or null)" if NONE in field.kinds else ""
-            raise ConfigError(f"{where}: {value!r}; choose one of {', '.join(map(str, field.choices))}{null}")
+            raise ConfigError(f"{where}: {value!r}; choose one of {', '.join(map(_text, field.choices))}{null}")
         return value
     for kind in field.kinds:
         if kind is bool and isinstance(value, bool):
@@ -151,6 +151,11 @@ def _coerce(value: Any, field: Declared, where: str) -> Any:
         if kind not in (bool, int, float, NONE) and isinstance(value, kind):
             return value
     raise ConfigError(f"{where}: expected {_type_names(field)}, got {value!r}")
+
+
+def _text(value: Any) -> str:
+    """``value`` as YAML writes it: ``true``, ``null``, ``auto``."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _type_names(field: Declared) -> str:
@@ -182,18 +187,11 @@ def describe(cls: type) -> list[tuple[str, str, str, str]]:
     rows = []
     for field in declared(cls):
         if field.choices:
-            takes = ", ".join(f"`{choice}`" for choice in field.choices)
+            takes = ", ".join(f"`{_text(choice)}`" for choice in field.choices)
         else:
             takes = " or ".join(kind.__name__ for kind in field.kinds if kind is not NONE)
         takes += "".join(f" {_limit_text(limit)}" for limit in field.limits)
         if NONE in field.kinds:
             takes += " or null"
-        default = (
-            "null"
-            if field.default is None
-            else str(field.default).lower()
-            if isinstance(field.default, bool)
-            else str(field.default)
-        )
-        rows.append((field.name, takes, f"`{default}`", field.doc))
+        rows.append((field.name, takes, f"`{_text(field.default)}`", field.doc))
     return rows

@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Interval
 
@@ -100,7 +100,11 @@ class TrainConfig:
     use_gpu: Annotated[bool, "one GPU per worker, DDP over nccl"] = False
     cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
     sync_batchnorm: Annotated[bool, "BatchNorm statistics over all ranks"] = False
-    amp: Annotated[bool, "bf16 autocast, on GPUs only"] = True
+    amp: Annotated[
+        Literal["auto", True, False],
+        "bf16 autocast; auto: where the device has native bf16 (GPUs from Ampere, CPUs with AVX512-BF16, AMX or Arm "
+        "BF16), float32 elsewhere",
+    ] = "auto"
     compile: Annotated[bool, "torch.compile the model (opt-in: on CPUs it does not pay, see Performance)"] = False
     seed: Annotated[int, Ge(0), "initial weights, data order, augmentation and noise streams"] = 0
     name: Annotated[

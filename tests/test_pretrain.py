@@ -18,6 +18,7 @@ from pipeline.evaluate.suite import worker_features
 from pipeline.export import load_encoder
 from pipeline.track.tracker import fluent_api_at
 from pipeline.train import NonFiniteLoss
+from pipeline.train.amp import native_bf16, precision_name
 from tests.helpers import TINY_MODEL, features_with_the_library_alone
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
@@ -60,6 +61,9 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
     assert run.info.status == "FINISHED"
     assert run.data.params["method.temperature"] == "0.1" and run.data.params["train.epochs"] == "2"  # job, gate
     assert len(run.data.params["data.manifest_sha256"]) == 64
+    # train.amp auto: bf16 autocast where this CPU has bf16 instructions, on both ranks
+    cpu_precision = precision_name(native_bf16(torch.device("cpu")))
+    assert run.data.params["train.amp"] == "auto" and run.data.params["precision"] == cpu_precision
     assert [m.step for m in client.get_metric_history(summary.run_id, "loss")] == [0, 1]
     global_batch = config.data.batch_size * config.train.num_workers
     assert run.data.metrics["images"] == 10_000 // global_batch * global_batch  # each worker read its own share
@@ -168,6 +172,7 @@ def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on
     assert main(["pretrain", str(JOBS / "simclr_photos.yaml"), *overrides]) == 0
     printed = capsys.readouterr().out
     assert "probe_accuracy" in printed and "/#/experiments/1?workflowType=machine_learning" in printed
+    assert f"precision: {precision_name(native_bf16(torch.device('cpu')))} (train.amp auto on cpu)" in printed
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     [run] = client.search_runs(["1"], "tags.`sslpipe.run_name` = 'photos'")
     assert run.info.status == "FINISHED" and run.data.params["eval.shards"] == str(labeled_photo_shards)

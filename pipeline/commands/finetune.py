@@ -237,7 +237,7 @@ def _fraction(
         ) as trained:
             step = Finetuning(source.spec, source.weights if init == "pretrained" else None, (scorer,))
             state = fit(trained.config, child, [trained.epoch_logger()], step)
-            trained.send_unsent()
+            trained.after_training(state)
         row.accuracy[init], row.run_ids[init] = state["metrics"]["test_accuracy"], trained.id
     run.tracker.log_metrics(run.id, {metric_name(fraction, init): row.accuracy[init] for init in INITS})
     return row

@@ -64,7 +64,7 @@ def pretrain(
         extraction.clear()  # what an earlier attempt left
         step = Pretraining(monitors(plan), (extraction,), progress=parent_run_id is None)  # a trial's: the search's
         state = fit(job, name, [run.epoch_logger(), *train_callbacks], step)
-        run.send_unsent()
+        run.after_training(state)
         method = trained_method(job.method, job.model, manifest, state, job.data.crop_size)
         metrics, plots = evaluate_method(method, plan, work, gather_features(extraction))
         run.log_metrics(metrics, step=job.train.epochs)

@@ -45,9 +45,13 @@ class TrackedRun:
         """The Ray Train callback that logs every epoch to this run, through the outbox."""
         return EpochMetricsToMlflow(self.tracker.uri, self.id, str(self.outbox))
 
-    def send_unsent(self) -> None:
-        """Send what the outbox still holds, waiting ``track.server_wait_s`` for a server that went away."""
+    def after_training(self, state: dict) -> None:
+        """After training ended with the checkpoint ``state``: send what the outbox still holds (waiting
+        ``track.server_wait_s`` for a server that went away), then the precision it trained in, as the param
+        ``precision``."""
         send_unsent(self.tracker, self.id, self.outbox, self.config.track.server_wait_s)
+        if "precision" in state:  # (not in checkpoints of sslpipe 0.1)
+            self.log_params({"precision": state["precision"]})
 
     def describe(self, text: str) -> None:
         """The run's description in MLflow's UI."""

@@ -29,6 +29,7 @@ from pipeline.distributed import gather_objects, sum_across_ranks, world
 from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec
 from pipeline.schedules import warmup_cosine
+from pipeline.train.amp import group_autocast, precision_name
 from pipeline.train.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
 from pipeline.train.progress import EpochClock, epoch_line, quiet_ray_train_reports
 from pipeline.train.session import RayTrainSession, Session
@@ -45,7 +46,8 @@ class NonFiniteLoss(SslpipeError):
 
 @dataclass
 class Training:
-    """One rank's training: the job, its step, data, views, the module and its wrapped (DDP, compiled) model."""
+    """One rank's training: the job, its step, data, views, the module and its wrapped (DDP, compiled) model, and
+    whether its steps run under bf16 autocast."""
 
     config: JobConfig
     step: Step
@@ -59,6 +61,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     per_epoch: list[int]
+    autocast: bool
 
     @property
     def total_steps(self) -> int:
@@ -142,7 +145,10 @@ def prepare(config: JobConfig, step: Step, session: Session) -> Training:
     per_epoch = steps_in(loader, config.train.epochs, config.train.max_steps_per_epoch)
     total, warmup = sum(per_epoch), max(1, math.ceil(warmup_epochs * per_epoch[0]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, min(total, warmup)))
-    return Training(config, step, device, manifest, views, loader, module, spec, model, optimizer, scheduler, per_epoch)
+    autocast = group_autocast(config.train.amp, device)
+    return Training(
+        config, step, device, manifest, views, loader, module, spec, model, optimizer, scheduler, per_epoch, autocast
+    )
 
 
 def resume(training: Training, session: Session) -> tuple[int, int]:
@@ -172,7 +178,7 @@ def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) ->
     """One epoch of this rank from global step ``step``; returns ``(the step after it, the epoch's metrics over all
     ranks)``."""
     config, device, loader = training.config, training.device, training.loader
-    rank, autocast = world()[0], device.type == "cuda" and config.train.amp
+    rank = world()[0]
     loader.set_epoch(epoch)
     training.views.set_epoch(epoch)
     training.model.train()
@@ -181,7 +187,7 @@ def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) ->
     capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
     for images, labels, _ in clock.batches(itertools.islice(loader, training.per_epoch[epoch]) if capped else loader):
         value, tally = optimize(
-            training.model, training.optimizer, training.views(images), autocast, training.step.forward, labels
+            training.model, training.optimizer, training.views(images), training.autocast, training.step.forward, labels
         )
         loss_sum += value.float()
         tallies = tally if tallies is None else tallies + tally
@@ -234,6 +240,7 @@ def report(training: Training, metrics: dict[str, float], nodes: list[str], sess
         "rng": gather_objects(rng_state(training.device)),
         "config": training.config.to_dict(),
         "spec": training.spec.to_dict(),
+        "precision": precision_name(training.autocast),
         "metrics": metrics,
     }
     with tempfile.TemporaryDirectory() as directory:
@@ -257,6 +264,8 @@ def train(config: JobConfig, step: Step, session: Session) -> None:
     device = training.device
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
     start_epoch, first_step = resume(training, session)
+    if rank == 0 and step.progress:
+        log.info("precision: %s (train.amp %s on %s)", precision_name(training.autocast), config.train.amp, device)
     nodes = gather_objects(session.node())  # where each rank runs (after a restart too)
     if not step.progress:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # a search trial: the search prints its lines
