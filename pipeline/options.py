@@ -49,7 +49,7 @@ class When:
 @dataclass(frozen=True)
 class Declared:
     """One field: ``kinds`` are its allowed types (``NoneType`` for null), ``choices`` its allowed values (strings,
-    or integers), ``when`` the conditions under which it applies (none: always)."""
+    integers or booleans), ``when`` the conditions under which it applies (none: always)."""
 
     name: str
     kinds: tuple[type, ...]
