@@ -14,7 +14,8 @@ from pipeline.methods import METHODS, build_method
 from pipeline.models import EncoderSpec
 from pipeline.optim import build_optimizer
 from pipeline.train import train_step
-from pipeline.train.amp import autocast_wanted, native_bf16
+from pipeline.train.amp import autocast_wanted, group_autocast, native_bf16
+from tests.processes import gloo_ranks
 
 CPU = torch.device("cpu")
 METHOD_OVERRIDES = {
@@ -46,6 +47,17 @@ def test_auto_follows_the_cpus_own_bf16_instructions():
     assert native_bf16(CPU) is native
     assert autocast_wanted("auto", CPU) is native
     assert autocast_wanted(True, CPU) is True and autocast_wanted(False, CPU) is False  # forced either way
+
+
+def _rank_autocast(wanted: list[bool]) -> bool:
+    """On a rank of a gloo group: the group's decision when this rank's ``train.amp`` is ``wanted[rank]``."""
+    return group_autocast(wanted[torch.distributed.get_rank()], CPU)
+
+
+@pytest.mark.slow
+def test_the_ranks_train_in_bf16_only_if_every_rank_can():
+    # one rank without: float32 on both (both with: the shared 2-worker run, tests/test_pretrain.py)
+    assert gloo_ranks(_rank_autocast, [True, False]) == [False, False]
 
 
 def test_train_amp_takes_auto_true_or_false():
