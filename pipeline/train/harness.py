@@ -264,11 +264,11 @@ def train(config: JobConfig, step: Step, session: Session) -> None:
     device = training.device
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
     start_epoch, first_step = resume(training, session)
-    if rank == 0 and step.progress:
-        log.info("precision: %s (train.amp %s on %s)", precision_name(training.autocast), config.train.amp, device)
     nodes = gather_objects(session.node())  # where each rank runs (after a restart too)
     if not step.progress:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # a search trial: the search prints its lines
+    if rank == 0:
+        log.info("precision: %s (train.amp %s on %s)", precision_name(training.autocast), config.train.amp, device)
     every, started, steps_done = step.report_every(config.train.epochs), time.perf_counter(), first_step
     for epoch in range(start_epoch, config.train.epochs):
         clock = EpochClock(
