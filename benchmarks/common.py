@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import threading
@@ -20,10 +21,20 @@ import psutil
 import torch
 
 from pipeline import storage
+from pipeline.train.amp import native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 MIB = 1 << 20
 WARMUP_FRACTION = 0.25  # of an RSS series: where "after warm-up" is read
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` where there is no /proc/cpuinfo)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor()
 
 
 def machine_info() -> dict:
@@ -31,7 +42,9 @@ def machine_info() -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
+        "native_bf16": native_bf16(torch.device("cpu")),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -174,6 +187,11 @@ def print_table(rows: Sequence[dict[str, object]]) -> None:
                 text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths, strict=True))
             )
         )
+
+
+def results_name(base: str, overrides: Sequence[str]) -> str:
+    """``base`` followed by each ``section.key=value`` override made safe for a file name, joined by ``-``."""
+    return "-".join([base, *(re.sub(r"[^\w.=,-]", "_", override) for override in overrides)])
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -6,7 +6,9 @@ wall-clock training budgets, in one process, on the same images, model, batch, o
                                       [section.key=value ...]
 
 Both sides train ``jobs/simclr_fashion_mnist.yaml``'s SimCLR (small CNN, projection head, temperature, AdamW and
-its LR per 256 images, augmentation strengths) on batches of 256 in this process:
+its LR per 256 images, augmentation strengths) on batches of 256 in this process, in one precision: the job's
+``train.amp`` on this CPU (``auto``: bf16 autocast where the CPU has bf16 instructions; ``train.amp=false`` for
+float32 on both sides):
 
 * ours: the plain loop of ``benchmarks.throughput`` (its ``Trainee``, ``augmenter`` and ``shard_loader``):
   ShardLoader epochs (the job's ``data.num_workers``: 0, read in this process), batched Kornia ``simclr`` views,
@@ -15,7 +17,9 @@ its LR per 256 images, augmentation strengths) on batches of 256 in this process
   DataLoader (2 workers, shuffled, drop_last) over the train split read once from the shards into memory (uint8,
   a PIL image made per item as torchvision's ``FashionMNIST`` does), ``lightly.loss.NTXentLoss``, and a model of
   backbone + projection head that are our small CNN and head, loaded with our side's initial ``state_dict``.
-  ``SimCLRTransform`` is sized to our preset for <= 32 px, 1 channel (:func:`lightly_transform`).
+  ``SimCLRTransform`` is sized to our preset for <= 32 px, 1 channel (:func:`lightly_transform`). In bf16 its
+  forward pass and loss run under ``torch.autocast("cpu", torch.bfloat16)``, as Lightning's ``precision="bf16-mixed"``
+  runs a ``training_step`` (ours computes its loss in float32 under autocast, ``pipeline.losses``).
 
 Equal wall clock: the two trainers alternate in slices of ``--slice-seconds`` of their own clock (which side goes
 first alternates with the seed), so machine load falls on both alike; each clock counts only its own loop (fetching
@@ -37,7 +41,7 @@ After training, every snapshot is probed as ``benchmarks.time_to_accuracy`` does
 (``extract_features``) of train and test, ``linear_probe`` train -> test. Each of ``--seeds`` repeats the whole
 comparison. Prints, per budget, the mean over seeds (and min-max) of images/s, epochs seen and probe accuracy per
 side, images/s ours / lightly and the accuracy difference ours - lightly in points; writes
-``benchmarks/results/lightly_peer.json`` (machine, date, command, settings, every seed's numbers).
+``benchmarks/results/lightly_peer[-<overrides>].json`` (machine, date, command, settings, every seed's numbers).
 
 Smoke check: ``--minutes 0.25 0.5 --seeds 0 --slice-seconds 5`` (1 minute of training, then four probes of
 60,000 + 10,000 images: 37 min on 2 cores under a load of 9, 2026-11-30). The full run trains 20 minutes per seed and
@@ -63,7 +67,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from augment.presets import jitter_strength_for
-from benchmarks.common import print_table, write_results
+from benchmarks.common import print_table, results_name, write_results
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
 from pipeline.config import load_config
 from pipeline.data import LabeledShards, evaluation_loader, read_manifest
@@ -75,6 +79,7 @@ from pipeline.models import encoder_spec
 from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
 from pipeline.sections import AugmentConfig
+from pipeline.train.amp import precision_name
 
 JOB = JOBS / "simclr_fashion_mnist.yaml"
 LIGHTLY_WORKERS = 2
@@ -152,6 +157,7 @@ class Side:
     optimizer: torch.optim.Optimizer
     batches: Iterator
     step: Callable[[object], None]
+    autocast: bool  # forward pass and loss under bf16 autocast
     trained_s: float = 0.0
     images: int = 0
     first_step_s: float | None = None  # start-up included: the first batch (loader, workers) and step
@@ -179,13 +185,14 @@ def ours(setup: Setup) -> Side:
         loader.set_epoch(number)
         return (augment(images) for images, _, _ in loader)
 
-    return Side(OURS, trainee.method, trainee.optimizer, forever(epoch), trainee.step)
+    return Side(OURS, trainee.method, trainee.optimizer, forever(epoch), trainee.step, trainee.autocast)
 
 
 def lightly(
-    setup: Setup, initial: State, images: np.ndarray, labels: np.ndarray, seed: int, channels_last: bool
+    setup: Setup, initial: State, train: tuple[np.ndarray, np.ndarray], seed: int, channels_last: bool, autocast: bool
 ) -> Side:
-    """lightly's SimCLR recipe on our encoder and head, starting from ``initial``."""
+    """lightly's SimCLR recipe on our encoder and head, starting from ``initial``, its forward pass and loss under
+    bf16 autocast with ``autocast`` (Lightning's ``bf16-mixed``)."""
     from lightly.loss import NTXentLoss
 
     method = build_method(setup.config.method, setup.spec, setup.config.model)
@@ -196,7 +203,7 @@ def lightly(
     optimizer = build_optimizer(model, setup.config.optim, BATCH_SIZE)
     criterion = NTXentLoss(temperature=setup.config.method.temperature)
     transform = lightly_transform(setup.spec.image_size, setup.spec.channels, setup.config.augment)
-    dataset = InMemoryImages(images, labels, transform)
+    dataset = InMemoryImages(*train, transform)
     loader = DataLoader(
         dataset,
         BATCH_SIZE,
@@ -210,12 +217,13 @@ def lightly(
         x0, x1 = batch[0]
         if channels_last:
             x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
-        loss = criterion(model(x0), model(x1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = criterion(model(x0), model(x1))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    return Side(LIGHTLY, model, optimizer, forever(lambda _: iter(loader)), step)
+    return Side(LIGHTLY, model, optimizer, forever(lambda _: iter(loader)), step, autocast)
 
 
 def lr_factor(trained_s: float, total_s: float, warmup_fraction: float) -> float:
@@ -274,7 +282,7 @@ def compare(setup: Setup, train: tuple[np.ndarray, np.ndarray], seed: int, args:
     budgets_s = sorted(60 * m for m in args.minutes)
     mine = ours(setup)
     initial = {k: v.detach().clone() for k, v in mine.model.state_dict().items()}
-    theirs = lightly(setup, initial, *train, seed, args.lightly_channels_last)
+    theirs = lightly(setup, initial, train, seed, args.lightly_channels_last, mine.autocast)
     same_start = all(torch.equal(initial[k], v) for k, v in theirs.model.state_dict().items())
     sides = [mine, theirs] if seed % 2 == 0 else [theirs, mine]
     started = time.perf_counter()
@@ -283,7 +291,14 @@ def compare(setup: Setup, train: tuple[np.ndarray, np.ndarray], seed: int, args:
     for side in sides:
         side.batches = iter(())  # lets lightly's DataLoader workers go before probing
     max_iter = args.probe_max_iter or setup.config.eval.probe_max_iter
-    result = {"seed": seed, "initial_weights_equal": same_start, "first": sides[0].name, "wall_s": wall_s, "sides": {}}
+    result = {
+        "seed": seed,
+        "precision": precision_name(mine.autocast),
+        "initial_weights_equal": same_start,
+        "first": sides[0].name,
+        "wall_s": wall_s,
+        "sides": {},
+    }
     result["first_step_s"] = {side.name: side.first_step_s for side in (mine, theirs)}
     for side in (mine, theirs):
         result["sides"][side.name] = [
@@ -376,7 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append(compare(setup, train, seed, args))
     rows = summary(runs, args.minutes)
     print(
-        f"\nSimCLR, ours (plain loop) vs lightly {lightly_library.__version__}, equal training minutes per side; "
+        f"\nSimCLR, ours (plain loop) vs lightly {lightly_library.__version__}, equal training minutes per side, "
+        f"{runs[0]['precision']}; "
         f"mean (min-max) over seeds {' '.join(map(str, args.seeds))}"
     )
     print_table(rows)
@@ -389,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lightly": lightly_library.__version__,
         "lightly_dataloader_workers": LIGHTLY_WORKERS,
         "lightly_channels_last": args.lightly_channels_last,
+        "precision": runs[0]["precision"],
         "torch_threads": CPUS,
         "slice_seconds": args.slice_seconds,
         "budgets_min": sorted(args.minutes),
@@ -398,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
         "probe_max_iter": args.probe_max_iter or config.eval.probe_max_iter,
     }
     payload = {"command": command, "settings": settings, "summary": rows, "runs": runs}
-    write_results("lightly_peer", payload)
+    write_results(results_name("lightly_peer", args.overrides), payload)
     return payload
 
 

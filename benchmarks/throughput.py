@@ -74,6 +74,7 @@ from pipeline.methods import METHODS, build_method
 from pipeline.models import EncoderSpec, encoder_spec
 from pipeline.optim import build_optimizer
 from pipeline.train import fit, train_step
+from pipeline.train.amp import autocast_wanted, precision_name
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 BATCH_SIZE = 256  # images per step per process (per Ray Train worker)
@@ -122,10 +123,12 @@ def make_setup(method: str, shards: str, storage: str, data_workers: int | None 
 
 
 class Trainee:
-    """The job's method and optimizer in this process (no DDP), stepped by ``pipeline.train.train_step``."""
+    """The job's method and optimizer in this process (no DDP), stepped by ``pipeline.train.train_step`` in the
+    precision ``train.amp`` gives on this CPU."""
 
     def __init__(self, setup: Setup) -> None:
         torch.manual_seed(setup.config.train.seed)
+        self.autocast = autocast_wanted(setup.config.train.amp, torch.device("cpu"))
         self.method = build_method(setup.config.method, setup.spec, setup.config.model).to(
             memory_format=torch.channels_last
         )
@@ -134,7 +137,7 @@ class Trainee:
 
     def step(self, views: Sequence[torch.Tensor]) -> int:
         """One training step; returns the number of images."""
-        train_step(self.method, self.optimizer, views, autocast=False)
+        train_step(self.method, self.optimizer, views, self.autocast)
         self.steps += 1
         self.method.after_step(self.steps, SCHEDULE_STEPS)
         return len(views[0])
@@ -419,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         "rss_images": args.rss_images,
         "cpus": args.cpus,
         "pool_batches": POOL_BATCHES,
+        "precision": f"{precision_name(autocast_wanted('auto', torch.device('cpu')))} (the jobs' train.amp: auto)",
         "peer_dataloader_workers": PEER_WORKERS,
         "data_workers": "the job's data.num_workers" if args.data_workers is None else args.data_workers,
         "torch_threads": {

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import tempfile
 import time
 import uuid
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from ray.train import Checkpoint, UserCallback
 
-from benchmarks.common import local_ray, print_table, write_results
+from benchmarks.common import local_ray, print_table, results_name, write_results
 from pipeline.config import JobConfig, load_config, with_values
 from pipeline.data import LabeledShards, ShardLoader, read_manifest
 from pipeline.evaluate.features import extract_features
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     print_table(rows)
     write_results(
-        "-".join(["time_to_accuracy", *(re.sub(r"[^\w.=,-]", "_", o) for o in args.overrides)]),
+        results_name("time_to_accuracy", args.overrides),
         {
             "job": str(JOB.relative_to(JOB.parent.parent)),
             "overrides": args.overrides,

@@ -167,16 +167,18 @@ def test_lightly_peer_trains_both_sides_from_the_same_weights(synthetic_shards, 
         "1",
         "--probe-max-iter",
         "20",
+        "train.amp=true",  # both sides in bf16 autocast, whatever this CPU has
     ]
     (run,) = lightly_peer_main(args)["runs"]
     assert run["initial_weights_equal"] and run["first"] == "lightly"  # odd seeds start with lightly
+    assert run["precision"] == "bf16 autocast"
     for side in ("ours", "lightly"):
         early, late = run["sides"][side]
         assert early["images"] > 0 and early["trained_min"] >= 0.03 and late["trained_min"] >= 0.05
         assert 0 < early["distance_from_initial"] <= late["distance_from_initial"]
         # the gratings are separable: the probe reads them far above chance (0.1) on either side
         assert late["images_per_s"] > 0 and late["probe_accuracy"] > 0.5
-    written = json.loads((tmp_path / "lightly_peer.json").read_text())
+    written = json.loads((tmp_path / "lightly_peer-train.amp=true.json").read_text())
     assert written["command"] == "python -m benchmarks.lightly_peer " + " ".join(args) and written["machine"]["date"]
     assert "ours - lightly, points" in capsys.readouterr().out
 
