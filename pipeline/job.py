@@ -63,6 +63,7 @@ def evaluation_plan(config: JobConfig, manifest: Manifest) -> EvaluationPlan:
         pixel_plan(labeled, evaluation.pixels_max_gb, data.crop_size),
         anomaly,
         evaluation.online_knn,
+        config.train.amp,
     )
 
 

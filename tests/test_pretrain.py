@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import main
 from pipeline.commands.pretrain import pretrain
 from pipeline.config import load_config, with_values
+from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER
 from pipeline.evaluate.suite import worker_features
 from pipeline.export import load_encoder
 from pipeline.track.tracker import fluent_api_at
@@ -48,12 +49,18 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
     and the registered model."""
     config, summary, evaluated = shipped_simclr.config, shipped_simclr.summary, shipped_simclr.evaluated
     # each rank wrote its share after the last epoch; gathered, they are what one process computes from the model
+    # (in bf16, where this CPU has it: a rank's one thread and this process's two may round an activation
+    # differently, by one bf16 step of 2^-8)
     shares = worker_features(evaluated["plan"]).shares(evaluated["method"], torch.device("cpu"), 0, 1)
+    tolerance = 1e-2 if native_bf16(torch.device("cpu")) else 1e-5
     for split, share in shares.items():
         expected, gathered = share.in_sample_order(), evaluated["features"][split]
         assert np.array_equal(gathered.indices, expected.indices) and len(expected.indices) == 10_000
-        for kind, values in expected.features.items():
-            np.testing.assert_allclose(gathered.features[kind], values, rtol=1e-5, atol=1e-6)
+        assert set(expected.features) == {ENCODER, RANDOM_ENCODER, PIXELS}
+        np.testing.assert_array_equal(gathered.features[PIXELS], expected.features[PIXELS])
+        for kind in (ENCODER, RANDOM_ENCODER):  # each row within the tolerance of its norm
+            error = np.linalg.norm(gathered.features[kind] - expected.features[kind], axis=1)
+            assert (error <= tolerance * np.linalg.norm(expected.features[kind], axis=1)).all(), (kind, error.max())
     assert not list(shipped_simclr.temp.glob("sslpipe-*"))  # the run's own temporary folders are gone
     assert summary.tracking_uri == f"sqlite:///{shipped_simclr.temp.parent / 'mlflow.db'}"
     client = MlflowClient(summary.tracking_uri)

@@ -35,6 +35,7 @@ class EvaluationPlan:
     pixels: PixelPlan  # what the raw-pixel baseline (and PCA) reads
     anomaly: AnomalyPlan | None
     online_knn: int  # > 0: the bank of the per-epoch online kNN
+    amp: bool | str  # ``train.amp``: the feature pass runs in bf16 autocast where training would
 
     @property
     def reconstructs(self) -> bool:

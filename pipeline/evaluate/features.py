@@ -28,6 +28,7 @@ from pipeline.distributed import position
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.pixels import pixel_rows
 from pipeline.models import build_encoder
+from pipeline.train.amp import autocast_wanted, precision_name
 
 log = logging.getLogger(__name__)
 CPU_FORWARD_BATCH = 64  # images per encoder call on CPUs, where small batches stay in cache: the small CNN takes
@@ -87,9 +88,11 @@ def split_features(
     device: torch.device | str = "cpu",
     rank: int = 0,
     world_size: int = 1,
+    autocast: bool = False,
 ) -> SplitFeatures:
-    """``rank``'s share of ``split`` in one pass: each of ``encoders``' features (by name) and, with ``pixels``,
-    the pixels (at ``pixel_side``, default their own: :func:`~pipeline.evaluate.pixels.pixel_rows`)."""
+    """``rank``'s share of ``split`` in one pass: each of ``encoders``' features (by name; computed under bf16
+    autocast with ``autocast``, stored as float32) and, with ``pixels``, the pixels (at ``pixel_side``, default
+    their own: :func:`~pipeline.evaluate.pixels.pixel_rows`)."""
     device = torch.device(device)
     loader = shards.loader(split, rank, world_size, pin_memory=device.type == "cuda")
     encoders = {
@@ -103,7 +106,9 @@ def split_features(
     for images, batch_labels, batch_indices in loader:
         x = to_unit_float(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         for name, encoder in encoders.items():
-            parts[name].append(torch.cat([encoder(part).float() for part in x.split(forward_batch)]).cpu().numpy())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                codes = torch.cat([encoder(part) for part in x.split(forward_batch)])
+            parts[name].append(codes.float().cpu().numpy())
         if pixels:
             parts[PIXELS].append(pixel_rows(images, pixel_side or images.shape[-1]).numpy())
         labels.append(batch_labels.numpy())
@@ -119,14 +124,19 @@ def split_features(
 
 
 def extract_features(
-    encoder: nn.Module | None, shards: LabeledShards, split: str, device: torch.device | str = "cpu"
+    encoder: nn.Module | None,
+    shards: LabeledShards,
+    split: str,
+    device: torch.device | str = "cpu",
+    autocast: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(features (N, D) float32, labels (N,) int64)`` for every sample of ``split`` in sample order, in this
-    process; ``encoder=None`` gives raw pixels in [0, 1], flattened ``(N, C*H*W)``."""
+    process (under bf16 autocast with ``autocast``); ``encoder=None`` gives raw pixels in [0, 1], flattened
+    ``(N, C*H*W)``."""
     if encoder is None:
         part = split_features({}, shards, split, pixels=True, device=device).in_sample_order()
         return part.features[PIXELS].astype(np.float32) / 255, part.labels
-    part = split_features({ENCODER: encoder}, shards, split, device=device).in_sample_order()
+    part = split_features({ENCODER: encoder}, shards, split, device=device, autocast=autocast).in_sample_order()
     return part.features[ENCODER], part.labels
 
 
@@ -134,13 +144,15 @@ def extract_features(
 class WorkerFeatures:
     """``worker_features(method, device)``: on every Ray Train rank after the last epoch, the rank's share of both
     splits of ``shards`` (the method's encoder; with ``random_seed``, a copy initialised from that seed; with
-    ``pixels``, the pixels at ``pixel_side``), written as ``.npy`` files into ``folder`` (a folder or URL).
+    ``pixels``, the pixels at ``pixel_side``), written as ``.npy`` files into ``folder`` (a folder or URL). The
+    encoders run in bf16 autocast where ``amp`` (``train.amp``) says the rank's device would train in it.
     Picklable: made where the job is configured, handed to training; the driver then calls :meth:`gather`."""
 
     shards: LabeledShards
     random_seed: int | None = None
     pixels: bool = False
     pixel_side: int | None = None
+    amp: bool | str = False
     folder: str = ""
 
     def encoders(self, method: nn.Module) -> dict[str, nn.Module]:
@@ -155,7 +167,7 @@ class WorkerFeatures:
 
     def shares(self, method: nn.Module, device: torch.device, rank: int, world_size: int) -> dict[str, SplitFeatures]:
         """This rank's share of every split, in memory."""
-        encoders = self.encoders(method)
+        encoders, autocast = self.encoders(method), autocast_wanted(self.amp, device)
         return {
             split: split_features(
                 encoders,
@@ -166,6 +178,7 @@ class WorkerFeatures:
                 device=device,
                 rank=rank,
                 world_size=world_size,
+                autocast=autocast,
             )
             for split in SPLITS
         }
@@ -190,10 +203,11 @@ class WorkerFeatures:
             handle.write(json.dumps(summary).encode())
         if rank == 0:
             log.info(
-                "evaluation: features of %s on rank 0 of %d done in %s",
+                "evaluation: features of %s on rank 0 of %d done in %s (%s)",
                 self.shards.location,
                 world_size,
                 duration(seconds),
+                precision_name(autocast_wanted(self.amp, device)),
             )
 
     def clear(self) -> None:

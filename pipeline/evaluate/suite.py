@@ -52,6 +52,7 @@ def worker_features(plan: EvaluationPlan, folder: str = "") -> WorkerFeatures:
         random_seed=plan.seed if plan.baselines else None,
         pixels=plan.baselines or plan.reconstructs or plan.anomaly is not None,
         pixel_side=plan.pixels.side,
+        amp=plan.amp,
         folder=folder,
     )
 

@@ -32,6 +32,7 @@ def small_job(shards: Path, *overrides: str):
             "eval.batch_size=256",
             "data.num_workers=0",
             "eval.probe_max_iter=100",
+            "train.amp=false",  # float32 whatever this CPU has (the bf16 pass has its own test)
             *overrides,
         ],
     )
@@ -72,6 +73,23 @@ def test_two_ranks_gather_exactly_what_one_rank_computes(synthetic_shards, tmp_p
     np.testing.assert_array_equal(pixels, one["test"].features[PIXELS] / np.float32(255))
     np.testing.assert_array_equal(labels, one["test"].labels)
     assert not list((tmp_path / "two").iterdir())  # gathered files are removed
+
+
+def test_the_feature_pass_runs_in_bf16_where_training_would(synthetic_shards, tmp_path, caplog):
+    """``train.amp=true``: the encoders' features come from bf16 autocast (stored as float32), close to float32's
+    but not equal to them; the rank's line names the precision."""
+    _, plan, method = small_job(synthetic_shards, "train.amp=true")
+    with caplog.at_level("INFO", logger="pipeline.evaluate.features"):
+        bf16 = run_ranks(worker_features(plan, str(tmp_path / "bf16")), method, 1)
+    fp32 = run_ranks(worker_features(dataclasses.replace(plan, amp=False), str(tmp_path / "fp32")), method, 1)
+    assert "(bf16 autocast)" in caplog.text
+    for split in ("train", "test"):
+        for kind in (ENCODER, RANDOM_ENCODER):
+            low, full = bf16[split].features[kind], fp32[split].features[kind]
+            assert low.dtype == np.float32 and not np.array_equal(low, full)
+            cosine = (low * full).sum(1) / (np.linalg.norm(low, axis=1) * np.linalg.norm(full, axis=1))
+            assert cosine.min() > 0.99, cosine.min()
+        np.testing.assert_array_equal(bf16[split].features[PIXELS], fp32[split].features[PIXELS])
 
 
 def test_gather_refuses_a_rank_that_did_not_finish(synthetic_shards, tmp_path):
