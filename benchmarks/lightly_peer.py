@@ -1,9 +1,11 @@
 """A real third-party peer side by side: our plain SimCLR loop against the ``lightly`` library (1.6, MIT) at equal
 wall-clock training budgets, in one process, on the same images, model, batch, optimizer and initial weights.
 
-    python -m benchmarks.lightly_peer [--minutes 5 10] [--seeds 0 1 2] [--slice-seconds 30] [--warmup-fraction 0.1]
-                                      [--shards data/fashion-mnist] [--probe-max-iter N] [--lightly-channels-last]
-                                      [section.key=value ...]
+    python -m benchmarks.lightly_peer [section.key=value ...] [--minutes 5 10] [--seeds 0 1 2] [--slice-seconds 30]
+                                      [--warmup-fraction 0.1] [--shards data/fashion-mnist] [--probe-max-iter N]
+                                      [--lightly-channels-last]
+
+(the overrides first: ``--minutes`` and ``--seeds`` take every number that follows them.)
 
 Both sides train ``jobs/simclr_fashion_mnist.yaml``'s SimCLR (small CNN, projection head, temperature, AdamW and
 its LR per 256 images, augmentation strengths) on batches of 256 in this process, in one precision: the job's
