@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import interleaved, medians, print_table, write_results
+from benchmarks.precision import PRECISIONS
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
 from pipeline.config import load_config
 from pipeline.config.job_config import JobConfig
@@ -35,7 +36,6 @@ from pipeline.models import encoder_spec
 from pipeline.train.amp import precision_name
 
 CPUS = 2
-PRECISIONS = {precision_name(False): False, precision_name(True): True}
 Features = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train features, labels, test features, labels
 
 

@@ -21,18 +21,16 @@ import uuid
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import interleaved, local_ray, medians, print_table, write_results
 from benchmarks.photo_folder import make_photo_folder
 from pipeline.config import load_config, with_values
 from pipeline.config.job_config import JobConfig
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.train import fit
-from pipeline.train.amp import native_bf16
+from pipeline.train.amp import precision_name
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
-PRECISIONS = {"float32": False, "bf16 autocast": True}
+PRECISIONS = {precision_name(False): False, precision_name(True): True}
 
 
 def rate(config: JobConfig, amp: bool, steps: int) -> float:
@@ -83,7 +81,12 @@ def main(argv: list[str] | None = None) -> None:
             runs[model] = interleaved(variants, args.repeats, warmup=0)
             median = medians(runs[model])
             rows += [
-                {"model": model, "precision": name, "images/s": value, "vs float32": value / median["float32"]}
+                {
+                    "model": model,
+                    "precision": name,
+                    "images/s": value,
+                    "vs float32": value / median[precision_name(False)],
+                }
                 for name, value in median.items()
             ]
     print_table(rows)
@@ -91,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
         "precision",
         {
             "command": shlex.join(["python", "-m", "benchmarks.precision", *sys.argv[1:]]),
-            "native_bf16": native_bf16(torch.device("cpu")),
             "rows": rows,
             "runs": runs,
         },

@@ -165,9 +165,13 @@ class WorkerFeatures:
                 encoders[RANDOM_ENCODER] = build_encoder(method.spec)[0]
         return encoders
 
+    def autocast(self, device: torch.device) -> bool:
+        """Whether the encoders run in bf16 autocast on ``device`` (``train.amp`` there)."""
+        return autocast_wanted(self.amp, device)
+
     def shares(self, method: nn.Module, device: torch.device, rank: int, world_size: int) -> dict[str, SplitFeatures]:
         """This rank's share of every split, in memory."""
-        encoders, autocast = self.encoders(method), autocast_wanted(self.amp, device)
+        encoders, autocast = self.encoders(method), self.autocast(device)
         return {
             split: split_features(
                 encoders,
@@ -207,7 +211,7 @@ class WorkerFeatures:
                 self.shards.location,
                 world_size,
                 duration(seconds),
-                precision_name(autocast_wanted(self.amp, device)),
+                precision_name(self.autocast(device)),
             )
 
     def clear(self) -> None:
