@@ -7,11 +7,13 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -24,6 +26,7 @@ from pipeline import storage
 from pipeline.train.amp import native_bf16
 
 RESULTS = Path(__file__).parent / "results"
+MACHINE_KIND = ("cpu", "cpus", "native_bf16", "torch", "cuda")  # what results added to a file must share
 MIB = 1 << 20
 WARMUP_FRACTION = 0.25  # of an RSS series: where "after warm-up" is read
 
@@ -192,6 +195,34 @@ def print_table(rows: Sequence[dict[str, object]]) -> None:
 def results_name(base: str, overrides: Sequence[str]) -> str:
     """``base`` followed by each ``section.key=value`` override made safe for a file name, joined by ``-``."""
     return "-".join([base, *(re.sub(r"[^\w.=,-]", "_", override) for override in overrides)])
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The shell command that runs ``python -m <module>`` with ``argv`` (default: this process's arguments)."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def results_to_extend(name: str, fields: dict[str, object], ignore: Collection[str] = ()) -> dict:
+    """The payload of ``results/<name>.json``, for a run given ``--add`` to extend with rows of its own, once checked:
+    measured on this kind of machine (``MACHINE_KIND``, where the file records it) and with the same ``fields`` (top-
+    level keys of the file; a dict's keys compared one by one, but for those in ``ignore``). Exits with one line
+    naming the file and the first thing that differs."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no results to add to; run once without --add")
+    old, mine = json.loads(path.read_text()), machine_info()
+    pairs = {f"machine.{key}": (old["machine"][key], mine[key]) for key in MACHINE_KIND if key in old["machine"]}
+    for key, value in fields.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = (set(before) | set(value)) - set(ignore)
+            pairs |= {f"{key}.{k}": (before.get(k), value.get(k)) for k in sorted(inner)}
+        else:
+            pairs[key] = (before, value)
+    for key, (before, now) in pairs.items():
+        if before != now:
+            raise SystemExit(f"{path}: {key} was {before!r}, this run's is {now!r}; --add extends the same measurement")
+    return old
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -3,9 +3,10 @@ wall-clock training budgets, in one process, on the same images, model, batch, o
 
     python -m benchmarks.lightly_peer [section.key=value ...] [--minutes 5 10] [--seeds 0 1 2] [--slice-seconds 30]
                                       [--warmup-fraction 0.1] [--shards data/fashion-mnist] [--probe-max-iter N]
-                                      [--lightly-channels-last]
+                                      [--lightly-channels-last] [--add]
 
-(the overrides first: ``--minutes`` and ``--seeds`` take every number that follows them.)
+(the overrides first: ``--minutes`` and ``--seeds`` take every number that follows them.) ``--add`` keeps the
+results file's runs of other seeds (same settings and machine kind) and summarises them all, so seeds can be run apart.
 
 Both sides train ``jobs/simclr_fashion_mnist.yaml``'s SimCLR (small CNN, projection head, temperature, AdamW and
 its LR per 256 images, augmentation strengths) on batches of 256 in this process, in one precision: the job's
@@ -55,9 +56,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,9 +68,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from augment.presets import jitter_strength_for
-from benchmarks.common import print_table, results_name, write_results
+from benchmarks.common import command_line, machine_info, print_table, results_name, results_to_extend, write_results
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
-from pipeline.config import load_config
+from pipeline.config import JobConfig, load_config
 from pipeline.data import LabeledShards, evaluation_loader, read_manifest
 from pipeline.errors import ConfigError
 from pipeline.evaluate.features import extract_features
@@ -81,7 +80,7 @@ from pipeline.models import encoder_spec
 from pipeline.optim import build_optimizer
 from pipeline.schedules import warmup_cosine
 from pipeline.sections import AugmentConfig
-from pipeline.train.amp import precision_name
+from pipeline.train.amp import autocast_wanted, precision_name
 
 JOB = JOBS / "simclr_fashion_mnist.yaml"
 LIGHTLY_WORKERS = 2
@@ -362,7 +361,7 @@ def summary(runs: Sequence[dict], budgets_min: Sequence[float]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", nargs="+", type=float, default=[5.0, 10.0], help="training budgets per side")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -375,49 +374,64 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="lightly's model and batches in channels_last, as ours (its docs do not)",
     )
+    parser.add_argument("--add", action="store_true", help="keep the results file's runs of other seeds")
     parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job (both sides)")
     args = parser.parse_args(argv)
     if min(args.minutes) <= 0 or args.slice_seconds <= 0 or not 0 <= args.warmup_fraction < 1:
         parser.error("--minutes and --slice-seconds must be > 0, --warmup-fraction in [0, 1)")
-    torch.set_num_threads(CPUS)
-    import lightly as lightly_library
+    return args
 
-    runs = []
-    for seed in args.seeds:
-        config = load_config(
-            JOB, [*args.overrides, f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}", f"train.seed={seed}"]
-        )
-        manifest = read_manifest(config.data.shards)
-        train = read_train_split(config.data.shards)
-        setup = Setup(config, encoder_spec(config.model, manifest), torch.from_numpy(train[0]).unsqueeze(1))
-        runs.append(compare(setup, train, seed, args))
-    rows = summary(runs, args.minutes)
-    print(
-        f"\nSimCLR, ours (plain loop) vs lightly {lightly_library.__version__}, equal training minutes per side, "
-        f"{runs[0]['precision']}; "
-        f"mean (min-max) over seeds {' '.join(map(str, args.seeds))}"
-    )
-    print_table(rows)
-    command = shlex.join(["python", "-m", "benchmarks.lightly_peer", *(sys.argv[1:] if argv is None else argv)])
-    settings = {
+
+def job_config(args: argparse.Namespace, seed: int) -> JobConfig:
+    overrides = [f"data.shards={args.shards}", f"data.batch_size={BATCH_SIZE}", f"train.seed={seed}"]
+    return load_config(JOB, [*args.overrides, *overrides])
+
+
+def settings_of(args: argparse.Namespace, config: JobConfig, lightly_version: str) -> dict:
+    """What a results file's runs share (seeds aside)."""
+    return {
         "job": str(JOB.relative_to(JOBS.parent)),
         "overrides": args.overrides,
         "shards": args.shards,
         "batch_size": BATCH_SIZE,
-        "lightly": lightly_library.__version__,
+        "lightly": lightly_version,
         "lightly_dataloader_workers": LIGHTLY_WORKERS,
         "lightly_channels_last": args.lightly_channels_last,
-        "precision": runs[0]["precision"],
+        "precision": precision_name(autocast_wanted(config.train.amp, torch.device("cpu"))),
         "torch_threads": CPUS,
         "slice_seconds": args.slice_seconds,
         "budgets_min": sorted(args.minutes),
-        "seeds": args.seeds,
         "lr_schedule": f"base LR, warm-up over {args.warmup_fraction:g} of the largest budget, cosine to 0 at it; "
         f"a function of each side's own training seconds",
         "probe_max_iter": args.probe_max_iter or config.eval.probe_max_iter,
     }
-    payload = {"command": command, "settings": settings, "summary": rows, "runs": runs}
-    write_results(results_name("lightly_peer", args.overrides), payload)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    torch.set_num_threads(CPUS)
+    import lightly as lightly_library
+
+    command, name = command_line("benchmarks.lightly_peer", argv), results_name("lightly_peer", args.overrides)
+    settings = settings_of(args, job_config(args, args.seeds[0]), lightly_library.__version__)
+    earlier = results_to_extend(name, {"settings": settings}, ignore={"seeds"})["runs"] if args.add else []
+    runs = [run for run in earlier if run["seed"] not in args.seeds]
+    for seed in args.seeds:
+        config = job_config(args, seed)
+        manifest = read_manifest(config.data.shards)
+        train = read_train_split(config.data.shards)
+        setup = Setup(config, encoder_spec(config.model, manifest), torch.from_numpy(train[0]).unsqueeze(1))
+        runs.append(compare(setup, train, seed, args) | {"date": machine_info()["date"], "command": command})
+    runs.sort(key=lambda run: run["seed"])
+    rows = summary(runs, args.minutes)
+    seeds = [run["seed"] for run in runs]
+    print(
+        f"\nSimCLR, ours (plain loop) vs lightly {lightly_library.__version__}, equal training minutes per side, "
+        f"{settings['precision']}; mean (min-max) over seeds {' '.join(map(str, seeds))}"
+    )
+    print_table(rows)
+    payload = {"command": command, "settings": settings | {"seeds": seeds}, "summary": rows, "runs": runs}
+    write_results(name, payload)
     return payload
 
 

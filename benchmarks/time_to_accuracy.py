@@ -2,6 +2,7 @@
 ``jobs/simclr_fashion_mnist.yaml``), with a linear probe of the encoder as it stood after each training budget.
 
     python -m benchmarks.time_to_accuracy [section.key=value ...] [--minutes 5 10 30] [--epochs N] [--per-budget]
+                                          [--add]
 
 Minutes count training: the epochs' loop times that ``train_worker`` reports (images / images_per_s), not Ray's
 start-up, checkpoints or probes. One run, its cosine schedule sized to the largest budget: ``--epochs`` epochs, or as
@@ -11,7 +12,8 @@ would run). A Ray Train callback keeps, for each budget, the checkpoint of the l
 afterwards each is probed as in ``pipeline/evaluate/suite.py`` (features of the frozen encoder, logistic
 regression, train -> test).
 Prints budget -> epochs -> probe accuracy and writes ``benchmarks/results/time_to_accuracy[-<override>...].json``
-(the job as shipped: ``time_to_accuracy.json``).
+(the job as shipped: ``time_to_accuracy.json``), a row per budget with its date and command; ``--add`` keeps that
+file's rows of other budgets (same overrides, ``--per-budget`` and machine kind), so budgets can be run apart.
 
 Smoke check (a few minutes): ``train.max_steps_per_epoch=10 eval.probe_max_iter=50 --minutes 0.5 1``.
 """
@@ -30,7 +32,15 @@ from typing import Any
 import torch
 from ray.train import Checkpoint, UserCallback
 
-from benchmarks.common import local_ray, print_table, results_name, write_results
+from benchmarks.common import (
+    command_line,
+    local_ray,
+    machine_info,
+    print_table,
+    results_name,
+    results_to_extend,
+    write_results,
+)
 from pipeline.config import JobConfig, load_config, with_values
 from pipeline.data import LabeledShards, ShardLoader, read_manifest
 from pipeline.evaluate.features import extract_features
@@ -126,9 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", nargs="+", type=float, default=[5.0, 10.0, 30.0], help="training budgets")
     parser.add_argument("--epochs", type=int, help="epochs of the schedule (default: as many as fit the largest)")
     parser.add_argument("--per-budget", action="store_true", help="one run per budget, its schedule sized to it")
+    parser.add_argument("--add", action="store_true", help="keep the results file's rows of other budgets")
     parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job")
     args = parser.parse_args(argv)
     budgets_s = sorted(60 * minutes for minutes in args.minutes)
+    name = results_name("time_to_accuracy", args.overrides)
+    same = {"overrides": args.overrides, "per_budget": args.per_budget}
+    kept = (
+        [row for row in results_to_extend(name, same)["budgets"] if row["budget min"] * 60 not in budgets_s]
+        if args.add
+        else []
+    )
     torch.set_num_threads(CPUS)
 
     with tempfile.TemporaryDirectory(prefix="tta-") as work, local_ray(CPUS):
@@ -143,15 +161,18 @@ def main(argv: list[str] | None = None) -> None:
             for row in train_and_probe(config, group, args.epochs or max(1, math.floor(group[-1] / per_epoch_s)), work)
         ]
     print_table(rows)
+    stamp = {
+        "date": machine_info()["date"],
+        "command": command_line("benchmarks.time_to_accuracy", argv),
+        "estimated_epoch_s": per_epoch_s,
+    }
     write_results(
-        results_name("time_to_accuracy", args.overrides),
+        name,
         {
             "job": str(JOB.relative_to(JOB.parent.parent)),
-            "overrides": args.overrides,
-            "per_budget": args.per_budget,
-            "estimated_epoch_s": per_epoch_s,
+            **same,
             "config": config.to_dict(),
-            "budgets": rows,
+            "budgets": sorted([*kept, *(row | stamp for row in rows)], key=lambda row: row["budget min"]),
         },
     )
 
