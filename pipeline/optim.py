@@ -4,6 +4,7 @@ convention: a ViT's position embedding and class token)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -36,7 +37,7 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One step for all parameters of a group at once (``torch._foreach_*``: a few kernels per group, not a
-        few per parameter)."""
+        few per parameter; nothing read back to the host)."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -49,12 +50,28 @@ class LARS(torch.optim.Optimizer):
                 ratio = group["eta"] * w_norms / (g_norms + group["weight_decay"] * w_norms)
                 trust = torch.where((w_norms > 0) & (g_norms > 0), ratio, 1.0)
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-                torch._foreach_mul_(grads, list(trust.unbind()))
-            buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+                torch._foreach_mul_(grads, per_element(trust, grads))
+            buffers = [self._momentum_buffer(p) for p in params]
             torch._foreach_mul_(buffers, group["momentum"])
             torch._foreach_add_(buffers, grads)
             torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
+
+    def _momentum_buffer(self, parameter: torch.Tensor) -> torch.Tensor:
+        state = self.state[parameter]
+        if "momentum_buffer" not in state:  # (``setdefault`` would allocate and zero a new one every step)
+            state["momentum_buffer"] = torch.zeros_like(parameter)
+        return state["momentum_buffer"]
+
+
+def per_element(factors: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``factors`` ``(N,)``, one per tensor, as ``N`` tensors of each tensor's size and strides, every element its
+    factor: a list ``torch._foreach_mul_`` multiplies in its fused path (0-d factors would send it down a kernel
+    per tensor). One buffer of the tensors' total size, filled on the device from views (no host copy)."""
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([factor.expand(size) for factor, size in zip(factors.unbind(), sizes, strict=True)])
+    starts = itertools.accumulate(sizes, initial=0)
+    return [flat.as_strided(t.size(), t.stride(), start) for t, start in zip(tensors, starts, strict=False)]
 
 
 def no_weight_decay(model: nn.Module) -> set[str]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline.losses import byol_loss
 from pipeline.methods.base import Method, MethodOptions
+from pipeline.methods.ema import follow
 from pipeline.models import EncoderSpec, ModelConfig, build_encoder, mlp_head
 from pipeline.schedules import ema_momentum
 
@@ -52,12 +53,13 @@ class BYOL(Method):
             z1, z2 = self.target(view1), self.target(view2)
         return byol_loss(p1, z2) + byol_loss(p2, z1)
 
-    @torch.no_grad()
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` modules: the target's encoder and projector follow the online ones."""
+        return [(self.encoder, self.target[0]), (self.projector, self.target[1])]
+
     def after_step(self, step: int, total_steps: int) -> None:
         self.tau = ema_momentum(step, total_steps, self.ema_base)
-        online = [*self.encoder.parameters(), *self.projector.parameters()]
-        for target, source in zip(self.target.parameters(), online, strict=True):
-            target.lerp_(source, 1 - self.tau)
+        follow(self.momentum_pairs(), self.tau)
 
     def epoch_metrics(self, total: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
         """``ema_tau``: the target's momentum after the epoch's last step (the same on every rank)."""

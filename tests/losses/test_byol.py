@@ -6,6 +6,7 @@ import torch
 from pipeline.losses import byol_loss
 from pipeline.methods import build_method
 from pipeline.methods.byol import BYOLOptions
+from pipeline.methods.ema import follow
 from pipeline.models import EncoderSpec, ModelConfig
 from pipeline.optim import OptimConfig, build_optimizer
 from pipeline.schedules import ema_momentum
@@ -54,3 +55,20 @@ def test_target_is_outside_the_optimizer_and_follows_the_ema():
     online = [*method.encoder.parameters(), *method.projector.parameters()]
     for before, after, source in zip(target_before, method.target.parameters(), online, strict=True):
         torch.testing.assert_close(after, tau * before + (1 - tau) * source)
+
+
+def test_the_target_follows_in_one_fused_update(monkeypatch):
+    """Every target parameter moves in one ``torch._foreach_lerp_`` call (not a kernel or more per parameter)."""
+    calls = []
+    lerp = torch._foreach_lerp_
+    monkeypatch.setattr(
+        torch, "_foreach_lerp_", lambda followers, *rest: calls.append(len(followers)) or lerp(followers, *rest)
+    )
+    _, method = _byol()
+    method.after_step(3, 10)
+    assert calls == [len(list(method.target.parameters()))]
+
+
+def test_momentum_pairs_of_different_structure_are_refused():
+    with pytest.raises(ValueError, match="momentum pairs differ"):
+        follow([(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, bias=False))], 0.5)
