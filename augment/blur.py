@@ -26,12 +26,19 @@ def gaussian_blur(x: torch.Tensor, sigmas: torch.Tensor, size: int) -> torch.Ten
     return planes.view_as(x)
 
 
+def host_selects(device: torch.device) -> bool:
+    """Whether a random subset of a batch is cut out by index: on the CPU, where there is no stream to stall and
+    blurring only the chosen images is 2x less work at ``p=0.5`` (5x at 0.1) on 224 px batches; elsewhere every image
+    is computed and ``torch.where`` keeps the unchosen ones (indexing by a mask would stall the stream)."""
+    return device.type == "cpu"
+
+
 class RandomGaussianBlur(nn.Module):
     """``x`` float ``(B, C, H, W)``: with probability ``p`` an image is blurred by a Gaussian of ``sigma`` drawn
     uniformly from ``sigma``. The kernel is at most ``kernel_size`` wide but only ``2 ceil(3 sigma_max) + 1`` for the
     range's largest sigma: SimCLR's 23 px kernel at 224 px carries a sigma of at most 2, so most of it is zeros.
-    Draws on ``x``'s device; every image is blurred and ``torch.where`` keeps the unchosen ones (selecting them would
-    stall a GPU's stream: on CPUs this computes ``1 / p`` times the work of blurring the chosen ones alone)."""
+    Draws on ``x``'s device; blurs the chosen images, or all of them where that waits on no device
+    (:func:`host_selects`)."""
 
     def __init__(self, kernel_size: int, sigma: tuple[float, float], p: float) -> None:
         super().__init__()
@@ -41,4 +48,11 @@ class RandomGaussianBlur(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chosen = torch.rand(len(x), device=x.device) < self.p
         sigmas = torch.empty(len(x), device=x.device).uniform_(*self.sigma)
-        return torch.where(chosen[:, None, None, None], gaussian_blur(x, sigmas, self.size), x)
+        if not host_selects(x.device):
+            return torch.where(chosen[:, None, None, None], gaussian_blur(x, sigmas, self.size), x)
+        index = chosen.nonzero()[:, 0]
+        if not len(index):
+            return x
+        out = x.clone()
+        out[index] = gaussian_blur(x[index], sigmas[index], self.size)
+        return out

@@ -93,11 +93,23 @@ def test_views_are_the_same_in_chunks_as_whole():
         assert abs(statistic(whole) - statistic(chunked)) < 0.03
 
 
-def test_jitter_and_blur_wait_on_no_device():
+def test_jitter_and_blur_wait_on_no_device(monkeypatch):
     """Drawing, jittering and blurring a batch reads nothing back to the host and copies nothing onto the batch's
     device, either of which would stall a GPU's stream (before: 18 a call of the two, Kornia's Gaussian filter
-    included: 2 ``nonzero``, 2 ``.cpu()``, 2 scalar reads and 12 blocking ``.to()``)."""
+    included: 2 ``nonzero``, 2 ``.cpu()``, 2 scalar reads and 12 blocking ``.to()``). The blur's device path runs
+    here on the CPU (where it would cut out its chosen images)."""
+    monkeypatch.setattr("augment.blur.host_selects", lambda device: False)
     images = _smooth(8, size=64)
     with HostSyncs() as syncs:
         RandomGaussianBlur(13, (0.1, 2.0), p=0.5)(ColorJitter(0.8, 0.8, 0.8, 0.2, p=0.8)(images))
     assert not syncs.seen
+
+
+def test_blur_by_index_on_the_cpu_equals_the_device_path(monkeypatch):
+    images = _smooth(16, size=64)
+    torch.manual_seed(4)
+    by_index = RandomGaussianBlur(13, (0.1, 2.0), p=0.5)(images)
+    monkeypatch.setattr("augment.blur.host_selects", lambda device: False)
+    torch.manual_seed(4)
+    torch.testing.assert_close(RandomGaussianBlur(13, (0.1, 2.0), p=0.5)(images), by_index, atol=1e-6, rtol=0)
+    assert 0 < (by_index == images).flatten(1).all(1).sum() < 16
