@@ -1,4 +1,5 @@
-"""Batched, device-side augmentation with Kornia: presets that turn a batch into views, and corruptions."""
+"""Batched, device-side augmentation: presets that turn a batch into views (nothing in them waits on the device),
+and corruptions."""
 
 from augment.corrupt import CORRUPTIONS, Corruption, corrupt
 from augment.presets import PRESETS, ViewAugmenter

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, torchvision's rgb_to_grayscale
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as Kornia and PIL weigh it (torchvision rounds red to 0.2989)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 CPU_CHUNK = 4  # images per elementwise pass on CPUs
 
@@ -77,10 +77,11 @@ def _apply(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch
 
 
 class ColorJitter(nn.Module):
-    """``ColorJitter(brightness, contrast, saturation, hue, p)(x)``: ``x`` float ``(B, 3, H, W)`` in [0, 1] ->
+    """``ColorJitter(brightness, contrast, saturation, hue, p)(x)``: ``x`` float ``(B, 3 or 1, H, W)`` in [0, 1] ->
     the same shape, each image jittered with probability ``p`` by factors drawn as torchvision draws them
     (brightness, contrast, saturation uniform in ``[1 - s, 1 + s]``, hue uniform in ``[-h, h]`` turns), its four
-    steps in a random order. Random numbers come from the generator of ``x``'s device."""
+    steps in a random order (one channel: brightness and contrast, as torchvision leaves gray images' saturation
+    and hue). Random numbers come from the generator of ``x``'s device."""
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 1.0) -> None:
         super().__init__()
@@ -98,7 +99,7 @@ class ColorJitter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         order, factors, applied = self.draw(len(x), x.device)
-        return jitter(x, order, factors, applied)
+        return (jitter if x.shape[1] == 3 else jitter_gray)(x, order, factors, applied)
 
 
 def jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
@@ -124,3 +125,45 @@ def jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, applied:
             applied[rows, None, None, None], _apply(out[rows], post[0][rows], post[1][rows]), x[rows]
         )
     return out
+
+
+def jitter_gray(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
+    """``x`` float ``(B, 1, H, W)`` jittered by the draws of :meth:`ColorJitter.draw`: its brightness and contrast
+    steps in their order, one affine map an image (a gray image is its own gray; saturation and hue leave it)."""
+    steps = torch.where(order > CONTRAST, HUE + 1, order)
+    means = x.detach().float().mean(dim=(1, 2, 3))[:, None].expand(-1, 3)
+    matrix, offset = affine_steps(steps, factors, means)  # scales of the identity: row 0 maps a gray pixel
+    scale, shift = matrix[:, 0, 0], offset[:, 0]
+    jittered = (x * scale.to(x.dtype)[:, None, None, None] + shift.to(x.dtype)[:, None, None, None]).clamp_(0.0, 1.0)
+    return torch.where(applied[:, None, None, None], jittered, x)
+
+
+def gray(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, 3, H, W)`` -> its ITU-R 601 luma ``(B, 1, H, W)`` (torchvision's ``rgb_to_grayscale``)."""
+    r, g, b = x.unbind(1)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b)[:, None]
+
+
+class RandomGrayscale(nn.Module):
+    """``x`` ``(B, 3, H, W)``: each image turned gray (its luma in all three channels) with probability ``p``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chosen = torch.rand(len(x), device=x.device) < self.p
+        return torch.where(chosen[:, None, None, None], gray(x).expand_as(x), x)
+
+
+class RandomSolarize(nn.Module):
+    """``x`` float ``(B, C, H, W)`` in [0, 1]: with probability ``p`` an image's values at or above ``threshold``
+    become ``1 - x`` (torchvision's ``solarize``)."""
+
+    def __init__(self, p: float, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.p, self.threshold = p, threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chosen = torch.rand(len(x), device=x.device) < self.p
+        return torch.where(chosen[:, None, None, None] & (x >= self.threshold), 1 - x, x)

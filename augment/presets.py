@@ -1,4 +1,6 @@
-"""View presets: Kornia pipelines applied to a whole batch on its own device, random parameters per sample.
+"""View presets: pipelines of our batched ops (:mod:`augment.geometry`, :mod:`augment.color`, :mod:`augment.blur`)
+applied to a whole batch on its own device, random parameters per sample drawn there: nothing in a view waits on
+the device (``tests/sync_guard.py``).
 
 * ``simclr``: random resized crop (scale 0.08-1), horizontal flip, colour jitter of strength ``s`` with p=0.8
   (brightness/contrast/saturation ``0.8 s``, hue ``0.2 s``), grayscale p=0.2, Gaussian blur p=0.5 (kernel ~10% of
@@ -23,33 +25,30 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
-import kornia.augmentation as K
 import numpy as np
 import torch
 from torch import nn
 
 from augment.blur import RandomGaussianBlur
-from augment.color import ColorJitter
+from augment.color import ColorJitter, RandomGrayscale, RandomSolarize
+from augment.geometry import RandomHorizontalFlip, RandomResizedCrop
 from pipeline.errors import ConfigError
 
 Preset = Literal["simclr", "byol", "light", "none"]
 PRESETS = typing.get_args(Preset)
 BLUR_MIN_SIZE = 64
 SMALL_IMAGE = 32
-# One batched affine warp for the whole batch; Kornia's default ("slice") crops and resizes image by image, which
-# made cropping two thirds of the augmentation's time on 28 px CPU batches (and is a kernel launch per image on GPUs).
-CROP_MODE = "resample"
 CPU_CHUNK_BYTES = 8 << 20
 
 
 def _color(
     channels: int, brightness: float, contrast: float, saturation: float, hue: float, p: float
 ) -> list[nn.Module]:
-    """RGB: our batched :class:`~augment.color.ColorJitter` (torchvision's jitter, about 3x Kornia's on 224 px CPU
-    batches, whose hue step dominates), then grayscale; one channel: Kornia's brightness and contrast."""
+    """RGB: :class:`~augment.color.ColorJitter` (torchvision's jitter, about 3x Kornia's on 224 px CPU batches,
+    whose hue step dominates), then grayscale; one channel: brightness and contrast."""
     if channels == 3:
-        return [ColorJitter(brightness, contrast, saturation, hue, p=p), K.RandomGrayscale(p=0.2)]
-    return [K.ColorJitter(brightness, contrast, 0.0, 0.0, p=p)]
+        return [ColorJitter(brightness, contrast, saturation, hue, p=p), RandomGrayscale(p=0.2)]
+    return [ColorJitter(brightness, contrast, 0.0, 0.0, p=p)]
 
 
 def _blur(size: int, p: float) -> list[nn.Module]:
@@ -81,25 +80,25 @@ def _view_pipelines(
     preset: str, size: int, channels: int, crop: bool, crop_min_scale: float | None, jitter_strength: float | None
 ) -> list[nn.Module]:
     scale = crop_scale(preset, crop_min_scale)
-    crops = [K.RandomResizedCrop((size, size), scale=scale, cropping_mode=CROP_MODE)] if crop else []
+    crops = [RandomResizedCrop(size, scale)] if crop else []
     check_strengths(preset, jitter_strength)
     if preset == "simclr":
         s = jitter_strength_for(size, jitter_strength)
-        ops = [*crops, K.RandomHorizontalFlip(), *_color(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8)]
+        ops = [*crops, RandomHorizontalFlip(), *_color(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8)]
         return [nn.Sequential(*ops, *_blur(size, 0.5))]
     if preset == "byol":
         views = []
         for blur_p, solarize_p in ((1.0, 0.0), (0.1, 0.2)):
-            ops = [*crops, K.RandomHorizontalFlip(), *_color(channels, 0.4, 0.4, 0.2, 0.1, p=0.8), *_blur(size, blur_p)]
+            ops = [*crops, RandomHorizontalFlip(), *_color(channels, 0.4, 0.4, 0.2, 0.1, p=0.8), *_blur(size, blur_p)]
             if solarize_p:
-                ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
+                ops.append(RandomSolarize(p=solarize_p))
             views.append(nn.Sequential(*ops))
         return views
     if preset == "none":
         return [nn.Identity()]
     if preset == "light":
-        ops = [*crops, K.RandomHorizontalFlip()]
-        return [nn.Sequential(*ops, K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]
+        ops = [*crops, RandomHorizontalFlip()]
+        return [nn.Sequential(*ops, ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]
     raise ConfigError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
 
 

@@ -10,12 +10,12 @@ Every arm trains ``jobs/simclr_fashion_mnist.yaml``'s model and loss as ``benchm
 a cosine to 0, keyed on steps), with the job changed by the ``section.key=value`` overrides, and probes the encoder
 as it does. Only the views differ (each arm at the preset's own strengths, whatever the job's ``augment`` says):
 
-* ``ours``: :class:`augment.presets.ViewAugmenter` (``simclr`` preset: one batched affine warp crops, Kornia
-  jitter with one order of brightness and contrast per batch).
+* ``ours``: :class:`augment.presets.ViewAugmenter` (``simclr`` preset: crops resampled by one batched
+  ``grid_sample``, flips, brightness and contrast in each image's own order).
 * ``lightly``: ``lightly.transforms.SimCLRTransform`` (``benchmarks.lightly_peer.lightly_transform``) on one PIL
   image at a time: torchvision's crop of an integer box resized by PIL, jitter order drawn per image.
-* ``tv-crop``: torchvision's crop and flip per PIL image, then our batched Kornia jitter: isolates the crop.
-* ``slice-crop``: ours with Kornia's per-image crop-and-resize (``cropping_mode="slice"``) instead of the warp.
+* ``tv-crop``: torchvision's crop and flip per PIL image, then Kornia's batched jitter: isolates the crop.
+* ``slice-crop``: Kornia's per-image crop-and-resize (``cropping_mode="slice"``), flip and jitter.
 * ``light``: our ``light`` preset (crop 0.5-1): whether weaker crops teach more per step at this budget.
 
 Prints arm -> probe accuracy per seed and mean; writes ``benchmarks/results/view_ablation.json``.

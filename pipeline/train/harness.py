@@ -25,6 +25,7 @@ from torch import nn
 
 from pipeline.config.job_config import JobConfig
 from pipeline.data import Manifest, ShardLoader, read_manifest
+from pipeline.data.decode import EncodedImages
 from pipeline.distributed import gather_objects, sum_across_ranks, world
 from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec
@@ -66,6 +67,18 @@ class Training:
     @property
     def total_steps(self) -> int:
         return sum(self.per_epoch)
+
+    def take_step(
+        self, images: torch.Tensor | EncodedImages, labels: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global step ``step`` (counted from 1) on one loader batch: views, forward, backward, update, the LR
+        schedule and the method's own after-step; ``(loss, tallies)`` stay on the device (nothing here waits on it:
+        ``tests/train/test_host_syncs.py``)."""
+        views = self.views(images)
+        value, tally = optimize(self.model, self.optimizer, views, self.autocast, self.step.forward, labels)
+        self.scheduler.step()
+        self.step.after_step(self.module, step, self.total_steps)
+        return value, tally
 
 
 def steps_in(loader: ShardLoader, epochs: int, cap: int | None = None) -> list[int]:
@@ -186,14 +199,10 @@ def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) ->
     tallies = None
     capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
     for images, labels, _ in clock.batches(itertools.islice(loader, training.per_epoch[epoch]) if capped else loader):
-        value, tally = optimize(
-            training.model, training.optimizer, training.views(images), training.autocast, training.step.forward, labels
-        )
+        step += 1
+        value, tally = training.take_step(images, labels, step)
         loss_sum += value.float()
         tallies = tally if tallies is None else tallies + tally
-        training.scheduler.step()
-        step += 1
-        training.step.after_step(training.module, step, training.total_steps)
         clock.step(len(labels), step)
         if step % LOSS_READ_EVERY == 0:
             check_finite(loss_sum, value, epoch, step, rank, training.step.advice(config))

@@ -48,7 +48,7 @@ class TrainingViews:
 
     def __call__(self, images: torch.Tensor | EncodedImages) -> list[torch.Tensor]:
         if self.in_loader:
-            return list(images.to(self.device).unbind(1))
+            return list(images.to(self.device, non_blocking=True).unbind(1))
         if isinstance(images, EncodedImages):
             images = photo_views(images.blobs(), self.crops, self.rng, self.device)
         return self.augmenter(images.to(self.device, non_blocking=True))

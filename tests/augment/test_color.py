@@ -6,7 +6,18 @@ import torchvision.transforms.v2.functional as F
 from kornia.filters import gaussian_blur2d
 
 from augment.blur import RandomGaussianBlur
-from augment.color import BRIGHTNESS, CONTRAST, HUE, SATURATION, ColorJitter, jitter, shift_hue
+from augment.color import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    SATURATION,
+    ColorJitter,
+    RandomGrayscale,
+    RandomSolarize,
+    jitter,
+    jitter_gray,
+    shift_hue,
+)
 from augment.presets import ViewAugmenter
 from tests.sync_guard import HostSyncs
 
@@ -113,3 +124,25 @@ def test_blur_by_index_on_the_cpu_equals_the_device_path(monkeypatch):
     torch.manual_seed(4)
     torch.testing.assert_close(RandomGaussianBlur(13, (0.1, 2.0), p=0.5)(images), by_index, atol=1e-6, rtol=0)
     assert 0 < (by_index == images).flatten(1).all(1).sum() < 16
+
+
+def test_gray_jitter_equals_torchvisions_brightness_and_contrast_in_each_images_order():
+    images = _smooth(24, low=0.3, high=0.7)[:, :1]
+    torch.manual_seed(2)
+    order, factors, applied = ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.75).draw(24)
+    expected = []
+    for image, steps, factor, on in zip(images, order.tolist(), factors, applied, strict=True):
+        for step in [s for s in steps if s in (BRIGHTNESS, CONTRAST)] if on else []:
+            image = TORCHVISION[step](image, factor[step].item())
+        expected.append(image)
+    torch.testing.assert_close(jitter_gray(images, order, factors, applied), torch.stack(expected), atol=3e-6, rtol=0)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_grayscale_and_solarize_as_torchvision_computes_them(p):
+    """(ITU-R 601 luma: torchvision weighs red 0.2989, not 0.299, so its grays are up to 1e-4 apart.)"""
+    images = _smooth(4)
+    gray = torch.stack([F.rgb_to_grayscale(image, num_output_channels=3) for image in images])
+    torch.testing.assert_close(RandomGrayscale(p)(images), gray if p else images, atol=1.1e-4, rtol=0)
+    solarized = torch.stack([F.solarize(image, 0.5) for image in images])
+    assert torch.equal(RandomSolarize(p)(images), solarized if p else images)

@@ -1,0 +1,67 @@
+"""Nothing in a training step waits on the device: one step of every method, on arrays and on photos, in this
+process on the CPU under the host-sync guard (``tests/sync_guard.py``: what would stall a CUDA stream shows on the
+CPU too). The step's blur takes its device path here."""
+
+import itertools
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.train.harness import prepare
+from pipeline.train.pretraining import Pretraining
+from tests.in_process import InProcess
+from tests.sync_guard import HostSyncs
+
+SMALL_CNN = ["model.width=4", "model.embed_dim=8"]
+METHODS = {
+    "simclr": [],
+    "byol": ["method.name=byol", "optim.name=lars"],
+    "autoencoder": ["method.name=autoencoder", "method.bottleneck=8", "augment.preset=none"],
+    "denoising": ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "augment.preset=none"],
+    "vae": ["method.name=vae", "method.bottleneck=8", "augment.preset=none"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _device_paths(monkeypatch):
+    monkeypatch.setattr("augment.blur.host_selects", lambda device: False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _second_step_syncs(shards, tmp_path, overrides) -> dict:
+    """The guard's record of step 2 (step 1 makes the optimizer's lazy state) of a small job on ``shards``."""
+    config = load_config(
+        None,
+        [
+            f"data.shards={shards}",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=2",
+            *overrides,
+        ],
+    )
+    training = prepare(config, Pretraining(), InProcess(tmp_path))
+    training.loader.set_epoch(0)
+    (first, second) = itertools.islice(training.loader, 2)
+    training.take_step(*first[:2], 1)
+    with HostSyncs() as syncs:
+        training.take_step(*second[:2], 2)
+    return dict(syncs.seen)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_step_on_arrays_waits_on_no_device(synthetic_shards, tmp_path, method):
+    assert (
+        _second_step_syncs(synthetic_shards, tmp_path, ["model.width=4", "model.embed_dim=8", *METHODS[method]]) == {}
+    )
+
+
+def test_a_step_on_photos_waits_on_no_device(labeled_photo_shards, tmp_path):
+    """Photos on a CPU arrive as views the loader made (decode, crops, augmentation: guarded in
+    ``tests/augment``); the step moves them to the device without blocking and trains."""
+    overrides = ["data.image_size=64", "model.encoder=resnet18", "train.amp=false"]
+    assert _second_step_syncs(labeled_photo_shards, tmp_path, overrides) == {}
