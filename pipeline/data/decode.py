@@ -12,8 +12,10 @@ importing it costs every process that reads shards (each Ray Train worker) ~2.5 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -105,19 +107,55 @@ def _decode_cpu(blob: torch.Tensor) -> torch.Tensor:
     return tio.decode_image(blob, mode=tio.ImageReadMode.RGB)
 
 
-def decode_images(blobs: Sequence[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
-    """uint8 ``(3, H_i, W_i)`` images of ``blobs`` (uint8 ``(L_i,)`` file bytes on the CPU) on ``device``: on
-    CUDA the batch's JPEGs are decoded together (other formats on the CPU); elsewhere one at a time, lazily."""
+def _decode_one(blob: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One photo on ``device``: a JPEG by the device's decoder where it has one, anything it refuses (and every
+    other format) by the CPU's, then moved. Raises ``RuntimeError`` when neither can decode it."""
+    import torchvision.io as tio
+
+    if device.type == "cuda" and bytes(blob[:2]) == JPEG_MAGIC:
+        with contextlib.suppress(RuntimeError):
+            return tio.decode_jpeg(blob, mode=tio.ImageReadMode.RGB, device=device)
+    return _decode_cpu(blob).to(device, non_blocking=True)
+
+
+def _decode_batch(blobs: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The JPEGs ``blobs`` decoded together on ``device``. On CUDA torchvision's decoder writes on a stream of its
+    own into memory allocated on the current one, waiting only for that stream's own earlier work: memory the training
+    stream freed could still be in use by its queued kernels. So the call runs with a side stream of ours current
+    (its memory pool only ever holds decoded images), the training stream then waits on it, and each image is marked
+    as used there (the allocator hands its memory out again only once the training stream is past it)."""
     import torchvision.io as tio
 
     if device.type != "cuda":
-        yield from map(_decode_cpu, blobs)
-        return
+        return tio.decode_jpeg(list(blobs), mode=tio.ImageReadMode.RGB, device=device)
+    main, side = torch.cuda.current_stream(device), _side_stream(device)
+    with torch.cuda.stream(side):
+        images = tio.decode_jpeg(list(blobs), mode=tio.ImageReadMode.RGB, device=device)
+    main.wait_stream(side)
+    for image in images:
+        image.record_stream(main)
+    return images
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+def decode_images(
+    blobs: Sequence[torch.Tensor], device: torch.device, batched: bool | None = None
+) -> Iterator[torch.Tensor]:
+    """uint8 ``(3, H_i, W_i)`` images of ``blobs`` (uint8 ``(L_i,)`` file bytes on the CPU) on ``device``, in order.
+    ``batched`` (default: on CUDA) decodes the batch's JPEGs in one call; when that call fails (one bad file fails
+    it), each photo is decoded alone, so the error comes from the right one. Otherwise one at a time, lazily. A photo
+    no decoder can read raises ``RuntimeError`` where it stands."""
     jpeg = [i for i, blob in enumerate(blobs) if bytes(blob[:2]) == JPEG_MAGIC]
-    batch = tio.decode_jpeg([blobs[i] for i in jpeg], mode=tio.ImageReadMode.RGB, device=device) if jpeg else []
-    decoded = dict(zip(jpeg, batch))
+    decoded = {}
+    if jpeg and (device.type == "cuda" if batched is None else batched):
+        with contextlib.suppress(RuntimeError):
+            decoded = dict(zip(jpeg, _decode_batch([blobs[i] for i in jpeg], device), strict=True))
     for i, blob in enumerate(blobs):
-        yield decoded[i] if i in decoded else _decode_cpu(blob).to(device, non_blocking=True)
+        yield decoded[i] if i in decoded else _decode_one(blob, device)
 
 
 def photo_views(
@@ -139,3 +177,20 @@ def photo_views(
         for v, (top, left, height, width) in enumerate(boxes.tolist()):
             out[i, v] = TF.resized_crop(image, top, left, height, width, [views.size, views.size], antialias=True)
     return out
+
+
+def decodable_views(
+    blobs: Sequence[torch.Tensor],
+    views: PhotoViews,
+    rng: np.random.Generator | None,
+    device: torch.device,
+    bad: Callable[[int, str], None],
+) -> tuple[torch.Tensor, list[int]]:
+    """:func:`photo_views` of the photos of ``blobs`` that decode, and their positions in ``blobs``;
+    ``bad(position, reason)`` hears of each photo that does not (and may raise to stop)."""
+    keep = list(range(len(blobs)))
+    while True:
+        try:
+            return photo_views([blobs[i] for i in keep], views, rng, device), keep
+        except UndecodablePhoto as exn:
+            bad(keep.pop(exn.position), exn.reason)

@@ -170,7 +170,8 @@ class ShardLoader:
             f"promises {limit}; shards changed since `sslpipe shard`, re-create them"
         )
 
-    def _note(self, skipped: Skipped) -> None:
+    def note(self, skipped: Skipped) -> None:
+        """Count ``skipped`` among this epoch's bad samples, with a warning."""
         self.skipped += skipped.count
         log.warning("skipped %d bad samples of %s", skipped.count, skipped.reason)
 
@@ -187,7 +188,7 @@ class ShardLoader:
                 raise ShardError(item.message)
             if isinstance(item, Skipped):
                 if first_pass:
-                    self._note(item)
+                    self.note(item)
                 continue
             if emitted == limit:
                 continue

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.data.decode import EncodedImages, PhotoViews, UndecodablePhoto, photo_views
+from pipeline.data.decode import EncodedImages, PhotoViews, decodable_views
 from pipeline.data.plan import Piece, SplitPlan, rank_pieces, worker_pieces
 from pipeline.data.reading import Skipped, read_shard, shuffled_batches
 from pipeline.errors import ShardError, SslpipeError
@@ -56,6 +56,18 @@ def take(batch: Batch, part: slice) -> Batch:
     if isinstance(images, EncodedImages):
         return EncodedImages(images.data[part], images.lengths[part]), *(t[part] for t in batch[1:])
     return tuple(t[part] for t in batch)
+
+
+def undecodable(index: int, reason: str, skip: bool) -> Skipped:
+    """Sample ``index``, a photo no decoder can read for ``reason``: one :class:`Skipped` in skip mode, else the run
+    stops with one line saying what to do."""
+    message = f"photo {index} cannot be decoded ({reason})"
+    if not skip:
+        raise ShardError(
+            f"{message}; re-create the shards with `sslpipe shard`, or set data.skip_bad_samples=true to skip and "
+            "count bad samples"
+        )
+    return Skipped(1, message)
 
 
 @dataclass
@@ -128,19 +140,13 @@ class ShardStream(IterableDataset):
             yield EncodedImages.pack(blobs), labels, indices
             return
         tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-        keep = list(range(len(tensors)))
-        while True:
-            try:
-                crops = photo_views([tensors[i] for i in keep], self.views, rng, torch.device("cpu"))
-                break
-            except UndecodablePhoto as exn:
-                bad = keep[exn.position]
-                reason = f"photo {int(indices[bad])} cannot be decoded ({exn.reason})"
-                if not self.skip_bad_samples:
-                    raise ShardError(f"{reason}; re-create the shards with `sslpipe shard`, or set "
-                                     "data.skip_bad_samples=true to skip and count bad samples") from None
-                keep.remove(bad)
-                yield Skipped(1, reason)
+        skipped = []
+
+        def bad(position: int, reason: str) -> None:
+            skipped.append(undecodable(int(indices[position]), reason, self.skip_bad_samples))
+
+        crops, keep = decodable_views(tensors, self.views, rng, torch.device("cpu"), bad)
+        yield from skipped
         if self.transform is not None:
             crops = self.transform(crops)
         crops = crops if self.views.random else crops[:, 0]

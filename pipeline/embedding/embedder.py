@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from augment.presets import to_unit_float
-from pipeline.data.decode import PhotoViews, UndecodablePhoto, center_boxes, photo_views
+from pipeline.data.decode import PhotoViews, center_boxes, decodable_views
 from pipeline.data.photos import PhotoError, prepare_photo
 from pipeline.data.reading import Skipped, read_shard
 from pipeline.embedding.pieces import FileWork, ShardWork, Work
@@ -119,13 +119,12 @@ class Embedder:
     def _crops(self, blobs: list[bytes], names: list[str], skipped: list[Skipped]) -> tuple[torch.Tensor, list[int]]:
         """Center crops uint8 ``(b, 3, size, size)`` of the photos that decode, and their positions."""
         tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-        kept = list(range(len(blobs)))
-        while True:
-            try:
-                return photo_views([tensors[i] for i in kept], self.views, None, self.device)[:, 0], kept
-            except UndecodablePhoto as exn:
-                bad = kept.pop(exn.position)
-                self._bad(f"{names[bad]} cannot be decoded ({exn.reason})", skipped)
+
+        def bad(position: int, reason: str) -> None:
+            self._bad(f"{names[position]} cannot be decoded ({reason})", skipped)
+
+        crops, kept = decodable_views(tensors, self.views, None, self.device, bad)
+        return crops[:, 0], kept
 
     def _bad(self, reason: str, skipped: list[Skipped]) -> None:
         if not self.skip_bad_samples:

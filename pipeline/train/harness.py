@@ -69,12 +69,14 @@ class Training:
         return sum(self.per_epoch)
 
     def take_step(
-        self, images: torch.Tensor | EncodedImages, labels: torch.Tensor, step: int
+        self, images: torch.Tensor | EncodedImages, labels: torch.Tensor, indices: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Global step ``step`` (counted from 1) on one loader batch: views, forward, backward, update, the LR
         schedule and the method's own after-step; ``(loss, tallies)`` stay on the device (nothing here waits on it:
-        ``tests/train/test_host_syncs.py``)."""
-        views = self.views(images)
+        ``tests/train/test_host_syncs.py``). Photos the views leave out count as the loader's skipped samples."""
+        views, labels, skipped = self.views(images, labels, indices)
+        for skip in skipped:
+            self.loader.note(skip)
         value, tally = optimize(self.model, self.optimizer, views, self.autocast, self.step.forward, labels)
         self.scheduler.step()
         self.step.after_step(self.module, step, self.total_steps)
@@ -198,9 +200,11 @@ def train_epoch(training: Training, epoch: int, step: int, clock: EpochClock) ->
     loss_sum = value = torch.zeros((), device=device)
     tallies = None
     capped = config.train.max_steps_per_epoch is not None  # (uncapped, the loader ends the epoch itself)
-    for images, labels, _ in clock.batches(itertools.islice(loader, training.per_epoch[epoch]) if capped else loader):
+    for images, labels, indices in clock.batches(
+        itertools.islice(loader, training.per_epoch[epoch]) if capped else loader
+    ):
         step += 1
-        value, tally = training.take_step(images, labels, step)
+        value, tally = training.take_step(images, labels, indices, step)
         loss_sum += value.float()
         tallies = tally if tallies is None else tallies + tally
         clock.step(len(labels), step)

@@ -14,8 +14,10 @@ import torch
 
 from augment import ViewAugmenter
 from pipeline.config.job_config import JobConfig
-from pipeline.data.decode import EncodedImages, photo_views
+from pipeline.data.decode import EncodedImages, decodable_views
 from pipeline.data.manifest import Manifest
+from pipeline.data.reading import Skipped
+from pipeline.data.stream import undecodable
 
 
 class TrainingViews:
@@ -26,6 +28,7 @@ class TrainingViews:
 
     def __init__(self, config: JobConfig, manifest: Manifest, num_views: int, device: torch.device, rank: int) -> None:
         self.photos, self.device, self.rank, self.seed = manifest.photos, device, rank, config.train.seed
+        self.skip_bad_samples = config.data.skip_bad_samples
         size = config.data.crop_size if manifest.photos else manifest.image_shape[1]
         self.crops = config.data.training_views(num_views, config.augment.crop_scale)
         self.in_loader = manifest.photos and device.type != "cuda"
@@ -46,9 +49,20 @@ class TrainingViews:
     def set_epoch(self, epoch: int) -> None:
         self.rng = np.random.default_rng([self.seed, epoch, self.rank, 3])
 
-    def __call__(self, images: torch.Tensor | EncodedImages) -> list[torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor | EncodedImages, labels: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[Skipped]]:
+        """``(views, the labels of their images, photos skipped)`` of one loader batch. Photos decoded here that no
+        decoder reads are left out with ``data.skip_bad_samples`` (as the loader leaves them out), else stop the
+        run with one line."""
         if self.in_loader:
-            return list(images.to(self.device, non_blocking=True).unbind(1))
+            return list(images.to(self.device, non_blocking=True).unbind(1)), labels, []
+        skipped = []
         if isinstance(images, EncodedImages):
-            images = photo_views(images.blobs(), self.crops, self.rng, self.device)
-        return self.augmenter(images.to(self.device, non_blocking=True))
+
+            def bad(position: int, reason: str) -> None:
+                skipped.append(undecodable(int(indices[position]), reason, self.skip_bad_samples))
+
+            images, kept = decodable_views(images.blobs(), self.crops, self.rng, self.device, bad)
+            labels = labels[kept]
+        return self.augmenter(images.to(self.device, non_blocking=True)), labels, skipped

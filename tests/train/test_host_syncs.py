@@ -47,9 +47,9 @@ def _second_step_syncs(shards, tmp_path, overrides) -> dict:
     training = prepare(config, Pretraining(), InProcess(tmp_path))
     training.loader.set_epoch(0)
     (first, second) = itertools.islice(training.loader, 2)
-    training.take_step(*first[:2], 1)
+    training.take_step(*first, 1)
     with HostSyncs() as syncs:
-        training.take_step(*second[:2], 2)
+        training.take_step(*second, 2)
     return dict(syncs.seen)
 
 
