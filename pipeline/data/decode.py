@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -107,15 +108,20 @@ def _decode_cpu(blob: torch.Tensor) -> torch.Tensor:
     return tio.decode_image(blob, mode=tio.ImageReadMode.RGB)
 
 
-def _decode_one(blob: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _decode_one(blob: torch.Tensor, device: torch.device, counts: Counter[str]) -> torch.Tensor:
     """One photo on ``device``: a JPEG by the device's decoder where it has one, anything it refuses (and every
-    other format) by the CPU's, then moved. Raises ``RuntimeError`` when neither can decode it."""
+    other format) by the CPU's, then moved; ``counts`` adds which (``"device"`` or ``"host"``). Raises
+    ``RuntimeError`` when neither can decode it."""
     import torchvision.io as tio
 
     if device.type == "cuda" and bytes(blob[:2]) == JPEG_MAGIC:
         with contextlib.suppress(RuntimeError):
-            return tio.decode_jpeg(blob, mode=tio.ImageReadMode.RGB, device=device)
-    return _decode_cpu(blob).to(device, non_blocking=True)
+            image = tio.decode_jpeg(blob, mode=tio.ImageReadMode.RGB, device=device)
+            counts["device"] += 1
+            return image
+    image = _decode_cpu(blob).to(device, non_blocking=True)
+    counts["host"] += 1
+    return image
 
 
 def _decode_batch(blobs: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -143,30 +149,41 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def decode_images(
-    blobs: Sequence[torch.Tensor], device: torch.device, batched: bool | None = None
+    blobs: Sequence[torch.Tensor], device: torch.device, batched: bool | None = None, counts: Counter[str] | None = None
 ) -> Iterator[torch.Tensor]:
     """uint8 ``(3, H_i, W_i)`` images of ``blobs`` (uint8 ``(L_i,)`` file bytes on the CPU) on ``device``, in order.
     ``batched`` (default: on CUDA) decodes the batch's JPEGs in one call; when that call fails (one bad file fails
     it), each photo is decoded alone, so the error comes from the right one. Otherwise one at a time, lazily. A photo
-    no decoder can read raises ``RuntimeError`` where it stands."""
+    no decoder can read raises ``RuntimeError`` where it stands. ``counts`` adds the photos each decoder read:
+    ``"device"`` (the GPU's) or ``"host"`` (the CPU's)."""
+    counts = Counter() if counts is None else counts
     jpeg = [i for i, blob in enumerate(blobs) if bytes(blob[:2]) == JPEG_MAGIC]
     decoded = {}
     if jpeg and (device.type == "cuda" if batched is None else batched):
         with contextlib.suppress(RuntimeError):
             decoded = dict(zip(jpeg, _decode_batch([blobs[i] for i in jpeg], device), strict=True))
     for i, blob in enumerate(blobs):
-        yield decoded[i] if i in decoded else _decode_one(blob, device)
+        if i in decoded:
+            counts["device" if device.type == "cuda" else "host"] += 1
+            yield decoded[i]
+        else:
+            yield _decode_one(blob, device, counts)
 
 
 def photo_views(
-    blobs: Sequence[torch.Tensor], views: PhotoViews, rng: np.random.Generator | None, device: torch.device
+    blobs: Sequence[torch.Tensor],
+    views: PhotoViews,
+    rng: np.random.Generator | None,
+    device: torch.device,
+    counts: Counter[str] | None = None,
 ) -> torch.Tensor:
     """uint8 ``(B, count, 3, size, size)`` crops of the photos ``blobs`` on ``device`` (``rng`` draws the
-    random boxes; center crops need none). A photo that cannot be decoded raises :class:`UndecodablePhoto`."""
+    random boxes; center crops need none; ``counts`` as :func:`decode_images`'). A photo that cannot be decoded
+    raises :class:`UndecodablePhoto`."""
     import torchvision.transforms.v2.functional as TF
 
     out = torch.empty((len(blobs), views.count, 3, views.size, views.size), dtype=torch.uint8, device=device)
-    images = decode_images(blobs, device)
+    images = decode_images(blobs, device, counts=counts)
     for i in range(len(blobs)):
         try:
             image = next(images)
@@ -185,12 +202,19 @@ def decodable_views(
     rng: np.random.Generator | None,
     device: torch.device,
     bad: Callable[[int, str], None],
+    counts: Counter[str] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """:func:`photo_views` of the photos of ``blobs`` that decode, and their positions in ``blobs``;
-    ``bad(position, reason)`` hears of each photo that does not (and may raise to stop)."""
+    ``bad(position, reason)`` hears of each photo that does not (and may raise to stop); ``counts`` adds the
+    decoders that read the photos kept."""
     keep = list(range(len(blobs)))
     while True:
+        attempt = Counter()
         try:
-            return photo_views([blobs[i] for i in keep], views, rng, device), keep
+            crops = photo_views([blobs[i] for i in keep], views, rng, device, attempt)
         except UndecodablePhoto as exn:
             bad(keep.pop(exn.position), exn.reason)
+            continue
+        if counts is not None:
+            counts.update(attempt)
+        return crops, keep

@@ -220,10 +220,11 @@ def epoch_metrics(
     """The epoch's loss, LR, images and their rates (every rank's), data wait, skipped samples, and the step's
     own metrics, over all ranks."""
     elapsed, world_size = clock.elapsed, world()[1]
-    counts = torch.tensor(
-        [clock.images, training.loader.skipped, loss_sum.item()], dtype=torch.float64, device=training.device
-    )
-    images, skipped, losses = sum_across_ranks(counts).tolist()
+    decoded = training.views.decoded
+    counts = [clock.images, training.loader.skipped, loss_sum.item(), decoded["device"], decoded.total()]
+    images, skipped, losses, on_device, photos = sum_across_ranks(
+        torch.tensor(counts, dtype=torch.float64, device=training.device)
+    ).tolist()
     summed = None if tallies is None else sum_across_ranks(tallies)
     rates = gather_objects(clock.images_per_s)
     return {
@@ -236,7 +237,8 @@ def epoch_metrics(
         **{f"images_per_s_rank_{r}": rate for r, rate in enumerate(rates)},
         "data_wait_fraction": max(gather_objects(clock.wait_fraction)),  # the rank that waited most
         "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
-        **({"photos_decoded_on_device": float(training.views.decode_on_device)} if training.manifest.photos else {}),
+        # the share of the photos decoded in the training processes that their device's decoder read (measured)
+        **({"photos_decoded_on_device": on_device / photos if photos else 0.0} if training.manifest.photos else {}),
         **training.step.epoch_metrics(training.module, summed, images),
     }
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -41,6 +43,7 @@ class TrainingViews:
             ViewAugmenter(preset, size, channels, num_views, crop=False, **options) if self.in_loader else None
         )
         self.rng = np.random.default_rng([self.seed, 0, rank, 3])
+        self.decoded: Counter[str] = Counter()  # this epoch's photos decoded here, by decoder ("device", "host")
 
     def loader_options(self) -> dict:
         transform = self.loader_augmenter.stacked if self.loader_augmenter else None
@@ -48,6 +51,7 @@ class TrainingViews:
 
     def set_epoch(self, epoch: int) -> None:
         self.rng = np.random.default_rng([self.seed, epoch, self.rank, 3])
+        self.decoded.clear()
 
     def __call__(
         self, images: torch.Tensor | EncodedImages, labels: torch.Tensor, indices: torch.Tensor
@@ -63,6 +67,6 @@ class TrainingViews:
             def bad(position: int, reason: str) -> None:
                 skipped.append(undecodable(int(indices[position]), reason, self.skip_bad_samples))
 
-            images, kept = decodable_views(images.blobs(), self.crops, self.rng, self.device, bad)
+            images, kept = decodable_views(images.blobs(), self.crops, self.rng, self.device, bad, self.decoded)
             labels = labels[kept]
         return self.augmenter(images.to(self.device, non_blocking=True)), labels, skipped
