@@ -55,3 +55,11 @@ def resources() -> dict[str, float]:
 
     connect()
     return ray.cluster_resources()
+
+
+def alive_nodes() -> int:
+    """The nodes of the cluster Ray runs (joining or starting it first)."""
+    import ray
+
+    connect()
+    return sum(node["Alive"] for node in ray.nodes())

@@ -111,6 +111,11 @@ class TrainConfig:
         str | None, "run name; rerunning with the same name and storage resumes (default: method and time)"
     ] = None
     storage_path: Annotated[str, "checkpoints: a folder or URL (`s3://...`)"] = "ray_results"
+    shared_folders: Annotated[
+        list[str],
+        "local folders every node of a multi-node cluster mounts at the same path (NFS, EFS): accepted there for "
+        "shards, storage_path and exports, which Ray workers on every node read or write",
+    ] = field(default_factory=list)
     max_failures: Annotated[int, Ge(0), "worker failures survived by restarting from the last checkpoint"] = 1
     start_attempts: Annotated[int, Ge(-1), "tries (60 s each) to get the workers' resources; -1: wait forever"] = 10
     max_steps_per_epoch: Annotated[int | None, Gt(0), "caps the batches of every epoch (benchmarks, smoke runs)"] = None

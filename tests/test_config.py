@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import JobConfig, load_config, reference, validate, with_values
+from pipeline.config.validation import check_shared
 from pipeline.data import read_manifest
 from pipeline.errors import ConfigError
 from pipeline.methods.byol import BYOLOptions
@@ -320,3 +321,25 @@ def test_a_job_records_only_the_keys_that_apply_and_a_switch_leaves_the_rest_out
     )
     assert gaussian.flat()["method.decoder_std"] == 0.2
     assert "method.decoder_std" not in with_values(gaussian, {"method.likelihood": "bernoulli"}, "test").flat()
+
+
+def test_on_several_nodes_what_every_worker_uses_must_be_reachable_from_every_node(tmp_path):
+    """Shards and checkpoints that Ray workers on all nodes use: a URL, or inside a declared shared folder; refused
+    in one line naming the key otherwise. Exports too where search trials (on any node) write them."""
+    local = [f"data.shards={tmp_path}/shards", f"train.storage_path={tmp_path}/ray_results"]
+    config = load_config(None, local)
+    check_shared(config, nodes=1, exports_anywhere=True)  # one machine: anything goes
+    with pytest.raises(
+        ConfigError,
+        match=rf"^train.storage_path: {tmp_path}/ray_results is a folder on one machine, "
+        r"but this cluster has 2 nodes .*s3://.*train.shared_folders$",
+    ):
+        check_shared(config, nodes=2)
+    remote = ["train.storage_path=s3://bucket/ray_results", "data.shards=s3://bucket/shards"]
+    check_shared(load_config(None, remote), nodes=2)
+    with pytest.raises(ConfigError, match=r"^export.out_dir: exports is a folder on one machine"):
+        check_shared(load_config(None, remote), nodes=2, exports_anywhere=True)
+    with pytest.raises(ConfigError, match=r"^data.shards: "):
+        check_shared(load_config(None, ["train.storage_path=s3://bucket/ray_results", *local[:1]]), nodes=3)
+    mounted = load_config(None, [*local, f"train.shared_folders=[{tmp_path}]", f"export.out_dir={tmp_path}/exports"])
+    check_shared(mounted, nodes=2, exports_anywhere=True)

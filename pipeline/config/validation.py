@@ -8,7 +8,7 @@ import dataclasses
 import importlib.util
 
 from augment.presets import PRESETS, check_strengths
-from pipeline import options
+from pipeline import options, storage
 from pipeline.config.job_config import CPU_WORKERS, JobConfig
 from pipeline.data import ShardLoader, read_manifest
 from pipeline.data.manifest import Manifest
@@ -136,4 +136,29 @@ def _check_images(config: JobConfig, manifest: Manifest) -> None:
                 f"data.normal_class: {config.data.normal_class} is not a label of {config.data.shards}"
                 f" ({len(manifest.class_names)} classes: 0-{len(manifest.class_names) - 1}; unlabeled "
                 "shards have none)"
+            )
+
+
+def check_shared(config: JobConfig, nodes: int, exports_anywhere: bool = False) -> None:
+    """On a cluster of ``nodes`` > 1, every location Ray workers on all nodes read or write (shards, checkpoints;
+    exports too where trials write them, ``exports_anywhere``) must be a URL or inside a declared
+    ``train.shared_folders``: a folder local to one node would leave the others reading nothing or writing apart.
+    Raises one :class:`ConfigError` naming the key and the fix."""
+    if nodes < 2:
+        return
+    locations = {"eval.shards": config.eval.shards, "train.storage_path": config.train.storage_path}
+    if not config.data.url_template:  # (with a template, workers read the shards from its URLs)
+        locations["data.shards"] = config.data.shards
+    if exports_anywhere:
+        locations["export.out_dir"] = config.export.out_dir
+    shared = [storage.local_path(folder).absolute() for folder in config.train.shared_folders]
+    for key, location in locations.items():
+        if not location or not storage.is_local(location):
+            continue
+        path = storage.local_path(location).absolute()
+        if not any(path.is_relative_to(folder) for folder in shared):
+            raise ConfigError(
+                f"{key}: {location} is a folder on one machine, but this cluster has {nodes} nodes whose Ray workers "
+                "all use it; give an object-store URL (s3://...), or list a folder every node mounts in "
+                "train.shared_folders"
             )

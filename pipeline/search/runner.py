@@ -28,7 +28,7 @@ import yaml
 
 from pipeline import cluster, storage
 from pipeline.config.job_config import JobConfig, with_values
-from pipeline.config.validation import validate
+from pipeline.config.validation import check_shared, validate
 from pipeline.data import read_manifest
 from pipeline.errors import RunStopped, SslpipeError
 from pipeline.evaluate.plots import search_png
@@ -235,6 +235,7 @@ def _tuner(run: TrackedRun, search: SearchConfig, job: Job) -> Any:
     from pipeline.search.trial_lines import TrialLines
 
     config = run.config
+    check_shared(config, cluster.alive_nodes(), exports_anywhere=True)  # trials export where they run
     concurrent = search.max_concurrent_trials or trials_that_fit(config.train, cluster.resources())
     # the trial only drives; its Ray Train workers ask for their own CPUs. Not even 0.01 CPU: 2 workers of 1 CPU must
     # still fit a 2-CPU machine. (Tune refuses an empty request, so it asks for a little memory.) A trial that

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from pipeline import storage
+from pipeline import cluster, storage
 from pipeline.config.job_config import JobConfig, with_workers
+from pipeline.config.validation import check_shared
 from pipeline.errors import SslpipeError
 from pipeline.stopping import raise_if_stopped
 from pipeline.train.checkpoint import load_checkpoint
@@ -49,6 +50,7 @@ def fit(config: JobConfig, run_name: str, callbacks: Sequence[Any] = (), step: S
     from ray.train.torch import TorchTrainer
 
     config = with_workers(config, ray.cluster_resources())
+    check_shared(config, cluster.alive_nodes())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config, "step": step},
