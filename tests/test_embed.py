@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.commands.embed import embed
 from pipeline.data import open_source, read_manifest
 from pipeline.data.decode import PhotoViews, photo_views
-from pipeline.embedding.embedder import fit_size, match_channels
+from pipeline.embedding.embedder import bounded_batches, fit_size, match_channels
 from pipeline.export import export_encoder
 from pipeline.models import EncoderSpec, build_encoder
 
@@ -217,3 +217,26 @@ def test_channels_and_sizes_are_matched_to_the_encoder():
     images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     assert fit_size(images, 28) is images
     assert fit_size(images, 32).shape == (2, 1, 32, 32) and fit_size(images[..., 2:], 16).shape == (2, 1, 16, 16)
+
+
+def test_photo_batches_are_bounded_by_their_decoded_size():
+    """A batch of photos holds at most ``batch_size`` of them and at most the bytes they decode to (from their
+    headers): 256 photos of 12 MP would be ~9 GB on the device at once. An unreadable photo counts as nothing (its
+    decoding will say why), and a photo larger than the budget goes alone."""
+
+    def jpeg(side):
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side)).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    sides = [100, 100, 100, 300, 100, 100]
+    samples = [(f"id{i}", 0, jpeg(side), f"name{i}") for i, side in enumerate(sides)]
+    samples.insert(2, ("bad", 0, b"not an image", "bad"))
+    chunks = list(bounded_batches(samples, 4, max_bytes=3 * 100 * 100 * 3))
+    assert [[sample[0] for sample in chunk] for chunk in chunks] == [
+        ["id0", "id1", "bad", "id2"],
+        ["id3"],
+        ["id4", "id5"],
+    ]
+    arrays = [(i, 0, np.zeros((28, 28, 1), np.uint8), "") for i in range(10)]
+    assert [len(chunk) for chunk in bounded_batches(arrays, 4, max_bytes=1 << 30)] == [4, 4, 2]

@@ -5,12 +5,14 @@ center-cropped at ``spec.image_size``, arrays as they are or their central squar
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm import tqdm
 
@@ -24,6 +26,7 @@ from pipeline.models import EncoderSpec
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's "L"
 UNLIMITED_SIDE = 1 << 30  # folder photos are converted like shard photos, never resized
+DECODED_BYTES = 1 << 30  # a batch's decoded images, at most (the device holds them all before cropping)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Embedder:
 
     def _batches(self, work: Work, skipped: list[Skipped]) -> Iterator[tuple[list[str], np.ndarray, torch.Tensor]]:
         """``(ids, labels, uint8 images (b, C, size, size) on the device)`` of ``work``, ``batch_size`` at a time."""
-        for chunk in _chunks(self._samples(work, skipped), self.batch_size):
+        for chunk in bounded_batches(self._samples(work, skipped), self.batch_size, DECODED_BYTES):
             ids, labels, images, names = zip(*chunk, strict=True)
             if isinstance(work, ShardWork) and len(work.image_shape) == 3:
                 arrays = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
@@ -132,13 +135,29 @@ class Embedder:
         skipped.append(Skipped(1, reason))
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
+def _decoded_bytes(image: object) -> int:
+    """Bytes of ``image`` decoded: an array's own; a photo's (uint8 RGB) from its header, 0 where that is unreadable
+    (decoding it will say why)."""
+    if isinstance(image, np.ndarray):
+        return image.nbytes
+    try:
+        with Image.open(io.BytesIO(image)) as photo:
+            return 3 * photo.width * photo.height
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 0
+
+
+def bounded_batches(samples: Iterable[tuple], size: int, max_bytes: int) -> Iterator[list]:
+    """``samples`` (their third item an image or a photo's bytes) in chunks of at most ``size`` that decode to at
+    most ``max_bytes`` (a chunk holds at least one sample): 256 photos of 12 MP would be ~9 GB on the device."""
+    chunk, held = [], 0
+    for sample in samples:
+        need = _decoded_bytes(sample[2])
+        if chunk and (len(chunk) == size or held + need > max_bytes):
             yield chunk
-            chunk = []
+            chunk, held = [], 0
+        chunk.append(sample)
+        held += need
     if chunk:
         yield chunk
 
