@@ -243,8 +243,8 @@ def epoch_metrics(
     }
 
 
-def report(training: Training, metrics: dict[str, float], nodes: list[str], session: Session) -> None:
-    """Every rank's report of an epoch; rank 0's with the checkpoint (every rank's random state in it)."""
+def report(training: Training, metrics: dict[str, float], nodes: list[str], rng: list[dict], session: Session) -> None:
+    """Every rank's report of an epoch; rank 0's with the checkpoint (``rng``, every rank's random state, in it)."""
     rank = world()[0]
     state = {
         "model": training.module.state_dict(),
@@ -252,7 +252,7 @@ def report(training: Training, metrics: dict[str, float], nodes: list[str], sess
         "scheduler": training.scheduler.state_dict(),
         "epoch": metrics["epoch"] + 1,
         "step": metrics["step"],
-        "rng": gather_objects(rng_state(training.device)),
+        "rng": rng,
         "config": training.config.to_dict(),
         "spec": training.spec.to_dict(),
         "precision": precision_name(training.autocast),
@@ -300,6 +300,9 @@ def train(config: JobConfig, step: Step, session: Session) -> None:
         if not (last or (epoch + 1) % every == 0):
             continue
         metrics |= {"start_epoch": start_epoch}
+        # the last collective before the report: the other ranks must not wait in one while rank 0 evaluates
+        # (an evaluation longer than the collective's timeout, NCCL's 30 minutes, would fail the run)
+        rng = gather_objects(rng_state(device))
         if rank == 0:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 metrics |= step.evaluate(training.module, device, last)  # (it must not shift the random streams)
@@ -315,5 +318,5 @@ def train(config: JobConfig, step: Step, session: Session) -> None:
                 )
                 + scores
             )
-        report(training, metrics, nodes, session)
+        report(training, metrics, nodes, rng, session)
     step.finish(training.module, device)

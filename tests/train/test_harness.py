@@ -129,3 +129,23 @@ def test_two_ranks_resumed_continue_every_rank_s_random_streams(synthetic_shards
     assert ended["step"] == expected["step"] == 3 * STEPS
     for key, value in expected["model"].items():
         torch.testing.assert_close(ended["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_no_rank_waits_in_a_collective_while_rank_0_evaluates(synthetic_shards, tmp_path, monkeypatch):
+    """Rank 0's evaluations (monitors, fine-tuning's test accuracy) run between an epoch's last collective and the
+    report: a collective after them would hold every other rank in it for the evaluation's length, and NCCL fails
+    a collective after 30 minutes."""
+    import pipeline.train.harness as harness
+
+    events = []
+    gather, evaluate, report = harness.gather_objects, Pretraining.evaluate, InProcess.report
+    monkeypatch.setattr(harness, "gather_objects", lambda obj: events.append("collective") or gather(obj))
+    monkeypatch.setattr(harness, "sum_across_ranks", lambda t: events.append("collective") or t)
+    monkeypatch.setattr(Pretraining, "evaluate", lambda *a: events.append("evaluate") or evaluate(*a))
+    monkeypatch.setattr(InProcess, "report", lambda *a: events.append("report") or report(*a))
+    train(
+        _config(synthetic_shards, "train.epochs=2", "train.max_steps_per_epoch=2"), Pretraining(), InProcess(tmp_path)
+    )
+    assert events.count("evaluate") == events.count("report") == 2
+    for start in (i for i, event in enumerate(events) if event == "evaluate"):
+        assert events[start + 1] == "report", events
