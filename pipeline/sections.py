@@ -38,6 +38,11 @@ class DataConfig:
         "the only label pretraining reads: evaluation scores every other label as the anomaly (one-class protocol)",
     ] = None
     skip_bad_samples: Annotated[bool, "skip and count samples that cannot be decoded instead of failing"] = False
+    decode: Annotated[
+        Literal["auto", "loader", "device"],
+        "photos on a GPU: decoded there (device), or by the loader processes (loader, which scale with "
+        "data.num_workers); auto: on the GPU where it has a JPEG engine (A100, H100, H200, Blackwell), else the loader",
+    ] = "auto"
     image_size: Annotated[
         int | None,
         Gt(0),

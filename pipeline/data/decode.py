@@ -199,6 +199,20 @@ def photo_views(
     return out
 
 
+JPEG_ENGINES = ((8, 0), (9, 0), (10, 0), (10, 3))  # compute capabilities of GPUs with NVJPG engines: A100/A30,
+# H100/H200, B200, B300 (A10G, L4, T4 and V100 decode with CUDA cores and a host thread: slower than loader processes)
+
+
+def decodes_on_device(decode: str, device: torch.device, capability: tuple[int, int] | None = None) -> bool:
+    """Whether photos are decoded on ``device`` (``data.decode``): ``device``, or ``auto`` on a GPU whose compute
+    ``capability`` (default: asked of CUDA) has a hardware JPEG engine; never off CUDA."""
+    if device.type != "cuda" or decode == "loader":
+        return False
+    if decode == "device":
+        return True
+    return (capability or torch.cuda.get_device_capability(device)) in JPEG_ENGINES
+
+
 def crops_at_once(device: torch.device) -> bool:
     """Whether a photo's crops are cut and resized in one call (:func:`resized_crops`): on accelerators, where each
     of a crop's few kernels is a launch (two views of 256 photos were ~3,000); on CPUs torchvision's antialiased

@@ -235,7 +235,8 @@ def epoch_metrics(
         "images": images,
         "images_per_s": images / elapsed,
         **{f"images_per_s_rank_{r}": rate for r, rate in enumerate(rates)},
-        "data_wait_fraction": max(gather_objects(clock.wait_fraction)),  # the rank that waited most
+        # the rank that waited most; decoding photos on the device is the data path's time too
+        "data_wait_fraction": max(gather_objects((clock.waited + training.views.decode_s) / elapsed)),
         "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
         # the share of the photos decoded in the training processes that their device's decoder read (measured)
         **({"photos_decoded_on_device": on_device / photos if photos else 0.0} if training.manifest.photos else {}),

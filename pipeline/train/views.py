@@ -1,14 +1,16 @@
 """Where a training batch becomes its views, by data layout and device.
 
 * Arrays: the loader yields uint8 images; the training process augments them on its device (crop included).
-* Photos on a GPU: the loader yields undecoded bytes; the training process decodes the batch on the GPU (nvJPEG),
-  cuts the random-resized crops there and augments them.
+* Photos on a GPU (``data.decode``): with a JPEG engine the loader yields undecoded bytes and the training process
+  decodes the batch on the GPU (nvJPEG), cuts the random-resized crops there and augments them; without one the
+  loader processes decode and crop (as many at once as ``data.num_workers``) and the GPU augments.
 * Photos on CPUs: the loader processes decode, crop and augment (the training process's cores are busy with the
   model; two loader processes made views 2x as fast as one training process augmenting, ``benchmarks/photos.py``).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 
 from augment import ViewAugmenter
 from pipeline.config.job_config import JobConfig
-from pipeline.data.decode import EncodedImages, decodable_views
+from pipeline.data.decode import EncodedImages, decodable_views, decodes_on_device
 from pipeline.data.manifest import Manifest
 from pipeline.data.reading import Skipped
 from pipeline.data.stream import undecodable
@@ -33,8 +35,8 @@ class TrainingViews:
         self.skip_bad_samples = config.data.skip_bad_samples
         size = config.data.crop_size if manifest.photos else manifest.image_shape[1]
         self.crops = config.data.training_views(num_views, config.augment.crop_scale)
-        self.in_loader = manifest.photos and device.type != "cuda"
-        self.decode_on_device = manifest.photos and device.type == "cuda"
+        self.decode_on_device = manifest.photos and decodes_on_device(config.data.decode, device)
+        self.in_loader = manifest.photos and device.type != "cuda"  # (on a GPU the loader may decode, never augment)
         preset, channels, options = config.augment.preset, manifest.channels, config.augment.view_options()
         self.augmenter = ViewAugmenter(
             preset, size, channels, num_views, seed=self.seed * 1000 + rank, crop=not manifest.photos, **options
@@ -44,6 +46,7 @@ class TrainingViews:
         )
         self.rng = np.random.default_rng([self.seed, 0, rank, 3])
         self.decoded: Counter[str] = Counter()  # this epoch's photos decoded here, by decoder ("device", "host")
+        self.decode_s = 0.0  # this epoch's seconds decoding here: the data path's, though the training thread's
 
     def loader_options(self) -> dict:
         transform = self.loader_augmenter.stacked if self.loader_augmenter else None
@@ -52,6 +55,7 @@ class TrainingViews:
     def set_epoch(self, epoch: int) -> None:
         self.rng = np.random.default_rng([self.seed, epoch, self.rank, 3])
         self.decoded.clear()
+        self.decode_s = 0.0
 
     def __call__(
         self, images: torch.Tensor | EncodedImages, labels: torch.Tensor, indices: torch.Tensor
@@ -67,6 +71,8 @@ class TrainingViews:
             def bad(position: int, reason: str) -> None:
                 skipped.append(undecodable(int(indices[position]), reason, self.skip_bad_samples))
 
+            started = time.perf_counter()
             images, kept = decodable_views(images.blobs(), self.crops, self.rng, self.device, bad, self.decoded)
+            self.decode_s += time.perf_counter() - started
             labels = labels[kept]
         return self.augmenter(images.to(self.device, non_blocking=True)), labels, skipped

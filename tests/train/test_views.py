@@ -5,17 +5,24 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data import ShardLoader, read_manifest
-from pipeline.data.decode import EncodedImages, PhotoViews, decode_images
+from pipeline.data.decode import EncodedImages, PhotoViews, decode_images, decodes_on_device
 from pipeline.errors import ShardError
 from pipeline.train.views import TrainingViews
 
 
 def test_photos_decode_on_the_gpu_there_and_in_the_loader_on_cpus(labeled_photo_shards, synthetic_shards):
-    config = load_config(None, [f"data.shards={labeled_photo_shards}", "data.image_size=32"])
     photos = read_manifest(labeled_photo_shards)
-    on_gpu = TrainingViews(config, photos, 2, torch.device("cuda"), rank=0)
+
+    def views(device, *overrides):
+        config = load_config(None, [f"data.shards={labeled_photo_shards}", "data.image_size=32", *overrides])
+        return TrainingViews(config, photos, 2, torch.device(device), rank=0)
+
+    on_gpu = views("cuda", "data.decode=device")
     assert on_gpu.loader_options()["decode_on_device"] and on_gpu.loader_options()["transform"] is None
-    on_cpu = TrainingViews(config, photos, 2, torch.device("cpu"), rank=0)
+    loader_decodes = views("cuda", "data.decode=loader")  # a GPU without a JPEG engine: the loader decodes and crops
+    options = loader_decodes.loader_options()
+    assert not options["decode_on_device"] and options["transform"] is None and not loader_decodes.in_loader
+    on_cpu = views("cpu", "data.decode=device")  # (a CPU has no device decoder: its loader decodes and augments)
     options = on_cpu.loader_options()
     assert not options["decode_on_device"] and options["transform"] == on_cpu.loader_augmenter.stacked
     arrays = TrainingViews(
@@ -26,6 +33,22 @@ def test_photos_decode_on_the_gpu_there_and_in_the_loader_on_cpus(labeled_photo_
         rank=0,
     )
     assert not arrays.decode_on_device and arrays.loader_options()["transform"] is None
+
+
+@pytest.mark.parametrize(
+    ("decode", "device", "capability", "on_device"),
+    [
+        ("auto", "cuda", (9, 0), True),  # H100, H200: NVJPG engines
+        ("auto", "cuda", (8, 0), True),  # A100
+        ("auto", "cuda", (8, 6), False),  # A10G: CUDA cores and one host thread per batch; the loader is faster
+        ("auto", "cuda", (7, 5), False),  # T4
+        ("device", "cuda", (7, 5), True),
+        ("loader", "cuda", (9, 0), False),
+        ("device", "cpu", None, False),
+    ],
+)
+def test_auto_decodes_on_the_gpu_where_it_has_a_jpeg_engine(decode, device, capability, on_device):
+    assert decodes_on_device(decode, torch.device(device), capability) == on_device
 
 
 def test_cpu_views_arrive_made_and_device_views_are_made_here(labeled_photo_shards):
@@ -53,6 +76,7 @@ def test_cpu_views_arrive_made_and_device_views_are_made_here(labeled_photo_shar
     encoded = EncodedImages.pack(_jpegs(labeled_photo_shards, 4))
     made, _, _ = device_side(encoded, torch.arange(4), torch.arange(4))
     assert len(made) == 2 and made[0].shape == (4, 3, 32, 32) and made[0].min() >= 0 and made[0].max() <= 1
+    assert device_side.decode_s > 0 and device_side.decoded == {"host": 4}  # (the data path's time, measured)
 
 
 def _device_side(shards, *overrides):
