@@ -10,6 +10,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.train.harness import prepare
 from pipeline.train.pretraining import Pretraining
+from pipeline.train.session import InProcessSession
 from tests.in_process import InProcess
 from tests.sync_guard import HostSyncs
 
@@ -31,8 +32,8 @@ def _device_paths(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def _second_step_syncs(shards, tmp_path, overrides) -> dict:
-    """The guard's record of step 2 (step 1 makes the optimizer's lazy state) of a small job on ``shards``."""
+def _prepared(shards, tmp_path, overrides, use_gpu=False):
+    """A small job's training state on ``shards`` and its first two batches."""
     config = load_config(
         None,
         [
@@ -44,9 +45,15 @@ def _second_step_syncs(shards, tmp_path, overrides) -> dict:
             *overrides,
         ],
     )
-    training = prepare(config, Pretraining(), InProcess(tmp_path))
+    session = InProcessSession(str(tmp_path), use_gpu=True) if use_gpu else InProcess(tmp_path)
+    training = prepare(config, Pretraining(), session)
     training.loader.set_epoch(0)
-    (first, second) = itertools.islice(training.loader, 2)
+    return training, list(itertools.islice(training.loader, 2))
+
+
+def _second_step_syncs(shards, tmp_path, overrides) -> dict:
+    """The guard's record of step 2 (step 1 makes the optimizer's lazy state) of a small job on ``shards``."""
+    training, (first, second) = _prepared(shards, tmp_path, overrides)
     training.take_step(*first, 1)
     with HostSyncs() as syncs:
         training.take_step(*second, 2)
@@ -65,3 +72,21 @@ def test_a_step_on_photos_waits_on_no_device(labeled_photo_shards, tmp_path):
     ``tests/augment``); the step moves them to the device without blocking and trains."""
     overrides = ["data.image_size=64", "model.encoder=resnet18", "train.amp=false"]
     assert _second_step_syncs(labeled_photo_shards, tmp_path, overrides) == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_a_step_on_a_gpu_makes_no_synchronizing_call(synthetic_shards, labeled_photo_shards, tmp_path, method):
+    """On the GPU itself, PyTorch's own check: every synchronizing CUDA call in step 2 raises (arrays; photos
+    decoded, cropped and augmented on the device)."""
+    cases = [(synthetic_shards, SMALL_CNN)]
+    if method in ("simclr", "byol"):
+        cases.append((labeled_photo_shards, ["data.image_size=64", "model.encoder=resnet18", "data.decode=device"]))
+    for number, (shards, overrides) in enumerate(cases):
+        training, (first, second) = _prepared(shards, tmp_path / str(number), [*overrides, *METHODS[method]], True)
+        training.take_step(*first, 1)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            training.take_step(*second, 2)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
