@@ -104,7 +104,9 @@ class TrainConfig:
     ] = None
     use_gpu: Annotated[bool, "one GPU per worker, DDP over nccl"] = False
     cpus_per_worker: Annotated[int, Gt(0), "CPUs (and torch threads) per worker"] = 1
-    sync_batchnorm: Annotated[bool, "BatchNorm statistics over all ranks"] = False
+    sync_batchnorm: Annotated[
+        bool, "BatchNorm statistics over all ranks (one all-reduce a layer, no host sync: pipeline/models/batchnorm.py)"
+    ] = False
     amp: Annotated[
         Literal["auto", True, False],
         "bf16 autocast; auto: where the device has native bf16 (GPUs from Ampere, CPUs with AVX512-BF16, AMX or Arm "

@@ -65,7 +65,7 @@ class VAE(ReconstructionMethod):
     @property
     def encoder(self) -> nn.Sequential:
         """Images -> posterior mean ``(B, k)``: a view of the features and the mean head (the layout ``self.spec``
-        builds), made on each access so that it holds the modules as they are now (e.g. after SyncBatchNorm)."""
+        builds), made on each access so that it holds the modules as they are now (after conversions)."""
         view = nn.Sequential(*self.features, self.mean)
         view.training = self.training  # the container's flag only: the modules keep their own
         return view

@@ -29,6 +29,7 @@ from pipeline.data.decode import EncodedImages
 from pipeline.distributed import gather_objects, sum_across_ranks, world
 from pipeline.errors import SslpipeError
 from pipeline.models import EncoderSpec
+from pipeline.models.batchnorm import convert_global_batchnorm
 from pipeline.schedules import warmup_cosine
 from pipeline.train.amp import group_autocast, precision_name
 from pipeline.train.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
@@ -127,7 +128,7 @@ def check_finite(loss_sum: torch.Tensor, last: torch.Tensor, epoch: int, step: i
 
 
 def prepare(config: JobConfig, step: Step, session: Session) -> Training:
-    """This rank's loader, views, module (SyncBatchNorm, DDP and ``torch.compile`` as the job says), optimizer and
+    """This rank's loader, views, module (global BatchNorm, DDP and ``torch.compile`` as the job says), optimizer and
     warm-up-cosine schedule."""
     device = session.device()
     rank, world_size = world()
@@ -152,7 +153,7 @@ def prepare(config: JobConfig, step: Step, session: Session) -> Training:
     module = module.to(memory_format=torch.channels_last)
     torch.manual_seed(config.train.seed + 1 + rank)
     if config.train.sync_batchnorm and world_size > 1:
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = convert_global_batchnorm(module)
     model = session.prepare_model(module)
     if config.train.compile:
         model = torch.compile(model)  # the first steps compile; checkpoints keep the plain module's weights
