@@ -10,6 +10,7 @@ import re
 import shlex
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -40,9 +41,25 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def commit() -> str | None:
+    """The checkout's commit (``+`` when it has uncommitted changes), or None outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, check=True
+        ).stdout.decode()
+
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        return git("rev-parse", "--short", "HEAD").strip() + (
+            "+" if git("status", "--porcelain", "-uno").strip() else ""
+        )
+    return None
+
+
 def machine_info() -> dict:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": cpu_model(),
