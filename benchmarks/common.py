@@ -45,14 +45,11 @@ def commit() -> str | None:
     """The checkout's commit (``+`` when it has uncommitted changes), or None outside a git checkout."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=Path(__file__).parent, capture_output=True, check=True
-        ).stdout.decode()
+        run = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, check=True)
+        return run.stdout.decode().strip()
 
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        return git("rev-parse", "--short", "HEAD").strip() + (
-            "+" if git("status", "--porcelain", "-uno").strip() else ""
-        )
+        return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "-uno") else "")
     return None
 
 
