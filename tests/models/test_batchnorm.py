@@ -5,6 +5,7 @@ it waits on the device."""
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -53,6 +54,7 @@ def _rank_step() -> dict:
     return _step(net, _batch()[rows], rows, syncs) | {"syncs": dict(syncs.seen)}
 
 
+@pytest.mark.slow  # processes of their own
 def test_two_ranks_normalise_and_differentiate_as_one_batch():
     whole = _step(_net().train(), _batch(), slice(None))
     ranks = gloo_ranks(_rank_step)
