@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from augment.presets import to_unit_float
-from benchmarks.common import local_ray, print_table, write_results
+from benchmarks.common import command_line, local_ray, print_table, write_results
 from pipeline.config import JobConfig, load_config, with_values
 from pipeline.data import evaluation_loader, read_manifest, write_shards
 from pipeline.data.sources import Source, SourceSplit
@@ -190,7 +189,7 @@ def scaling(args: argparse.Namespace) -> None:
     write_results(
         "evaluation-scaling",
         {
-            "command": " ".join(["python -m benchmarks.evaluation", *sys.argv[1:]]),
+            "command": command_line("benchmarks.evaluation"),
             "steps": args.steps,
             "sizes": results,
             "linear_fit": fit_note,
@@ -310,7 +309,7 @@ def compare(args: argparse.Namespace) -> None:
     write_results(
         "evaluation-compare",
         {
-            "command": " ".join(["python -m benchmarks.evaluation", *sys.argv[1:]]),
+            "command": command_line("benchmarks.evaluation"),
             "run": str(run),
             "checkpoint": checkpoint.name,
             "rounds": runs,

@@ -15,8 +15,6 @@ row's norm. Prints the table; writes ``benchmarks/results/feature_precision.json
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from functools import partial
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import interleaved, medians, print_table, write_results
+from benchmarks.common import command_line, interleaved, medians, print_table, write_results
 from benchmarks.precision import PRECISIONS
 from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, shard_loader
 from pipeline.config import load_config
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     write_results(
         "feature_precision",
         {
-            "command": shlex.join(["python", "-m", "benchmarks.feature_precision", *sys.argv[1:]]),
+            "command": command_line("benchmarks.feature_precision", argv),
             "settings": {"train_seconds": args.train_seconds, "repeats": args.repeats, "torch_threads": CPUS},
             "rows": rows,
             "runs": runs,

@@ -19,14 +19,12 @@ import argparse
 import json
 import math
 import os
-import shlex
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, local_ray, print_table, write_results
+from benchmarks.common import RESULTS, command_line, local_ray, print_table, write_results
 from pipeline.data import open_source, write_shards
 from pipeline.data.sources import Source, array_split
 from pipeline.data.subset import balanced_subset
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--subset", type=Path, default=Path("data/fashion-subset"))
     args = parser.parse_args(argv)
     subset = fashion_subset(args.subset)
-    command = "python -m benchmarks.learning_gate " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line("benchmarks.learning_gate", argv)
     code = os.environ.get("PYTHONPATH") or "this checkout"
     with local_ray(4):
         rows = [

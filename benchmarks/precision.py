@@ -14,14 +14,12 @@ folder. Prints the table; writes ``benchmarks/results/precision.json``.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import uuid
 from functools import partial
 from pathlib import Path
 
-from benchmarks.common import interleaved, local_ray, medians, print_table, write_results
+from benchmarks.common import command_line, interleaved, local_ray, medians, print_table, write_results
 from benchmarks.photo_folder import make_photo_folder
 from pipeline.config import load_config, with_values
 from pipeline.config.job_config import JobConfig
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     write_results(
         "precision",
         {
-            "command": shlex.join(["python", "-m", "benchmarks.precision", *sys.argv[1:]]),
+            "command": command_line("benchmarks.precision", argv),
             "rows": rows,
             "runs": runs,
         },

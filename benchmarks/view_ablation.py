@@ -24,9 +24,7 @@ Prints arm -> probe accuracy per seed and mean; writes ``benchmarks/results/view
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -37,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from augment.presets import ViewAugmenter
-from benchmarks.common import print_table, write_results
+from benchmarks.common import command_line, print_table, write_results
 from benchmarks.lightly_peer import JOB, lightly_transform, probe_accuracy, read_train_split
 from benchmarks.throughput import BATCH_SIZE, Setup, Trainee, shard_loader
 from pipeline.config import dump_config, load_config
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="section.key=value changes to the job")
     args = parser.parse_args(argv)
     torch.set_num_threads(CPUS)
-    command = shlex.join(["python", "-m", "benchmarks.view_ablation", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("benchmarks.view_ablation", argv)
     results = []
     for seed in args.seeds:
         config = load_config(
