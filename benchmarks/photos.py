@@ -30,7 +30,7 @@ from augment.blur import RandomGaussianBlur
 from benchmarks.common import interleaved, medians, print_table, timed, write_results
 from benchmarks.photo_folder import make_photo_folder
 from pipeline.data import ShardLoader
-from pipeline.data.decode import PhotoViews, photo_views, random_boxes
+from pipeline.data.decode import PhotoViews, every_photo, photo_views, random_boxes
 from pipeline.data.photo_shards import write_photo_shards
 from pipeline.data.photos import photo_files
 
@@ -203,7 +203,7 @@ def gpu_rate(shards: Path, repeats: int) -> float | None:
         num_workers=4,
         pin_memory=True,
         views=PhotoViews(SIZE, 2, random=True),
-        decode_on_device=True,
+        encoded=every_photo,
     )
     batches = [batch[0] for batch in loader]
     augmenter = ViewAugmenter("simclr", SIZE, 3, 2, seed=0, crop=False)

@@ -26,6 +26,8 @@ import torch
 CENTER_FRACTION = 0.875  # 224 / 256
 JPEG_MAGIC = b"\xff\xd8"
 ATTEMPTS = 10
+FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # baseline and extended sequential, Huffman-coded
 
 
 class UndecodablePhoto(ValueError):
@@ -50,18 +52,37 @@ class PhotoViews:
 
 class EncodedImages(NamedTuple):
     """A batch of undecoded photos: ``data`` uint8 ``(B, L)``, each row a file's bytes zero-padded to the
-    longest, and ``lengths`` int64 ``(B,)``."""
+    longest, and ``lengths`` int64 ``(B,)``. Rows of length 0 are photos the loader decoded and cropped itself
+    (:func:`device_reads`): their crops, in row order, are ``crops`` uint8 ``(m, count, 3, size, size)``."""
 
     data: torch.Tensor
     lengths: torch.Tensor
+    crops: torch.Tensor | None = None
 
     @classmethod
-    def pack(cls, blobs: Sequence[bytes]) -> EncodedImages:
+    def pack(cls, blobs: Sequence[bytes], crops: torch.Tensor | None = None) -> EncodedImages:
         lengths = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
         data = torch.zeros((len(blobs), int(lengths.max()) if len(blobs) else 0), dtype=torch.uint8)
         for row, blob in enumerate(blobs):
-            data[row, : len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-        return cls(data, lengths)
+            if blob:
+                data[row, : len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        return cls(data, lengths, crops)
+
+    def take(self, rows: torch.Tensor) -> EncodedImages:
+        """The batch of ``rows`` (int64 positions, increasing), their crops with them."""
+        crops = self.crops
+        if crops is not None:
+            cropped = self.lengths == 0
+            crops = crops[(torch.cumsum(cropped, 0) - 1)[rows][cropped[rows]]]
+        return EncodedImages(self.data[rows], self.lengths[rows], crops)
+
+    @staticmethod
+    def concat(batches: Sequence[EncodedImages]) -> EncodedImages:
+        """One batch of ``batches`` (rows re-padded to the longest file)."""
+        width = max(e.data.shape[1] for e in batches)
+        data = torch.cat([torch.nn.functional.pad(e.data, (0, width - e.data.shape[1])) for e in batches])
+        crops = [e.crops for e in batches if e.crops is not None]
+        return EncodedImages(data, torch.cat([e.lengths for e in batches]), torch.cat(crops) if crops else None)
 
     def blobs(self) -> list[torch.Tensor]:
         """Each photo's bytes, uint8 ``(L_i,)`` views of ``data``."""
@@ -69,7 +90,9 @@ class EncodedImages(NamedTuple):
 
 
 def random_boxes(
-    sizes: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
+    sizes: np.ndarray,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> np.ndarray:
     """Random-resized-crop boxes int64 ``(n, 4)`` for images of ``sizes`` ``(n, 2)`` (height, width): an area of
@@ -98,6 +121,33 @@ def center_boxes(sizes: np.ndarray, fraction: float = CENTER_FRACTION) -> np.nda
     """Central square boxes int64 ``(n, 4)`` of side ``fraction`` times each image's short side."""
     side = np.maximum(1, np.round(sizes.min(axis=1) * fraction)).astype(np.int64)
     return np.stack([(sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2, side, side], axis=1)
+
+
+def device_reads(blob: bytes) -> bool:
+    """Whether the GPU's JPEG decoder reads ``blob`` as fast as any photo: an 8-bit JPEG whose frame is sequential
+    and Huffman-coded (SOF0/SOF1) with 1 or 3 components. Progressive JPEGs (SOF2) are decoded by a host thread
+    (its Huffman stage) and PNGs not at all, so they are better decoded by the loader processes, in parallel; so is
+    anything this scan of the markers cannot read (the loader then names the damaged photo)."""
+    if blob[:2] != JPEG_MAGIC:
+        return False
+    at = 2
+    while at + 4 <= len(blob) and blob[at] == 0xFF:
+        marker = blob[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+        elif marker in FRAMES:
+            precision, components = blob[at + 4 : at + 5], blob[at + 9 : at + 10]
+            return marker in SEQUENTIAL_HUFFMAN and precision == b"\x08" and components in (b"\x01", b"\x03")
+        elif marker in (0xD9, 0xDA):  # the end, or scan data before any frame header
+            return False
+        else:
+            at += 2 + int.from_bytes(blob[at + 2 : at + 4], "big")
+    return False
+
+
+def every_photo(blob: bytes) -> bool:
+    """Every photo travels undecoded (e.g. to be copied as it is)."""
+    return True
 
 
 def _decode_cpu(blob: torch.Tensor) -> torch.Tensor:
@@ -254,3 +304,27 @@ def decodable_views(
         if counts is not None:
             counts.update(attempt)
         return crops, keep
+
+
+def batch_views(
+    images: EncodedImages,
+    views: PhotoViews,
+    rng: np.random.Generator | None,
+    device: torch.device,
+    bad: Callable[[int, str], None],
+    counts: Counter[str] | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """:func:`decodable_views` of the batch's undecoded photos beside the crops the loader made of the others
+    (``counts["loader"]`` adds those), in row order: ``(crops (B', count, 3, size, size), the rows kept)``."""
+    blobs = images.blobs()
+    here = [row for row, blob in enumerate(blobs) if len(blob)]
+    if len(here) == len(blobs):
+        return decodable_views(blobs, views, rng, device, bad, counts)
+    crops, kept = decodable_views([blobs[i] for i in here], views, rng, device, lambda i, why: bad(here[i], why), counts)
+    made = dict(zip([here[k] for k in kept], crops.unbind(0), strict=True))
+    in_loader = [row for row, blob in enumerate(blobs) if not len(blob)]
+    made |= dict(zip(in_loader, images.crops.to(device, non_blocking=True).unbind(0), strict=True))
+    if counts is not None:
+        counts["loader"] += len(in_loader)
+    rows = sorted(made)
+    return torch.stack([made[row] for row in rows]), rows

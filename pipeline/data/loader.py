@@ -2,7 +2,8 @@
 shards (every sample once).
 
 Photo shards (``manifest.photos``) become crops of :class:`PhotoViews` decoded in the loader workers, or, for
-decoding on a GPU (``decode_on_device``), batches of undecoded bytes (:class:`EncodedImages`).
+decoding on a GPU (``encoded``), batches of undecoded bytes (:class:`EncodedImages`), with crops of the photos the
+GPU's decoder does not suit.
 
 Shards are split by rank (:func:`pipeline.distributed.position`: ``torch.distributed``, else Ray Train's world
 rank, else ``RANK``/``WORLD_SIZE``), then by DataLoader worker; see :mod:`pipeline.data.plan` for the epoch
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ REFILL_PASSES = 2  # skip mode: extra reads (of the next ranks' stretches) to ma
 class ShardLoader:
     """One rank's epoch of batches ``(images, labels (B,), indices (B,))`` from a shard folder: images uint8
     ``(B, C, H, W)``; for photo shards crops of ``views`` (see :class:`ShardStream`; labels ``-1`` when unlabeled),
-    or undecoded :class:`EncodedImages` with ``decode_on_device`` (the training process decodes them on its GPU).
+    or :class:`EncodedImages` holding undecoded the photos for which ``encoded(bytes)`` is true (the training process
+    decodes them on its GPU: :func:`~pipeline.data.decode.device_reads`) and crops of the others.
     A ``transform`` (CPU training: the augmentation) turns each batch of photo crops into its views in the loader
     processes, which then yield them as float ``(B, count, 3, S, S)``; its random numbers come from torch's
     generator, which the DataLoader seeds for each worker from the training process's.
@@ -73,7 +75,7 @@ class ShardLoader:
         exclude_classes: Sequence[int] = (),
         skip_bad_samples: bool = False,
         views: PhotoViews | None = None,
-        decode_on_device: bool = False,
+        encoded: Callable[[bytes], bool] | None = None,
         transform: Transform | None = None,
     ) -> None:
         self.manifest = manifest or read_manifest(location)
@@ -89,8 +91,8 @@ class ShardLoader:
         self.batch_size, self.mode, self.shuffle, self.seed, self.drop_last = batch_size, mode, shuffle, seed, drop_last
         fitting = SHUFFLE_BUFFER_BYTES // self.plan.image_bytes
         self.shuffle_buffer = shuffle_buffer or max(batch_size, min(8192, fitting))
-        self.decode_on_device = decode_on_device and self.manifest.photos
-        self.transform = transform if self.manifest.photos and not self.decode_on_device else None
+        self.encoded = encoded if self.manifest.photos else None
+        self.transform = transform if self.manifest.photos and self.encoded is None else None
         self.shared_memory_checked = False
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.location, self.split, self.epoch = str(location), split, 0
@@ -111,7 +113,7 @@ class ShardLoader:
         """About how many bytes one batch takes as the loader processes hand it over."""
         if not self.manifest.photos:
             return self.batch_size * self.plan.image_bytes
-        if self.decode_on_device:
+        if self.encoded is not None:
             return self.batch_size * 2 * self.manifest.image_sizes["mean_bytes"]  # rows padded to the longest
         pixels = self.batch_size * self.views.count * 3 * self.views.size**2
         return pixels * (4 if self.transform is not None else 1)
@@ -139,8 +141,8 @@ class ShardLoader:
             self.shared_memory_checked = True
         stream = ShardStream(
             self.plan, self.batch_size, self.rank, self.world_size, self.mode, self.epoch, self.seed, self.shuffle,
-            self.shuffle_buffer, self.skip_bad_samples, refill, None if self.decode_on_device else self.views,
-            self.transform, self.drop_last,
+            self.shuffle_buffer, self.skip_bad_samples, refill, self.views, self.transform, self.drop_last,
+            self.encoded,
         )
         yield from DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,

@@ -41,12 +41,7 @@ def rows(images: Images) -> int:
 def concat(batches: Sequence[Batch]) -> Batch:
     """One batch of ``batches`` (undecoded photos are re-padded to the longest file)."""
     first, columns = batches[0][0], list(zip(*batches))
-    if isinstance(first, EncodedImages):
-        width = max(e.data.shape[1] for e in columns[0])
-        data = torch.cat([torch.nn.functional.pad(e.data, (0, width - e.data.shape[1])) for e in columns[0]])
-        images: Images = EncodedImages(data, torch.cat([e.lengths for e in columns[0]]))
-    else:
-        images = torch.cat(columns[0])
+    images = EncodedImages.concat(columns[0]) if isinstance(first, EncodedImages) else torch.cat(columns[0])
     return images, *(torch.cat(column) for column in columns[1:])
 
 
@@ -54,7 +49,7 @@ def take(batch: Batch, part: slice) -> Batch:
     """Rows ``part`` of ``batch``."""
     images = batch[0]
     if isinstance(images, EncodedImages):
-        return EncodedImages(images.data[part], images.lengths[part]), *(t[part] for t in batch[1:])
+        return images.take(torch.arange(len(images.lengths))[part]), *(t[part] for t in batch[1:])
     return tuple(t[part] for t in batch)
 
 
@@ -75,9 +70,10 @@ class ShardStream(IterableDataset):
     """Batches ``(images, labels int64 (b,), indices int64 (b,))`` of one rank for one epoch of ``plan``'s split;
     ``b == batch_size`` except for the last batch of each DataLoader worker. Images are uint8 ``(b, C, H, W)``
     (channels-last strides) for arrays; for photos ``(b, count, 3, size, size)`` random views, ``(b, 3, size,
-    size)`` center crops, or :class:`EncodedImages` when ``views`` is ``None``. ``transform`` (optional) makes the
-    views of photo crops in the worker: float ``(b, count, 3, size, size)``. A ``refill`` pass reads the next
-    ranks' stretch in another order (see :class:`~pipeline.data.loader.ShardLoader`)."""
+    size)`` center crops, or :class:`EncodedImages` of the photos ``encoded(bytes)`` picks (all of them, or those
+    the GPU's decoder reads best), beside the others' crops. ``transform`` (optional) makes the views of photo crops
+    in the worker: float ``(b, count, 3, size, size)``. A ``refill`` pass reads the next ranks' stretch in another
+    order (see :class:`~pipeline.data.loader.ShardLoader`)."""
 
     plan: SplitPlan
     batch_size: int
@@ -93,6 +89,7 @@ class ShardStream(IterableDataset):
     views: PhotoViews | None = None
     transform: Transform | None = None
     drop_last: bool = True
+    encoded: Callable[[bytes], bool] | None = None
 
     def _pieces(self, worker: int, num_workers: int) -> Iterator[Piece]:
         if self.mode == "resampled":
@@ -134,19 +131,27 @@ class ShardStream(IterableDataset):
     def _photos(
         self, blobs: np.ndarray, labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator
     ) -> Iterator[Batch | Skipped]:
-        """A batch of photos as crops (dropping, in skip mode, photos that cannot be decoded) or as bytes."""
+        """A batch of photos as crops (dropping, in skip mode, photos that cannot be decoded), or those ``encoded``
+        picks as bytes beside the others' crops."""
         labels, indices = torch.from_numpy(labels), torch.from_numpy(indices)
-        if self.views is None:
+        travel = [self.encoded is not None and self.encoded(blob) for blob in blobs]
+        if all(travel):
             yield EncodedImages.pack(blobs), labels, indices
             return
-        tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+        here = [i for i, undecoded in enumerate(travel) if not undecoded]
         skipped = []
 
         def bad(position: int, reason: str) -> None:
-            skipped.append(undecodable(int(indices[position]), reason, self.skip_bad_samples))
+            skipped.append(undecodable(int(indices[here[position]]), reason, self.skip_bad_samples))
 
+        tensors = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in here]
         crops, keep = decodable_views(tensors, self.views, rng, torch.device("cpu"), bad)
         yield from skipped
+        if self.encoded is not None:  # bytes for the device's decoder, crops of the rest
+            rows = sorted({i for i, undecoded in enumerate(travel) if undecoded} | {here[k] for k in keep})
+            packed = EncodedImages.pack([blobs[i] if travel[i] else b"" for i in rows], crops)
+            yield packed, labels[rows], indices[rows]
+            return
         if self.transform is not None:
             crops = self.transform(crops)
         crops = crops if self.views.random else crops[:, 0]

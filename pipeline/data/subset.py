@@ -20,7 +20,7 @@ import webdataset as wds
 from pipeline import storage
 from pipeline.data.array_shards import TAR_MTIME, HashingWriter, clear_previous
 from pipeline.data.codec import encode_group
-from pipeline.data.decode import EncodedImages, PhotoViews
+from pipeline.data.decode import EncodedImages, PhotoViews, every_photo
 from pipeline.data.loader import ShardLoader
 from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, read_manifest, write_manifest
 from pipeline.errors import ConfigError, ShardError
@@ -50,7 +50,7 @@ def _reader(location: str, manifest: Manifest, split: str, url_template: str | N
     """Every sample of ``split`` once, in shard order, in this process; photos as their undecoded bytes."""
     return ShardLoader(location, split, READ_BATCH, rank=0, world_size=1, num_workers=0, shuffle=False,
                        drop_last=False, url_template=url_template, manifest=manifest,
-                       views=PhotoViews(1) if manifest.photos else None, decode_on_device=manifest.photos)
+                       views=PhotoViews(1) if manifest.photos else None, encoded=every_photo)
 
 
 class _SubsetShards:

@@ -239,7 +239,7 @@ def epoch_metrics(
         # the rank that waited most; decoding photos on the device is the data path's time too
         "data_wait_fraction": max(gather_objects((clock.waited + training.views.decode_s) / elapsed)),
         "skipped_samples": skipped,  # bad samples left out this epoch (data.skip_bad_samples), all ranks
-        # the share of the photos decoded in the training processes that their device's decoder read (measured)
+        # the share of the photos that the device's decoder read (measured; the rest: the CPU's, here or in the loader)
         **({"photos_decoded_on_device": on_device / photos if photos else 0.0} if training.manifest.photos else {}),
         **training.step.epoch_metrics(training.module, summed, images),
     }

@@ -1,9 +1,10 @@
 """Where a training batch becomes its views, by data layout and device.
 
 * Arrays: the loader yields uint8 images; the training process augments them on its device (crop included).
-* Photos on a GPU (``data.decode``): with a JPEG engine the loader yields undecoded bytes and the training process
-  decodes the batch on the GPU (nvJPEG), cuts the random-resized crops there and augments them; without one the
-  loader processes decode and crop (as many at once as ``data.num_workers``) and the GPU augments.
+* Photos on a GPU (``data.decode``): with a JPEG engine the loader yields the baseline JPEGs undecoded and the
+  training process decodes them on the GPU (nvJPEG) and cuts their random-resized crops there; progressive JPEGs and
+  PNGs, which that decoder reads on one host thread or not at all, the loader processes decode and crop (as they do
+  every photo for a GPU without one, as many at once as ``data.num_workers``); the GPU augments.
 * Photos on CPUs: the loader processes decode, crop and augment (the training process's cores are busy with the
   model; two loader processes made views 2x as fast as one training process augmenting, ``benchmarks/photos.py``).
 """
@@ -18,7 +19,7 @@ import torch
 
 from augment import ViewAugmenter
 from pipeline.config.job_config import JobConfig
-from pipeline.data.decode import EncodedImages, decodable_views, decodes_on_device
+from pipeline.data.decode import EncodedImages, batch_views, decodes_on_device, device_reads
 from pipeline.data.manifest import Manifest
 from pipeline.data.reading import Skipped
 from pipeline.data.stream import undecodable
@@ -45,12 +46,12 @@ class TrainingViews:
             ViewAugmenter(preset, size, channels, num_views, crop=False, **options) if self.in_loader else None
         )
         self.rng = np.random.default_rng([self.seed, 0, rank, 3])
-        self.decoded: Counter[str] = Counter()  # this epoch's photos decoded here, by decoder ("device", "host")
+        self.decoded: Counter[str] = Counter()  # this epoch's photos by decoder: "device", "host" (here), "loader"
         self.decode_s = 0.0  # this epoch's seconds decoding here: the data path's, though the training thread's
 
     def loader_options(self) -> dict:
         transform = self.loader_augmenter.stacked if self.loader_augmenter else None
-        return {"views": self.crops, "decode_on_device": self.decode_on_device, "transform": transform}
+        return {"views": self.crops, "encoded": device_reads if self.decode_on_device else None, "transform": transform}
 
     def set_epoch(self, epoch: int) -> None:
         self.rng = np.random.default_rng([self.seed, epoch, self.rank, 3])
@@ -72,7 +73,7 @@ class TrainingViews:
                 skipped.append(undecodable(int(indices[position]), reason, self.skip_bad_samples))
 
             started = time.perf_counter()
-            images, kept = decodable_views(images.blobs(), self.crops, self.rng, self.device, bad, self.decoded)
+            images, kept = batch_views(images, self.crops, self.rng, self.device, bad, self.decoded)
             self.decode_s += time.perf_counter() - started
             labels = labels[kept]
         return self.augmenter(images.to(self.device, non_blocking=True)), labels, skipped

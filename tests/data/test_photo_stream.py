@@ -1,5 +1,6 @@
 """Photo batches: crop geometry, decoders against PIL, epoch coverage across ranks with photos of many sizes."""
 
+import collections
 import io
 import shutil
 from unittest import mock
@@ -16,8 +17,11 @@ from pipeline.data import ShardLoader, evaluation_loader
 from pipeline.data.decode import (
     EncodedImages,
     PhotoViews,
+    batch_views,
     center_boxes,
     decode_images,
+    device_reads,
+    every_photo,
     photo_views,
     random_boxes,
     resized_crops,
@@ -102,7 +106,7 @@ def test_random_crops_cut_the_drawn_box_and_resize_it():
 
 def test_cpu_decoder_matches_pil_pixel_for_pixel(photo_shards):
     loader = ShardLoader(photo_shards, "test", 10, rank=0, world_size=1, num_workers=0, shuffle=False, drop_last=False,
-                         views=PhotoViews(64), decode_on_device=True)
+                         views=PhotoViews(64), encoded=every_photo)
     encoded, _, _ = next(iter(loader))
     for blob, decoded in zip(encoded.blobs(), decode_images(encoded.blobs(), CPU)):
         expected = np.asarray(Image.open(io.BytesIO(blob.numpy().tobytes())).convert("RGB"))
@@ -112,7 +116,7 @@ def test_cpu_decoder_matches_pil_pixel_for_pixel(photo_shards):
 @pytest.mark.gpu
 def test_cuda_decoder_matches_the_cpu_decoder_within_jpeg_tolerance(photo_shards):
     loader = ShardLoader(photo_shards, "test", 10, rank=0, world_size=1, num_workers=0, shuffle=False, drop_last=False,
-                         views=PhotoViews(64), decode_on_device=True)
+                         views=PhotoViews(64), encoded=every_photo)
     blobs = next(iter(loader))[0].blobs()
     for on_cpu, on_gpu in zip(decode_images(blobs, CPU), decode_images(blobs, torch.device("cuda"))):
         difference = (on_cpu.int() - on_gpu.cpu().int()).abs()
@@ -131,9 +135,9 @@ def _indices(location, rank, world_size, **options):
 def test_two_ranks_read_disjoint_photos_in_equal_batches(photo_shards, decode_on_device):
     seen = []
     for rank in range(2):
-        batches, indices = _indices(photo_shards, rank, 2, decode_on_device=decode_on_device)
+        batches, indices = _indices(photo_shards, rank, 2, encoded=device_reads if decode_on_device else None)
         for images, labels, _ in batches:
-            if decode_on_device:
+            if decode_on_device:  # (baseline JPEGs, every one: all travel undecoded)
                 assert isinstance(images, EncodedImages) and images.data.shape[0] == 8 == len(images.lengths)
                 assert all(bytes(b[:2].numpy()) == b"\xff\xd8" for b in images.blobs())
             else:
@@ -203,7 +207,7 @@ def test_a_shared_memory_too_small_for_the_batches_in_flight_is_one_clear_line(p
             loader.check_shared_memory(str(small))
     loader.check_shared_memory(str(tmp_path / "absent"))  # no such folder (not Linux): nothing to check
     on_gpu = ShardLoader(photo_shards, "train", 32, rank=0, world_size=1, num_workers=2,
-                         views=PhotoViews(224, 2, random=True), decode_on_device=True)
+                         views=PhotoViews(224, 2, random=True), encoded=device_reads)
     assert on_gpu.batch_bytes() < 32 * 2 * 100_000  # undecoded bytes only
 
 
@@ -224,3 +228,57 @@ def test_a_photos_crops_cut_at_once_match_torchvisions_crop_by_crop(photo_folder
             expected = [TF.resized_crop(image, *box, [size, size], antialias=True) for box in boxes.tolist()]
             means += [(a.int() - e.int()).abs().float().mean().item() for a, e in zip(at_once, expected, strict=True)]
     assert np.mean(means) < 1.0 and max(means) < 5.0, means
+
+
+@pytest.fixture(scope="module")
+def mixed_photo_shards(tmp_path_factory):
+    """12 train photos of 2 classes as a folder may hold them: 4 baseline JPEGs, 4 progressive JPEGs (kept as they
+    are by sharding), 4 PNGs (kept as PNGs with ``lossless``)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        (folder / "train" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        grey = 10 + 20 * i + rng.integers(-8, 9, (90 + i, 120, 3))
+        image = Image.fromarray(grey.astype(np.uint8))
+        path = folder / "train" / f"c{i % 2}" / f"{i:02d}"
+        if i % 3 == 2:
+            image.save(path.with_suffix(".png"))
+        else:
+            image.save(path.with_suffix(".jpg"), quality=90, progressive=i % 3 == 1)
+    for label in range(2):  # (a test split of its own: else a tenth of train would be held out)
+        (folder / "test" / f"c{label}").mkdir(parents=True)
+        image.save(folder / "test" / f"c{label}" / "test.jpg")
+    out = tmp_path_factory.mktemp("mixed-shards")
+    files, classes = photo_files(f"folder:{folder}")
+    write_photo_shards(files, classes, out, source={"name": "mixed"}, samples_per_shard=5, progress=False,
+                       lossless=True)
+    return out
+
+
+def test_for_the_gpus_decoder_the_loader_sends_baseline_jpegs_and_crops_the_rest(mixed_photo_shards):
+    """With ``encoded=device_reads`` the baseline JPEGs travel undecoded and the loader processes decode and crop the
+    progressive JPEGs and PNGs (the GPU's decoder reads those on one host thread, or not at all); the training
+    process's views of such a mixed batch hold every photo once, in row order, each crop the photo's own."""
+    loader = ShardLoader(mixed_photo_shards, "train", 12, rank=0, world_size=1, num_workers=0, shuffle=False,
+                         drop_last=False, views=PhotoViews(32, 2, random=True), encoded=device_reads)
+    ((encoded, _, _),) = list(loader)
+    whole = ShardLoader(mixed_photo_shards, "train", 12, rank=0, world_size=1, num_workers=0, shuffle=False,
+                        drop_last=False, views=PhotoViews(32), encoded=every_photo)
+    blobs = [bytes(b.numpy()) for b in next(iter(whole))[0].blobs()]
+    kinds = ["baseline" if device_reads(b) else "png" if b[:4] == b"\x89PNG" else "progressive" for b in blobs]
+    assert sorted(kinds) == ["baseline"] * 4 + ["png"] * 4 + ["progressive"] * 4
+    assert [bool(n) for n in encoded.lengths.tolist()] == [kind == "baseline" for kind in kinds]
+    assert encoded.crops.shape == (8, 2, 3, 32, 32) and encoded.crops.dtype == torch.uint8
+    part = encoded.take(torch.arange(12)[3:9])  # a rank's share of a batch takes its rows' crops with it
+    cropped_before = int((encoded.lengths[:3] == 0).sum())
+    assert torch.equal(part.crops, encoded.crops[cropped_before : cropped_before + int((part.lengths == 0).sum())])
+    counts = collections.Counter()
+    views, rows = batch_views(encoded, PhotoViews(32, 2, random=True), np.random.default_rng(0), CPU,
+                              lambda *_: None, counts)
+    assert rows == list(range(12)) and views.shape == (12, 2, 3, 32, 32)
+    assert counts == {"loader": 8, "host": 4}  # (the CPU here stands in for the device)
+    cropped = [row for row, kind in enumerate(kinds) if kind != "baseline"]
+    assert torch.equal(views[cropped], encoded.crops)
+    for row in range(12):  # each row's crops come from its own photo (each photo has a grey level of its own)
+        photo = decode_images([torch.frombuffer(bytearray(blobs[row]), dtype=torch.uint8)], CPU)
+        assert abs(views[row].float().mean() - next(photo).float().mean()) < 4, row

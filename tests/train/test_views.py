@@ -5,7 +5,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data import ShardLoader, read_manifest
-from pipeline.data.decode import EncodedImages, PhotoViews, decode_images, decodes_on_device
+from pipeline.data.decode import EncodedImages, PhotoViews, decode_images, decodes_on_device, device_reads, every_photo
 from pipeline.errors import ShardError
 from pipeline.train.views import TrainingViews
 
@@ -18,13 +18,13 @@ def test_photos_decode_on_the_gpu_there_and_in_the_loader_on_cpus(labeled_photo_
         return TrainingViews(config, photos, 2, torch.device(device), rank=0)
 
     on_gpu = views("cuda", "data.decode=device")
-    assert on_gpu.loader_options()["decode_on_device"] and on_gpu.loader_options()["transform"] is None
+    assert on_gpu.loader_options()["encoded"] is device_reads and on_gpu.loader_options()["transform"] is None
     loader_decodes = views("cuda", "data.decode=loader")  # a GPU without a JPEG engine: the loader decodes and crops
     options = loader_decodes.loader_options()
-    assert not options["decode_on_device"] and options["transform"] is None and not loader_decodes.in_loader
+    assert options["encoded"] is None and options["transform"] is None and not loader_decodes.in_loader
     on_cpu = views("cpu", "data.decode=device")  # (a CPU has no device decoder: its loader decodes and augments)
     options = on_cpu.loader_options()
-    assert not options["decode_on_device"] and options["transform"] == on_cpu.loader_augmenter.stacked
+    assert options["encoded"] is None and options["transform"] == on_cpu.loader_augmenter.stacked
     arrays = TrainingViews(
         load_config(None, [f"data.shards={synthetic_shards}"]),
         read_manifest(synthetic_shards),
@@ -123,6 +123,6 @@ def _jpegs(location, count):
         shuffle=False,
         drop_last=False,
         views=PhotoViews(32),
-        decode_on_device=True,
+        encoded=every_photo,
     )
     return [blob.numpy().tobytes() for blob in next(iter(loader))[0].blobs()]
