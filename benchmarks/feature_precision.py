@@ -7,9 +7,10 @@ The encoder trains for ``--train-seconds`` in the plain loop of ``benchmarks.thr
 256, base LR, in the job's ``train.amp``), so that the features are those of an encoder that has learned. Then the
 feature pass (``extract_features`` of the train and test splits, 60,000 + 10,000 images, in this process with 2
 threads) alternates float32 and bf16 autocast (``--repeats`` timed runs each, after one warm-up run each), and the
-linear probe (the job's ``eval.probe_max_iter``) fits each precision's features. Also reports how close the two
-feature sets are: the mean cosine between each image's two feature rows and the largest difference relative to the
-row's norm. Prints the table; writes ``benchmarks/results/feature_precision.json``.
+linear probe (the job's ``eval.probe_max_iter``; scikit-learn's and the torch probe) and kNN (the job's) score each
+precision's features as evaluation stored them before (float32) and stores them now (float16). Also reports how
+close the two precisions' features are: the mean cosine between each image's two feature rows and the largest
+difference relative to the row's norm. Prints the table; writes ``benchmarks/results/feature_precision.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from benchmarks.throughput import BATCH_SIZE, JOBS, Setup, Trainee, augmenter, s
 from pipeline.config import load_config
 from pipeline.config.job_config import JobConfig
 from pipeline.data import LabeledShards, read_manifest
+from pipeline.evaluate.feature_files import half_if_fits
 from pipeline.evaluate.features import extract_features
+from pipeline.evaluate.knn import knn_accuracy
 from pipeline.evaluate.probe import linear_probe
 from pipeline.models import encoder_spec
 from pipeline.train.amp import precision_name
@@ -68,6 +71,24 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mean_cosine": float(cosine.mean()), "max_relative_difference": float((np.abs(a - b).max(1) / norms).max())}
 
 
+def stored_accuracies(features: Features, config: JobConfig) -> dict[str, float]:
+    """The probe (scikit-learn's, as evaluation runs it at this size; and the torch probe, which larger sets get)
+    and kNN of ``features`` as they were stored before (float32) and as the ranks store them now (float16)."""
+    train_x, train_y, test_x, test_y = features
+    accuracies = {}
+    for stored, (train, test) in {
+        "float32": (train_x, test_x),
+        "float16": (half_if_fits(train_x, "train"), half_if_fits(test_x, "test")),
+    }.items():
+        for solver in ("sklearn", "torch"):
+            probe = linear_probe(train, train_y, test, test_y, config.eval.probe_max_iter, solver=solver)
+            accuracies[f"probe ({solver}), {stored}"] = probe.accuracy
+        accuracies[f"kNN, {stored}"] = knn_accuracy(
+            train, train_y, test, test_y, config.eval.knn_k, config.eval.knn_temperature
+        )
+    return accuracies
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default="data/fashion-mnist")
@@ -83,18 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     variants = {name: partial(feature_pass, encoder, shards, autocast, kept) for name, autocast in PRECISIONS.items()}
     runs = interleaved(variants, args.repeats)
     median = medians(runs)
-    rows = []
-    for name, autocast in PRECISIONS.items():
-        train_x, train_y, test_x, test_y = kept[autocast]
-        probe = linear_probe(train_x, train_y, test_x, test_y, config.eval.probe_max_iter)
-        rows.append(
-            {
-                "precision": name,
-                "images/s": median[name],
-                "vs float32": median[name] / median[precision_name(False)],
-                "probe accuracy": probe.accuracy,
-            }
-        )
+    rows = [
+        {
+            "precision": name,
+            "images/s": median[name],
+            "vs float32": median[name] / median[precision_name(False)],
+            **stored_accuracies(kept[autocast], config),
+        }
+        for name, autocast in PRECISIONS.items()
+    ]
     close = agreement(kept[False][0], kept[True][0])
     print_table(rows)
     print(f"bf16 against float32 features (train split): {close}")

@@ -93,8 +93,11 @@ def remove(location: str | os.PathLike, files: list[str]) -> None:
         fs.rm_file(f"{root.rstrip('/')}/{name}")
 
 
+def reader(url: str | os.PathLike) -> contextlib.AbstractContextManager[BinaryIO]:
+    """The file at ``url`` (a path or URL) open for reading, streamed."""
+    return fsspec.open(absolute(url), "rb")
+
+
 def read_bytes(url: str) -> bytes:
-    if is_local(url):
-        return local_path(url).read_bytes()
-    with fsspec.open(url, "rb") as handle:
+    with reader(url) as handle:
         return handle.read()

@@ -50,17 +50,20 @@ def test_pretrain_tracks_and_exports(shipped_simclr):
     config, summary, evaluated = shipped_simclr.config, shipped_simclr.summary, shipped_simclr.evaluated
     # each rank wrote its share after the last epoch; gathered, they are what one process computes from the model
     # (in bf16, where this CPU has it: a rank's one thread and this process's two may round an activation
-    # differently, by one bf16 step of 2^-8)
+    # differently, by one bf16 step of 2^-8; in float32, two values a hair apart may round to neighbouring float16
+    # values in storage, 2^-11 apart)
     shares = worker_features(evaluated["plan"]).shares(evaluated["method"], torch.device("cpu"), 0, 1)
-    tolerance = 1e-2 if native_bf16(torch.device("cpu")) else 1e-5
+    tolerance = 1e-2 if native_bf16(torch.device("cpu")) else 1e-3
     for split, share in shares.items():
-        expected, gathered = share.in_sample_order(), evaluated["features"][split]
+        expected, gathered = share, evaluated["features"][split]
+        assert isinstance(gathered.features[ENCODER], np.memmap) and gathered.features[ENCODER].dtype == np.float16
         assert np.array_equal(gathered.indices, expected.indices) and len(expected.indices) == 10_000
         assert set(expected.features) == {ENCODER, RANDOM_ENCODER, PIXELS}
         np.testing.assert_array_equal(gathered.features[PIXELS], expected.features[PIXELS])
         for kind in (ENCODER, RANDOM_ENCODER):  # each row within the tolerance of its norm
-            error = np.linalg.norm(gathered.features[kind] - expected.features[kind], axis=1)
-            assert (error <= tolerance * np.linalg.norm(expected.features[kind], axis=1)).all(), (kind, error.max())
+            values, want = gathered.features[kind].astype(np.float32), expected.features[kind].astype(np.float32)
+            error = np.linalg.norm(values - want, axis=1)
+            assert (error <= tolerance * np.linalg.norm(want, axis=1)).all(), (kind, error.max())
     assert not list(shipped_simclr.temp.glob("sslpipe-*"))  # the run's own temporary folders are gone
     assert summary.tracking_uri == f"sqlite:///{shipped_simclr.temp.parent / 'mlflow.db'}"
     client = MlflowClient(summary.tracking_uri)

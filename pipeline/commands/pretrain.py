@@ -13,7 +13,7 @@ from pipeline import storage
 from pipeline.config.job_config import JobConfig
 from pipeline.config.validation import validate
 from pipeline.data import read_manifest
-from pipeline.evaluate.suite import evaluate_method, gather_features, monitors, worker_features
+from pipeline.evaluate.suite import evaluate_method, gathered_features, monitors, worker_features
 from pipeline.export import BACKBONE, ONNX, PT2, export_encoder, exported_files, model_parts
 from pipeline.job import description, evaluation_plan, features_folder, preview, resolve_paths
 from pipeline.methods import Method, trained_method
@@ -66,7 +66,8 @@ def pretrain(
         state = fit(job, name, [run.epoch_logger(), *train_callbacks], step)
         run.after_training(state)
         method = trained_method(job.method, job.model, manifest, state, job.data.crop_size)
-        metrics, plots = evaluate_method(method, plan, work, gather_features(extraction))
+        with gathered_features(extraction, work) as features:
+            metrics, plots = evaluate_method(method, plan, work, features)
         run.log_metrics(metrics, step=job.train.epochs)
         run.log_artifacts(plots)
         export_dir = export_run(run, method, metrics)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from pipeline.evaluate.knn import query_chunk
+from pipeline.evaluate.knn import nearest
+from pipeline.evaluate.rows import FeatureRows, as_unit_rows
 
 KNN, MAHALANOBIS, RECONSTRUCTION, NEGATIVE_ELBO, PCA_RESIDUAL = "knn", "mahalanobis", "recon", "neg_elbo", "pca"
 
@@ -32,16 +32,11 @@ def knn_cosine_scores(
     train: np.ndarray, test: np.ndarray, k: int, device: torch.device | str = "cpu", chunk: int | None = None
 ) -> np.ndarray:
     """``(M,)``: each of ``test (M, D)``'s mean cosine distance ``1 - cos`` to its ``k`` nearest rows of
-    ``train (N, D)``, in chunks of queries on ``device`` (as :func:`pipeline.evaluate.knn.knn_accuracy`)."""
+    ``train (N, D)``, the bank read ``chunk`` rows at a time on ``device`` (:func:`pipeline.evaluate.knn.nearest`)."""
     device = torch.device(device)
-    bank = F.normalize(torch.as_tensor(train, device=device).float(), dim=1)
-    k = min(k, len(bank))
-    chunk = chunk or query_chunk(len(bank))
-    scores = []
-    for start in range(0, len(test), chunk):
-        query = F.normalize(torch.as_tensor(test[start : start + chunk], device=device).float(), dim=1)
-        scores.append(1 - (query @ bank.T).topk(k, dim=1).values.mean(1))
-    return torch.cat(scores).cpu().numpy()
+    bank = FeatureRows.of(train, np.zeros(len(train), np.int64), device, chunk)
+    similarity, _ = nearest(bank, as_unit_rows(test, device), k)
+    return (1 - similarity.mean(1)).cpu().numpy()
 
 
 def mahalanobis_scores(train: np.ndarray, test: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ One pass over a rank's share of a split (every sample exactly once across the ra
 :func:`~pipeline.data.plan.evaluation_share`) gives every representation evaluation needs: the encoder's
 features, a randomly initialised copy's, the raw pixels (uint8, downsampled when the baseline's plan says so).
 On Ray Train workers :class:`WorkerFeatures` runs after the last epoch on every rank and writes each rank's share as
-``.npy`` files into the run's folder; the driver gathers them in sample order (:meth:`WorkerFeatures.gather`).
+``.npy`` files into the run's folder, the encoders' features in half precision; the driver joins them in sample
+order and memory-maps them (:meth:`WorkerFeatures.gather`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from pipeline.console import duration
 from pipeline.data import LabeledShards
 from pipeline.distributed import position
 from pipeline.errors import SslpipeError
+from pipeline.evaluate.feature_files import half_if_fits, join_rows
 from pipeline.evaluate.pixels import pixel_rows
 from pipeline.models import build_encoder
 from pipeline.train.amp import autocast_wanted, precision_name
@@ -34,13 +37,14 @@ log = logging.getLogger(__name__)
 CPU_FORWARD_BATCH = 64  # images per encoder call on CPUs, where small batches stay in cache: the small CNN takes
 # 0.28 ms a Fashion-MNIST image in calls of 64 and 0.49 ms in calls of 1024 (1.6 and 2.9 ms at 64 px)
 SPLITS = ("train", "test")
+JOINED = "joined-"  # the prefix of the driver's joined files
 ENCODER, RANDOM_ENCODER, PIXELS = "encoder", "random_encoder", "pixels"
 
 
 @dataclass
 class SplitFeatures:
     """One split's ``labels (N,)`` and sample ``indices (N,)`` (int64) and, by kind, ``features (N, D)``: float32
-    for encoders, uint8 for pixels."""
+    or float16 for encoders (:meth:`WorkerFeatures.shares`), uint8 for pixels; numpy arrays or memory maps."""
 
     labels: np.ndarray
     indices: np.ndarray
@@ -52,16 +56,6 @@ class SplitFeatures:
         if np.array_equal(order, np.arange(len(order))):
             return self
         return SplitFeatures(self.labels[order], self.indices[order], {k: v[order] for k, v in self.features.items()})
-
-    @staticmethod
-    def concatenate(parts: list[SplitFeatures]) -> SplitFeatures:
-        parts = [p for p in parts if len(p.labels)] or parts[:1]
-        kinds = parts[0].features
-        return SplitFeatures(
-            np.concatenate([p.labels for p in parts]),
-            np.concatenate([p.indices for p in parts]),
-            {kind: np.concatenate([p.features[kind] for p in parts]) for kind in kinds},
-        )
 
 
 def inference_copy(encoder: nn.Module) -> nn.Module:
@@ -170,10 +164,12 @@ class WorkerFeatures:
         return autocast_wanted(self.amp, device)
 
     def shares(self, method: nn.Module, device: torch.device, rank: int, world_size: int) -> dict[str, SplitFeatures]:
-        """This rank's share of every split, in memory."""
+        """This rank's share of every split, in memory, in sample order, the encoders' features in half precision
+        (:func:`~pipeline.evaluate.feature_files.half_if_fits`)."""
         encoders, autocast = self.encoders(method), self.autocast(device)
-        return {
-            split: split_features(
+        shares = {}
+        for split in SPLITS:
+            share = split_features(
                 encoders,
                 self.shards,
                 split,
@@ -183,9 +179,11 @@ class WorkerFeatures:
                 rank=rank,
                 world_size=world_size,
                 autocast=autocast,
-            )
-            for split in SPLITS
-        }
+            ).in_sample_order()
+            for kind in encoders:
+                share.features[kind] = half_if_fits(share.features[kind], f"the {kind}'s features of {split}")
+            shares[split] = share
+        return shares
 
     def __call__(
         self, method: nn.Module, device: torch.device, rank: int | None = None, world_size: int | None = None
@@ -214,16 +212,20 @@ class WorkerFeatures:
                 precision_name(self.autocast(device)),
             )
 
-    def clear(self) -> None:
-        """Remove what an earlier attempt left in ``folder``."""
+    def clear(self, into: Path | None = None) -> None:
+        """Remove the files of ``folder`` (what an earlier attempt left, or this one's once evaluated) and the
+        joined ones in ``into``."""
         storage.remove(self.folder, storage.names(self.folder, "*"))
+        for joined in Path(into).glob(f"{JOINED}*.npy") if into else ():
+            joined.unlink()
 
     def _load(self, name: str) -> np.ndarray:
         return np.load(io.BytesIO(storage.read_bytes(storage.join(self.folder, name))))
 
-    def gather(self, remove: bool = True) -> tuple[dict[str, SplitFeatures], float]:
-        """``({split: features of every rank in sample order}, seconds of the slowest rank)``; the files are
-        removed (``remove``)."""
+    def gather(self, into: Path | None = None) -> tuple[dict[str, SplitFeatures], float]:
+        """``({split: features of every rank in sample order}, seconds of the slowest rank)``: each column's rank
+        files joined into one ``.npy`` (:func:`~pipeline.evaluate.feature_files.join_rows`) and memory-mapped,
+        beside them when ``folder`` is local, else in ``into`` (a local folder); :meth:`clear` removes them."""
         summaries = [
             json.loads(storage.read_bytes(storage.join(self.folder, name)))
             for name in storage.names(self.folder, "rank-*.json")
@@ -234,6 +236,9 @@ class WorkerFeatures:
                 f"{self.folder}: features of {len(summaries)} of {world_size or 'the'} ranks; the "
                 "Ray Train workers did not finish their evaluation pass (see their log above)"
             )
+        if into is None and not storage.is_local(self.folder):
+            raise ValueError(f"{self.folder} is not a local folder: gather(into=) names where to join the files")
+        target = storage.local_path(self.folder) if storage.is_local(self.folder) else Path(into)
         kinds = [
             "labels",
             "indices",
@@ -243,11 +248,17 @@ class WorkerFeatures:
         ]
         splits = {}
         for split in SPLITS:
-            parts = []
-            for rank in range(world_size):
-                arrays = {kind: self._load(f"{split}-{kind}-{rank:04d}.npy") for kind in kinds}
-                parts.append(SplitFeatures(arrays.pop("labels"), arrays.pop("indices"), arrays))
-            splits[split] = SplitFeatures.concatenate(parts).in_sample_order()
-        if remove:
-            self.clear()
+            files = {kind: [f"{split}-{kind}-{rank:04d}.npy" for rank in range(world_size)] for kind in kinds}
+            indices = np.concatenate([self._load(name) for name in files["indices"]])
+            positions = np.empty_like(indices)
+            positions[np.argsort(indices, kind="stable")] = np.arange(len(indices))  # each row's place in sample order
+            columns = {
+                kind: join_rows(
+                    [storage.join(self.folder, name) for name in names],
+                    target / f"{JOINED}{split}-{kind}.npy",
+                    positions,
+                )
+                for kind, names in files.items()
+            }
+            splits[split] = SplitFeatures(columns.pop("labels"), columns.pop("indices"), columns)
         return splits, max(s["seconds"] for s in summaries)

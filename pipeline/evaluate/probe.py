@@ -73,7 +73,7 @@ def linear_probe(
             result.accuracy, confusion_matrix(test_y, result.predicted, labels=labels), "torch", result.weight_decay
         )
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-    with quiet():
-        probe.fit(train_x, train_y)
-    predicted = probe.predict(test_x)
+    with quiet():  # half-precision features in float32 (scikit-learn would take float16 to float64)
+        probe.fit(np.asarray(train_x, np.float32), train_y)
+    predicted = probe.predict(np.asarray(test_x, np.float32))
     return ProbeResult(float(accuracy_score(test_y, predicted)), confusion_matrix(test_y, predicted, labels=labels))

@@ -4,11 +4,15 @@ PCA for methods that reconstruct.
 
 The features come from the Ray Train workers (:func:`worker_features`, run after the last epoch on every rank,
 each reading its share of the evaluation shards once for the encoder, the random encoder and the pixels); the
-driver gathers them and runs the probes and kNN side by side (:mod:`pipeline.evaluate.side_by_side`).
+driver joins and memory-maps them (:mod:`pipeline.evaluate.feature_files`) and runs the probes and kNN, which read
+them a chunk at a time (:mod:`pipeline.evaluate.rows`), side by side on CPUs and one after another on a GPU
+(:mod:`pipeline.evaluate.side_by_side`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +66,17 @@ def monitors(plan: EvaluationPlan) -> tuple[OnlineKnn, ...]:
     return (OnlineKnn(plan.shards, plan.online_knn, plan.knn_k, plan.knn_temperature),) if plan.online_knn > 0 else ()
 
 
-def gather_features(extraction: WorkerFeatures) -> dict[str, SplitFeatures]:
-    """The features the Ray Train workers wrote, in sample order (their files removed)."""
+@contextlib.contextmanager
+def gathered_features(extraction: WorkerFeatures, into: Path) -> Iterator[dict[str, SplitFeatures]]:
+    """The features the Ray Train workers wrote, in sample order, memory-mapped from files joined in the features'
+    folder when it is local, else in ``into``; all of them removed when the block exits."""
     with phase(f"evaluation: gathering the features of {extraction.shards.location} from the training ranks"):
-        features, seconds = extraction.gather()
+        features, seconds = extraction.gather(into)
     print(f"evaluation: the ranks' feature pass took {duration(seconds)} (the slowest rank)", flush=True)
-    return features
+    try:
+        yield features
+    finally:
+        extraction.clear(into)
 
 
 def _pixels(split: SplitFeatures, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +161,9 @@ def _probes(
         train_x, train.labels, test_x, test.labels, plan.knn_k, plan.knn_temperature, device=device
     )
     what = "linear probe and kNN" + (", baselines (raw pixels, random encoder)" if plan.baselines else "")
-    with phase(f"evaluation: {what} on {len(train_x):,} + {len(test_x):,} images, side by side"):
-        results = side_by_side(jobs, quiet=QUIET)
+    together = "side by side" if device.type == "cpu" else "one after another"
+    with phase(f"evaluation: {what} on {len(train_x):,} + {len(test_x):,} images, {together}"):
+        results = side_by_side(jobs, device, quiet=QUIET)
     probe_result = results["probe"]
     metrics = {"probe_accuracy": probe_result.accuracy, "knn_accuracy": results["knn"]}
     if probe_result.weight_decay is not None:

@@ -15,7 +15,7 @@ from pipeline.data import LabeledShards, open_source, read_manifest, write_shard
 from pipeline.errors import SslpipeError
 from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER, WorkerFeatures, extract_features
 from pipeline.evaluate.pixels import pixel_plan, pixel_rows, subsample
-from pipeline.evaluate.suite import evaluate_method, gather_features, worker_features
+from pipeline.evaluate.suite import evaluate_method, gathered_features, worker_features
 from pipeline.job import evaluation_plan
 from pipeline.methods import build_method
 from pipeline.models import encoder_spec
@@ -46,7 +46,9 @@ def run_ranks(extraction: WorkerFeatures, method, world_size: int):
     extraction.clear()
     for rank in range(world_size):  # each rank as a Ray Train worker runs it, here one after another
         extraction(method, torch.device("cpu"), rank, world_size)
-    return extraction.gather()[0]
+    features = extraction.gather()[0]
+    extraction.clear()  # as evaluation does when it is done; the memory maps stay readable
+    return features
 
 
 def test_two_ranks_gather_exactly_what_one_rank_computes(synthetic_shards, tmp_path):
@@ -72,11 +74,12 @@ def test_two_ranks_gather_exactly_what_one_rank_computes(synthetic_shards, tmp_p
     pixels, labels = extract_features(None, LabeledShards(str(synthetic_shards)), "test")  # the in-process reader
     np.testing.assert_array_equal(pixels, one["test"].features[PIXELS] / np.float32(255))
     np.testing.assert_array_equal(labels, one["test"].labels)
-    assert not list((tmp_path / "two").iterdir())  # gathered files are removed
+    assert not list((tmp_path / "two").iterdir())  # the ranks' files and the joined ones are removed
+    assert isinstance(two["train"].features[ENCODER], np.memmap) and two["train"].features[ENCODER].dtype == np.float16
 
 
 def test_the_feature_pass_runs_in_bf16_where_training_would(synthetic_shards, tmp_path, caplog):
-    """``train.amp=true``: the encoders' features come from bf16 autocast (stored as float32), close to float32's
+    """``train.amp=true``: the encoders' features come from bf16 autocast (stored as float16), close to float32's
     but not equal to them; the rank's line names the precision."""
     _, plan, method = small_job(synthetic_shards, "train.amp=true")
     with caplog.at_level("INFO", logger="pipeline.evaluate.features"):
@@ -86,7 +89,8 @@ def test_the_feature_pass_runs_in_bf16_where_training_would(synthetic_shards, tm
     for split in ("train", "test"):
         for kind in (ENCODER, RANDOM_ENCODER):
             low, full = bf16[split].features[kind], fp32[split].features[kind]
-            assert low.dtype == np.float32 and not np.array_equal(low, full)
+            assert low.dtype == np.float16 and not np.array_equal(low, full)
+            low, full = low.astype(np.float32), full.astype(np.float32)
             cosine = (low * full).sum(1) / (np.linalg.norm(low, axis=1) * np.linalg.norm(full, axis=1))
             assert cosine.min() > 0.99, cosine.min()
         np.testing.assert_array_equal(bf16[split].features[PIXELS], fp32[split].features[PIXELS])
@@ -108,7 +112,9 @@ def test_the_metrics_do_not_depend_on_where_the_features_were_computed(synthetic
     extraction.clear()  # as pretrain does before it trains
     for rank in range(2):
         extraction(method, torch.device("cpu"), rank, 2)
-    gathered, _ = evaluate_method(method, plan, tmp_path / "there", gather_features(extraction))
+    with gathered_features(extraction, tmp_path / "joined") as features:
+        gathered, _ = evaluate_method(method, plan, tmp_path / "there", features)
+    assert not list((tmp_path / "features").iterdir())
     assert set(here) == {
         "probe_accuracy",
         "knn_accuracy",

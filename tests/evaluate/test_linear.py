@@ -6,8 +6,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.evaluate.linear import choose_weight_decay, fit_softmax, softmax_objective, standardise, torch_probe
+from pipeline.evaluate.linear import choose_weight_decay, fit_softmax, softmax_objective, standardised, torch_probe
 from pipeline.evaluate.probe import SKLEARN_MAX_VALUES, linear_probe, probe_solver
+from pipeline.evaluate.rows import FeatureRows
 
 
 def blobs(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -17,12 +18,13 @@ def blobs(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[np.
     return (centers[labels] + rng.normal(0, spread, (n, dim))).astype(np.float32), labels
 
 
-def test_the_hand_written_gradient_is_autograds():
+def test_the_hand_written_gradient_is_autograds_summed_over_chunks():
     rng = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 7, generator=rng), torch.randint(0, 4, (50,), generator=rng)
     weight = torch.randn(7, 4, generator=rng, requires_grad=True)
     bias = torch.randn(4, generator=rng, requires_grad=True)
-    loss, grad_w, grad_b = softmax_objective(x.T.contiguous(), y, weight.detach(), bias.detach(), 0.03)
+    rows = FeatureRows.of(x.numpy(), y.numpy(), chunk=13)  # chunks of 13, 13, 13 and 11 rows
+    loss, grad_w, grad_b = softmax_objective(rows, weight.detach(), bias.detach(), 0.03)
     expected = torch.nn.functional.cross_entropy(x @ weight + bias, y) + 0.03 / 2 * weight.pow(2).sum()
     expected.backward()
     torch.testing.assert_close(loss, expected.detach())
@@ -35,8 +37,8 @@ def test_with_sklearns_decay_the_torch_fit_is_sklearns_solution():
     not all right."""
     x, y = blobs(600, 10, 3, 1.2, seed=1)
     sklearn_fit = LogisticRegression(max_iter=2000, tol=1e-8).fit(StandardScaler().fit_transform(x), y)
-    [train] = standardise(torch.from_numpy(x))
-    model = fit_softmax(train, torch.from_numpy(y), 3, 1 / len(x), max_iter=2000)
+    [train] = standardised(FeatureRows.of(x, y))
+    model = fit_softmax(train, 3, 1 / len(x), max_iter=2000)
     ours = model.predict(train).numpy()
     assert 0.7 < (ours == y).mean() < 1.0
     assert (ours == sklearn_fit.predict(StandardScaler().fit_transform(x))).mean() >= 0.995
@@ -61,17 +63,50 @@ def test_the_grid_picks_a_larger_decay_when_small_ones_overfit():
     truth = rng.normal(0, 1, dim) / np.sqrt(dim) * 2
     x = rng.normal(0, 1, (n, dim))
     y = (rng.random(n) < 1 / (1 + np.exp(-(x @ truth)))).astype(np.int64)
-    [train] = standardise(torch.from_numpy(x.astype(np.float32)))
-    chosen, scores, _ = choose_weight_decay(train, torch.from_numpy(y), 2, max_iter=500)
+    [train] = standardised(FeatureRows.of(x.astype(np.float32), y))
+    chosen, scores, _ = choose_weight_decay(train, 2, max_iter=500)
     assert chosen == max(scores) == 1e-2
     assert scores[chosen] >= scores[1e-6] + 0.04 and scores[chosen] == max(scores.values())
 
 
 def test_ties_go_to_the_larger_decay():
     x, y = blobs(400, 4, 2, 0.05, seed=4)  # any decay separates these perfectly
-    [train] = standardise(torch.from_numpy(x))
-    chosen, scores, _ = choose_weight_decay(train, torch.from_numpy(y), 2, grid=(1e-5, 1e-3), max_iter=100)
+    [train] = standardised(FeatureRows.of(x, y))
+    chosen, scores, _ = choose_weight_decay(train, 2, grid=(1e-5, 1e-3), max_iter=100)
     assert scores == {1e-3: 1.0, 1e-5: 1.0} and chosen == 1e-3
+
+
+def test_the_probe_reads_half_precision_features_a_chunk_at_a_time_as_it_reads_them_whole(tmp_path, monkeypatch):
+    """The probe of a memory-mapped float16 matrix read 97 rows at a time (its objective, gradient and statistics
+    summed over 25 chunks, nothing kept) ends where the probe of the same values held in one float32 chunk does."""
+    from pipeline.evaluate import rows
+
+    x, y = blobs(2400, 24, 4, 2.5, seed=6)
+    half = np.lib.format.open_memmap(tmp_path / "train.npy", mode="w+", dtype=np.float16, shape=x.shape)
+    half[:] = x
+    half.flush()
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="c")
+    whole = torch_probe(mapped[:2000].astype(np.float32), y[:2000], mapped[2000:].astype(np.float32), y[2000:])
+    monkeypatch.setattr(rows, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(rows, "CHUNK_VALUES", {"cpu": 97 * 24})
+    streamed = torch_probe(mapped[:2000], y[:2000], mapped[2000:], y[2000:])
+    assert streamed.weight_decay == whole.weight_decay and streamed.held_out == whole.held_out
+    assert (streamed.predicted == whole.predicted).mean() >= 0.999 and 0.7 < whole.accuracy < 1.0
+    assert abs(streamed.accuracy - whole.accuracy) <= 1 / 400
+
+
+def test_column_statistics_and_subsets_read_in_chunks_are_numpys():
+    rng = np.random.default_rng(7)
+    x = (rng.normal(3, 2, (1000, 5)) * [1, 10, 100, 0, 1]).astype(np.float16)  # a constant column, large values
+    rows = FeatureRows.of(x, np.arange(1000) % 3, chunk=64)
+    mean, std = rows.column_statistics()
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), exact.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std.numpy(), np.where(exact.std(0) > 0, exact.std(0), 1), rtol=1e-5)
+    picked = rows.subset(np.array([999, 5, 64, 63]))
+    values = torch.cat([chunk for chunk, _ in picked.chunks()]).numpy()
+    np.testing.assert_array_equal(values, x[[5, 63, 64, 999]].astype(np.float32))
+    assert picked.labels.tolist() == [2, 0, 1, 0] and len(picked.subset(np.array([1, 3]))) == 2
 
 
 def test_the_probe_is_sklearn_up_to_the_threshold_and_torch_above():
