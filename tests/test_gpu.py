@@ -109,11 +109,12 @@ def test_method_on_gpu(ray_local, gpu_photos, tmp_path, workdir, name):
         f" loss {' -> '.join(f'{v:.4f}' for v in losses)}, probe {summary.metrics['probe_accuracy']:.4f}"
     )
     assert losses[-1] < losses[0], f"{name}: the loss did not fall: {losses}"
-    # with a JPEG engine (data.decode auto) nvJPEG in the training process read every photo that decodes
-    # (progressive ones included), else the loader processes did; the damaged ones were left out and counted
-    # wherever an epoch met them
+    # with a JPEG engine (data.decode auto) nvJPEG in the training process read the baseline JPEGs and the loader
+    # processes the progressive ones (one in 30 photos: sharding converts PNG and CMYK to baseline JPEGs); without
+    # one the loader processes read them all; the damaged ones were left out and counted wherever an epoch met them
     on_device = decodes_on_device("auto", torch.device("cuda"))
-    assert metrics["photos_decoded_on_device"] == (1.0 if on_device else 0.0)
+    share = metrics["photos_decoded_on_device"]
+    assert (0.85 < share < 1.0) if on_device else share == 0.0, share
     skipped = [m.value for m in client.get_metric_history(summary.run_id, "skipped_samples")]
     assert sum(skipped) >= 1 and max(skipped) <= DAMAGED, skipped  # (each epoch reads ~85% of the photos)
     encoder = load_encoder(summary.export_dir).eval()
