@@ -10,10 +10,11 @@ the device (``tests/sync_guard.py``).
   grayscale p=0.2, then blur with p=1.0 / 0.1 (images of 64 px and more) and solarize with p=0.0 / 0.2.
 * ``light``: for small grayscale images such as 28x28 Fashion-MNIST: crop 0.5-1, flip, brightness/contrast 0.4
   with p=0.8.
+* ``crop``: crop 0.2-1 and flip, nothing else (MAE's views: a masked autoencoder needs no invariance to learn).
 * ``none``: the images as they are (autoencoders reconstruct their input; denoising corrupts it in the method).
 
 Two strengths can be changed: ``crop_min_scale`` (the smallest crop's share of the image's area; simclr and byol
-0.08, light 0.5) and, for ``simclr``, ``jitter_strength`` (``s`` above).
+0.08, light 0.5, crop 0.2) and, for ``simclr``, ``jitter_strength`` (``s`` above).
 
 Colour operations that need three channels (saturation, hue, grayscale) are left out for 1-channel images.
 Photos arrive already cropped (random-resized crops cut while decoding, :mod:`pipeline.data.decode`): with
@@ -34,7 +35,7 @@ from augment.color import ColorJitter, RandomGrayscale, RandomSolarize
 from augment.geometry import RandomHorizontalFlip, RandomResizedCrop
 from pipeline.errors import ConfigError
 
-Preset = Literal["simclr", "byol", "light", "none"]
+Preset = Literal["simclr", "byol", "light", "crop", "none"]
 PRESETS = typing.get_args(Preset)
 BLUR_MIN_SIZE = 64
 SMALL_IMAGE = 32
@@ -60,7 +61,7 @@ def _blur(size: int, p: float) -> list[nn.Module]:
 
 def crop_scale(preset: str, crop_min_scale: float | None = None) -> tuple[float, float]:
     """The random crops' range of shares of the image's area: from ``crop_min_scale`` (else the preset's) to 1."""
-    return crop_min_scale or (0.5 if preset == "light" else 0.08), 1.0
+    return crop_min_scale or {"light": 0.5, "crop": 0.2}.get(preset, 0.08), 1.0
 
 
 def jitter_strength_for(size: int, jitter_strength: float | None = None) -> float:
@@ -96,6 +97,8 @@ def _view_pipelines(
         return views
     if preset == "none":
         return [nn.Identity()]
+    if preset == "crop":
+        return [nn.Sequential(*crops, RandomHorizontalFlip())]
     if preset == "light":
         ops = [*crops, RandomHorizontalFlip()]
         return [nn.Sequential(*ops, ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8))]

@@ -70,11 +70,11 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: Annotated[Preset, "views (see Augmentation); `none` for autoencoders and VAEs"] = "simclr"
+    preset: Annotated[Preset, "views (see Augmentation); `crop` for MAE, `none` for autoencoders and VAEs"] = "simclr"
     crop_min_scale: Annotated[
         float | None,
         Interval(gt=0, le=1),
-        "smallest random crop, as a share of the image's area (unset: the preset's, 0.08; light 0.5)",
+        "smallest random crop, as a share of the image's area (unset: the preset's, 0.08; light 0.5; crop 0.2)",
     ] = None
     jitter_strength: Annotated[
         float | None,

@@ -214,8 +214,9 @@ def test_photos_pretrain_through_the_command_on_unlabeled_shards_and_evaluate_on
 def test_a_timm_vit_pretrains_through_the_command_and_loads_in_timm_alone(
     unlabeled_photo_shards, labeled_photo_shards, workdir
 ):
-    """A timm ViT-Tiny (BYOL) at 32 px, a few capped steps through `sslpipe pretrain` in this process; the export's
-    backbone.safetensors gives the encoder's features in timm alone."""
+    """A timm ViT-Tiny trained as a masked autoencoder (the MAE job) on photos at 32 px, a few capped steps through
+    `sslpipe pretrain` in this process; the export's backbone.safetensors gives the encoder's features in timm
+    alone: the ViT on whole images, its decoder left behind."""
     overrides = [
         f"data.shards={unlabeled_photo_shards}",
         f"eval.shards={labeled_photo_shards}",
@@ -229,10 +230,11 @@ def test_a_timm_vit_pretrains_through_the_command_and_loads_in_timm_alone(
         "model.backbone_args={patch_size: 8}",
         "train.name=vit",
     ]
-    assert main(["pretrain", str(JOBS / "byol_fashion_mnist.yaml"), *overrides]) == 0
+    assert main(["pretrain", str(JOBS / "mae_fashion_mnist.yaml"), *overrides]) == 0
     export = workdir / "exports" / "vit"
     meta = json.loads((export / "encoder.json").read_text())
-    assert meta["backbone"]["library"] == "timm" and meta["spec"]["arch"] == "timm:vit_tiny_patch16_224"
+    assert meta["method"] == "mae" and meta["backbone"]["library"] == "timm"
+    assert meta["spec"]["arch"] == "timm:vit_tiny_patch16_224"
     assert meta["spec"]["backbone_args"].get("img_size") == 32  # ViTs take a size
     encoder = load_encoder(export).eval()
     x = torch.rand(4, 3, 32, 32)

@@ -8,11 +8,12 @@ from pipeline.data.manifest import Manifest
 from pipeline.methods.autoencoder import AutoEncoder
 from pipeline.methods.base import Method, MethodOptions
 from pipeline.methods.byol import BYOL
+from pipeline.methods.mae import MAE
 from pipeline.methods.simclr import SimCLR
 from pipeline.methods.vae import VAE
 from pipeline.models import EncoderSpec, ModelConfig, encoder_spec
 
-METHODS: dict[str, type[Method]] = {method.Options.name: method for method in (SimCLR, BYOL, AutoEncoder, VAE)}
+METHODS: dict[str, type[Method]] = {method.Options.name: method for method in (SimCLR, BYOL, AutoEncoder, VAE, MAE)}
 
 
 def build_method(method_options: MethodOptions, spec: EncoderSpec, model: ModelConfig) -> Method:

@@ -29,6 +29,14 @@ METHOD_OVERRIDES = {
         "method.sparsity=kl",  # its KL penalty at codes near 1 (a sigmoid of bf16 rounds to 1.0)
     ],
     "vae": ["method.name=vae", "augment.preset=none", "method.bottleneck=8"],
+    "mae": [
+        "method.name=mae",
+        "model.encoder=timm:vit_tiny_patch16_224",
+        "model.backbone_args={patch_size: 7, depth: 1, embed_dim: 16, num_heads: 2}",
+        "method.decoder_dim=16",
+        "method.decoder_depth=1",
+        "augment.preset=light",
+    ],
 }
 
 
@@ -76,8 +84,20 @@ def test_a_bf16_step_on_the_cpu_follows_the_float32_step(name):
     within 11 degrees of float32's (cosine above 0.98; measured 0.989-0.991 for SimCLR and BYOL, whose loss divides
     by small temperatures, 0.997 or more for the autoencoders and the VAE), BatchNorm's running statistics within
     1 %; the weights, their gradients, the statistics and the loss stay float32."""
-    config = load_config(None, [*METHOD_OVERRIDES[name], "model.width=8", "model.embed_dim=16"])
-    spec = EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=8, embed_dim=16)
+    vit = any(override.startswith("model.encoder=") for override in METHOD_OVERRIDES[name])  # MAE's
+    config = load_config(None, [*METHOD_OVERRIDES[name], *([] if vit else ["model.width=8", "model.embed_dim=16"])])
+    spec = (
+        EncoderSpec(
+            config.model.encoder,
+            1,
+            28,
+            (0.3,),
+            (0.3,),
+            backbone_args={**config.model.backbone_args, "img_size": 28, "in_chans": 1},
+        )
+        if vit
+        else EncoderSpec("small_cnn", 1, 28, (0.3,), (0.3,), width=8, embed_dim=16)
+    )
     torch.manual_seed(0)
     methods = {"fp32": build_method(config.method, spec, config.model).to(memory_format=torch.channels_last)}
     methods["bf16"] = copy.deepcopy(methods["fp32"])

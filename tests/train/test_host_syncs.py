@@ -21,6 +21,14 @@ METHODS = {
     "autoencoder": ["method.name=autoencoder", "method.bottleneck=8", "augment.preset=none"],
     "denoising": ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "augment.preset=none"],
     "vae": ["method.name=vae", "method.bottleneck=8", "augment.preset=none"],
+    "mae": [
+        "method.name=mae",
+        "model.encoder=timm:vit_tiny_patch16_224",
+        "model.backbone_args={patch_size: 7, depth: 1, embed_dim: 16, num_heads: 2}",
+        "method.decoder_dim=16",
+        "method.decoder_depth=1",
+        "augment.preset=light",
+    ],
 }
 
 
@@ -60,11 +68,15 @@ def _second_step_syncs(shards, tmp_path, overrides) -> dict:
     return dict(syncs.seen)
 
 
+def _on_arrays(method: str) -> list[str]:
+    """``method``'s overrides for the arrays, a small CNN unless they name an encoder of their own."""
+    own_encoder = any(override.startswith("model.encoder=") for override in METHODS[method])
+    return [*([] if own_encoder else SMALL_CNN), *METHODS[method]]
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_step_on_arrays_waits_on_no_device(synthetic_shards, tmp_path, method):
-    assert (
-        _second_step_syncs(synthetic_shards, tmp_path, ["model.width=4", "model.embed_dim=8", *METHODS[method]]) == {}
-    )
+    assert _second_step_syncs(synthetic_shards, tmp_path, _on_arrays(method)) == {}
 
 
 def test_a_step_on_photos_waits_on_no_device(labeled_photo_shards, tmp_path):
@@ -79,11 +91,12 @@ def test_a_step_on_photos_waits_on_no_device(labeled_photo_shards, tmp_path):
 def test_a_step_on_a_gpu_makes_no_synchronizing_call(synthetic_shards, labeled_photo_shards, tmp_path, method):
     """On the GPU itself, PyTorch's own check: every synchronizing CUDA call in step 2 raises (arrays; photos
     decoded, cropped and augmented on the device)."""
-    cases = [(synthetic_shards, SMALL_CNN)]
+    cases = [(synthetic_shards, _on_arrays(method))]
     if method in ("simclr", "byol"):
-        cases.append((labeled_photo_shards, ["data.image_size=64", "model.encoder=resnet18", "data.decode=device"]))
+        photos = ["data.image_size=64", "model.encoder=resnet18", "data.decode=device", *METHODS[method]]
+        cases.append((labeled_photo_shards, photos))
     for number, (shards, overrides) in enumerate(cases):
-        training, (first, second) = _prepared(shards, tmp_path / str(number), [*overrides, *METHODS[method]], True)
+        training, (first, second) = _prepared(shards, tmp_path / str(number), overrides, True)
         training.take_step(*first, 1)
         torch.cuda.set_sync_debug_mode("error")
         try:

@@ -65,3 +65,66 @@ def test_every_built_in_encoder_and_alias_builds(arch):
     spec = EncoderSpec(arch, 1, 32, (0.5,), (0.25,), width=4, embed_dim=8, bottleneck=4)
     encoder, dim = build_encoder(spec)
     assert dim == 4 and encoder(torch.rand(2, 1, 32, 32)).shape == (2, 4)
+
+
+def _mae(**options):
+    from pipeline.methods.mae import MAEOptions
+
+    spec = EncoderSpec(
+        "timm:vit_tiny_patch16_224",
+        1,
+        28,
+        (0.5,),
+        (0.25,),
+        cifar_stem=False,
+        backbone_args={"patch_size": 7, "depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 28, "in_chans": 1},
+    )
+    return build_method(MAEOptions(decoder_dim=32, decoder_depth=1, **options), spec, ModelConfig())
+
+
+def test_the_mae_encoder_on_every_patch_is_the_vits_own_forward():
+    """With every patch visible the masked path is timm's ``forward_features`` (pins timm's internals we call);
+    at the default ratio each image keeps 4 of its 16 patches."""
+    torch.manual_seed(0)
+    method = _mae().eval()
+    from pipeline.models.masked_vit import encode_visible
+
+    x = torch.rand(3, 1, 28, 28)
+    images = method.encoder[0](x)
+    every = torch.arange(16).expand(3, -1)
+    torch.testing.assert_close(
+        encode_visible(method.encoder[1], images, every), method.encoder[1].forward_features(images)
+    )
+    prediction, target, masked = method.predict(x)
+    assert prediction.shape == target.shape == (3, 16, 49) and (masked.sum(1) == 12).all()
+    assert method.encoder(x).shape == (3, 32)  # what is evaluated and exported: the ViT's class token
+
+
+def test_mae_learns_to_fill_in_masked_patches_and_only_they_count():
+    """60 Adam steps on 16 images of one grey level each (a masked patch is its visible neighbours' level): the
+    loss on masked patches falls below half of its first value; a prediction that is exact on the masked patches
+    scores 0 whatever it says on the visible ones."""
+    torch.manual_seed(0)
+    method = _mae(norm_pix_loss=False)
+    images = torch.rand(16, 1, 1, 1).expand(16, 1, 28, 28)
+    optimizer = torch.optim.Adam(method.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(60):
+        loss = method(images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0], losses[::10]
+    from pipeline.losses.masked_patches import masked_patch_loss
+
+    _, target, masked = method.predict(images)
+    guess = torch.where(masked[..., None], target, target + 1)
+    assert masked_patch_loss(guess, target, masked, norm_pix=False).item() == 0
+
+
+def test_mae_refuses_an_encoder_that_is_not_a_vit():
+    from pipeline.methods.mae import MAEOptions
+
+    with pytest.raises(ConfigError, match=re.escape("model.encoder: method mae needs a timm ViT")):
+        build_method(MAEOptions(), EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,)), ModelConfig())
