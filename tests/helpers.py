@@ -134,3 +134,13 @@ def features_with_the_library_alone(*exports: tuple[Path, torch.Tensor]) -> list
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return [torch.load(output) for output in outputs]
+
+
+TINY_MAE = [  # MAE on a one-block, 16-wide ViT with patches of 7 px (28 px images: 16 patches), for steps in tests
+    "method.name=mae",
+    "model.encoder=timm:vit_tiny_patch16_224",
+    "model.backbone_args={patch_size: 7, depth: 1, embed_dim: 16, num_heads: 2}",
+    "method.decoder_dim=16",
+    "method.decoder_depth=1",
+    "augment.preset=crop",
+]

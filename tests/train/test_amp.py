@@ -15,6 +15,7 @@ from pipeline.models import EncoderSpec
 from pipeline.optim import build_optimizer
 from pipeline.train import train_step
 from pipeline.train.amp import autocast_wanted, group_autocast, native_bf16
+from tests.helpers import TINY_MAE
 from tests.processes import gloo_ranks
 
 CPU = torch.device("cpu")
@@ -29,14 +30,7 @@ METHOD_OVERRIDES = {
         "method.sparsity=kl",  # its KL penalty at codes near 1 (a sigmoid of bf16 rounds to 1.0)
     ],
     "vae": ["method.name=vae", "augment.preset=none", "method.bottleneck=8"],
-    "mae": [
-        "method.name=mae",
-        "model.encoder=timm:vit_tiny_patch16_224",
-        "model.backbone_args={patch_size: 7, depth: 1, embed_dim: 16, num_heads: 2}",
-        "method.decoder_dim=16",
-        "method.decoder_depth=1",
-        "augment.preset=light",
-    ],
+    "mae": TINY_MAE,
 }
 
 

@@ -11,6 +11,7 @@ from pipeline.config import load_config
 from pipeline.train.harness import prepare
 from pipeline.train.pretraining import Pretraining
 from pipeline.train.session import InProcessSession
+from tests.helpers import TINY_MAE
 from tests.in_process import InProcess
 from tests.sync_guard import HostSyncs
 
@@ -21,14 +22,7 @@ METHODS = {
     "autoencoder": ["method.name=autoencoder", "method.bottleneck=8", "augment.preset=none"],
     "denoising": ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "augment.preset=none"],
     "vae": ["method.name=vae", "method.bottleneck=8", "augment.preset=none"],
-    "mae": [
-        "method.name=mae",
-        "model.encoder=timm:vit_tiny_patch16_224",
-        "model.backbone_args={patch_size: 7, depth: 1, embed_dim: 16, num_heads: 2}",
-        "method.decoder_dim=16",
-        "method.decoder_depth=1",
-        "augment.preset=light",
-    ],
+    "mae": TINY_MAE,
 }
 
 
