@@ -41,13 +41,17 @@ def _header(handle: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def join_rows(sources: list[str], path: Path, positions: np.ndarray | None = None) -> np.ndarray:
-    """The rows of the ``.npy`` files ``sources`` (paths or URLs; the same shape past their rows), taken in order,
-    written to rows ``positions`` (default: in order) of the ``.npy`` at ``path`` in the dtype they promote to,
-    a block at a time; returned memory-mapped (copy-on-write: its pages are the file's until written)."""
+    """The rows of the ``.npy`` files ``sources`` (paths or URLs; the same shape past their rows unless empty),
+    taken in order, written to rows ``positions`` (default: in order) of the ``.npy`` at ``path`` in the dtype
+    they promote to, a block at a time; returned memory-mapped (copy-on-write: its pages are the file's until
+    written)."""
     headers = []
     for source in sources:
         with storage.reader(source) as handle:
             headers.append(_header(handle, source))
+    rows = [(source, header) for source, header in zip(sources, headers, strict=True) if header[0][0]]
+    sources, headers = map(list, zip(*rows, strict=True)) if rows else (sources[:1], headers[:1])  # (a rank's share
+    # may be empty, its shape and dtype those of nothing)
     rest = {shape[1:] for shape, _ in headers}
     if len(rest) > 1:
         raise ValueError(f"{path.name}: the ranks' files differ in shape past their rows: {sorted(rest)}")

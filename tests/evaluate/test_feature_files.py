@@ -20,11 +20,12 @@ def test_features_are_stored_in_half_precision_unless_they_overflow_it(caplog):
 
 @pytest.mark.parametrize("where", ["local", "memory://joined-test"])
 def test_the_ranks_files_join_row_wise_in_blocks_at_the_positions_given(tmp_path, monkeypatch, where):
-    """Three ranks' files (one float32: a rank whose features overflowed float16), read 7 rows at a time, land in
-    the rows ``positions`` names, in the dtype they promote to, memory-mapped."""
+    """Three ranks' files (one float32: a rank whose features overflowed float16; one empty), read 7 rows at a
+    time, land in the rows ``positions`` names, in the dtype they promote to, memory-mapped."""
     monkeypatch.setattr(feature_files, "BLOCK_BYTES", 7 * 4 * 3)
     rng = np.random.default_rng(0)
     parts = [rng.normal(size=(n, 3)).astype(dtype) for n, dtype in ((20, np.float16), (0, np.float16), (9, np.float32))]
+    parts[1] = np.zeros((0, 0), np.float64)  # an empty share: the shape and dtype of nothing, which do not count
     folder = str(tmp_path) if where == "local" else where
     sources = []
     for rank, part in enumerate(parts):
@@ -34,7 +35,7 @@ def test_the_ranks_files_join_row_wise_in_blocks_at_the_positions_given(tmp_path
     positions = rng.permutation(29)
     joined = join_rows(sources, tmp_path / "joined.npy", positions)
     expected = np.empty((29, 3), np.float32)
-    expected[positions] = np.concatenate(parts)
+    expected[positions] = np.concatenate([parts[0], parts[2]])
     assert isinstance(joined, np.memmap) and joined.dtype == np.float32 and joined.shape == (29, 3)
     np.testing.assert_array_equal(joined, expected)
     np.testing.assert_array_equal(join_rows(sources[:1], tmp_path / "first.npy"), parts[0])
