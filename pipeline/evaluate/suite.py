@@ -35,6 +35,7 @@ from pipeline.evaluate.evaluation_plan import EvaluationPlan
 from pipeline.evaluate.features import ENCODER, PIXELS, RANDOM_ENCODER, SplitFeatures, WorkerFeatures, extract_features
 from pipeline.evaluate.generation import interpolations, prior_samples
 from pipeline.evaluate.knn import knn_accuracy
+from pipeline.evaluate.masked import masked_reconstructions
 from pipeline.evaluate.online import OnlineKnn
 from pipeline.evaluate.pixels import subsample
 from pipeline.evaluate.plots import confusion_png, latent_scatter_png, roc_png
@@ -92,7 +93,8 @@ def evaluate_method(
     ``baseline_pixels_probe_accuracy`` and ``baseline_random_encoder_probe_accuracy``; a confusion matrix and a
     2-D scatter of the test codes. For methods that reconstruct: ``recon_mse`` beside ``pca_recon_mse`` (PCA with
     the same k, fitted on the pretraining images) and their ratio, a reconstruction grid and interpolation strips;
-    for generative ones also ``elbo``, ``kl``, ``active_units`` and samples of the prior. With an anomaly protocol:
+    for generative ones also ``elbo``, ``kl``, ``active_units`` and samples of the prior. For masked-image models
+    (MAE): ``masked_recon_mse`` and a grid of masked inputs, reconstructions and originals. With an anomaly protocol:
     ``anomaly_auroc_<score>`` of the labels pretraining left out against the rest for each score the method
     supports (``knn`` and ``mahalanobis`` in the encoder's embedding of the training images it saw; ``recon``
     error; the VAE's ``neg_elbo``) beside ``pca_anomaly_auroc`` (PCA's residual), and their ROC curves.
@@ -121,6 +123,11 @@ def evaluate_method(
             f"{plan.method}: test codes ({test_x.shape[1]}-d)",
         ),
     ]
+    if Capability.MASKED in plan.capabilities:
+        with phase("evaluation: masked reconstructions of the test split"):
+            masked_metrics, rows = masked_reconstructions(method, plan.shards, device)
+        metrics |= masked_metrics
+        plots.append(save_image_grid(rows, out_dir / "masked_reconstructions.png"))
     pixels = _pca_pixels(plan, train, test) if plan.reconstructs or plan.anomaly else None
     reconstructed = None
     if plan.reconstructs:

@@ -35,16 +35,31 @@ def random_masking(batch: int, patches: int, keep: int, device: torch.device) ->
     return kept, masked
 
 
+def standardised_patches(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(t', mean, std)``: each patch of ``t (B, L, P)`` standardised, ``t' = (t - mean_j t) / sqrt(var_j t +
+    1e-6)`` (unbiased variance, as the paper's code), and the ``(B, L, 1)`` statistics that undo it."""
+    mean = target.mean(-1, keepdim=True)
+    std = (target.var(-1, keepdim=True) + NORM_PIX_EPS).sqrt()
+    return (target - mean) / std, mean, std
+
+
 @in_float32
+def masked_patch_errors(
+    prediction: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, norm_pix: bool = True
+) -> torch.Tensor:
+    """``(B,)``: for each image ``i``, ``sum_l m_il mean_j (p_ilj - t_ilj)^2 / sum_l m_il``, the mean squared error
+    of its predicted patches ``p (B, L, P)`` against its target patches ``t (B, L, P)`` over the masked ones
+    (``m (B, L)``, true where masked); with ``norm_pix`` each target patch is first standardised
+    (:func:`standardised_patches`)."""
+    if norm_pix:
+        target = standardised_patches(target)[0]
+    weights = masked.to(prediction.dtype)
+    return ((prediction - target).square().mean(-1) * weights).sum(1) / weights.sum(1)
+
+
 def masked_patch_loss(
     prediction: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, norm_pix: bool = True
 ) -> torch.Tensor:
-    """``sum_i sum_l m_il mean_j (p_ilj - t_ilj)^2 / sum_il m_il``: the mean squared error of predicted patches
-    ``p (B, L, P)`` against target patches ``t (B, L, P)`` over the masked ones (``m (B, L)``, true where masked);
-    with ``norm_pix`` each target patch is first standardised, ``t <- (t - mean_j t) / sqrt(var_j t + 1e-6)``
-    (unbiased variance, as the paper's code)."""
-    if norm_pix:
-        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + NORM_PIX_EPS).sqrt()
-    per_patch = (prediction - target).square().mean(-1)
-    weights = masked.to(per_patch.dtype)
-    return (per_patch * weights).sum() / weights.sum()
+    """MAE's loss: the batch's mean of :func:`masked_patch_errors` (every image masks as many patches, so this is
+    the mean over all masked patches)."""
+    return masked_patch_errors(prediction, target, masked, norm_pix).mean()

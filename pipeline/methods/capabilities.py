@@ -14,6 +14,7 @@ from pipeline.models import EncoderSpec
 class Capability(enum.Enum):
     RECONSTRUCTS = "reconstructs"  # images -> code -> images (:class:`Reconstructs`)
     GENERATIVE = "generative"  # a likelihood and a prior over the code (:class:`Generative`)
+    MASKED = "masked"  # rebuilds the patches it did not see (:class:`MaskedReconstructs`)
 
 
 class Reconstructs(Protocol):
@@ -37,4 +38,14 @@ class Generative(Reconstructs, Protocol):
 
     def elbo_terms(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(nll (B,), kl (B, k), mu (B, k))`` of images ``(B, C, H, W)``; ``sample=False`` decodes the mean."""
+        ...
+
+
+class MaskedReconstructs(Protocol):
+    """Rebuilds images from a random subset of their patches: evaluation reports the error on the masked patches
+    over the test split and a grid of masked inputs, reconstructions and originals."""
+
+    def masked_reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(B, C, H, W)`` in [0, 1] -> ``(error on the masked patches (B,), masked input (B, C, H, W),
+        reconstruction (B, C, H, W))``, images in [0, 1], the reconstruction keeping the visible patches."""
         ...

@@ -10,8 +10,16 @@ from typing import Annotated, ClassVar
 import torch
 from annotated_types import Gt, Interval
 
-from pipeline.losses.masked_patches import masked_patch_loss, patchify, random_masking
+from pipeline.losses.masked_patches import (
+    masked_patch_errors,
+    masked_patch_loss,
+    patchify,
+    random_masking,
+    standardised_patches,
+    unpatchify,
+)
 from pipeline.methods.base import Method, MethodOptions
+from pipeline.methods.capabilities import Capability
 from pipeline.models import EncoderSpec, ModelConfig, build_encoder
 from pipeline.models.masked_vit import MaskedDecoder, encode_visible, vit_body
 
@@ -28,6 +36,7 @@ class MAEOptions(MethodOptions):
 
 class MAE(Method):
     Options = MAEOptions
+    capabilities = frozenset({Capability.MASKED})
     num_views = 1
 
     def __init__(self, options: MAEOptions, spec: EncoderSpec, model: ModelConfig) -> None:
@@ -60,3 +69,23 @@ class MAE(Method):
         """Images ``(B, C, H, W)`` in [0, 1] -> scalar loss on the masked patches."""
         prediction, target, masked = self.predict(x)
         return masked_patch_loss(prediction, target, masked, self.norm_pix_loss)
+
+    def masked_reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(B, C, H, W)`` in [0, 1] -> ``(error on the masked patches (B,), masked input, reconstruction)``
+        (:class:`~pipeline.methods.capabilities.MaskedReconstructs`): masked patches grey in the input; predicted
+        ones (with ``norm_pix_loss`` given back each target patch's mean and spread, as the paper shows them)
+        beside the visible ones in the reconstruction."""
+        prediction, target, masked = self.predict(x)
+        errors = masked_patch_errors(prediction, target, masked, self.norm_pix_loss)
+        if self.norm_pix_loss:
+            _, mean, std = standardised_patches(target)
+            prediction = prediction * std + mean
+        hidden = masked[..., None]
+        normalise = self.encoder[0]
+
+        def image(patches: torch.Tensor) -> torch.Tensor:
+            pixels = unpatchify(patches.float(), self.patch, x.shape[1], x.shape[-1])
+            return (pixels * normalise.std + normalise.mean).clamp(0, 1)
+
+        grey = ((0.5 - normalise.mean) / normalise.std).flatten().repeat(self.patch**2).expand_as(target)  # (r, c, ch)
+        return errors, image(torch.where(hidden, grey, target)), image(torch.where(hidden, prediction, target))

@@ -128,3 +128,27 @@ def test_mae_refuses_an_encoder_that_is_not_a_vit():
 
     with pytest.raises(ConfigError, match=re.escape("model.encoder: method mae needs a timm ViT")):
         build_method(MAEOptions(), EncoderSpec("small_cnn", 1, 28, (0.5,), (0.25,)), ModelConfig())
+
+
+def test_mae_shows_what_it_rebuilt_and_scores_the_masked_patches(synthetic_shards, tmp_path):
+    """Evaluation of a masked-image model: ``masked_recon_mse`` is the mean of the per-image errors the loss
+    averages, the grid's masked inputs are grey exactly where the reconstruction differs from the original (the
+    visible patches are kept), and the PNG is written."""
+    from pipeline.data import LabeledShards
+    from pipeline.evaluate.masked import masked_reconstructions
+
+    torch.manual_seed(0)
+    method = _mae()
+    x = torch.rand(4, 1, 28, 28)
+    errors, masked_input, rebuilt = method.masked_reconstruction(x)
+    assert errors.shape == (4,) and masked_input.shape == rebuilt.shape == x.shape
+    unchanged = torch.isclose(rebuilt, x, atol=1e-5)
+    grey = torch.isclose(masked_input, torch.tensor(0.5), atol=1e-6)
+    assert torch.equal(~unchanged, grey) and unchanged.float().mean().item() == 0.25
+    torch.manual_seed(3)
+    expected = method(x).item()
+    torch.manual_seed(3)
+    assert method.masked_reconstruction(x)[0].mean().item() == pytest.approx(expected, rel=1e-5)
+    metrics, rows = masked_reconstructions(method, LabeledShards(str(synthetic_shards)), torch.device("cpu"))
+    assert set(metrics) == {"masked_recon_mse"} and metrics["masked_recon_mse"] > 0
+    assert [r.shape for r in rows] == [(8, 1, 28, 28)] * 3
