@@ -39,6 +39,7 @@ from pipeline.optim import build_optimizer
 from pipeline.sections import AugmentConfig
 from pipeline.track import Tracker
 from pipeline.train import steps_in, train_step
+from tests.helpers import copied_store
 
 
 class FakeLoader:
@@ -217,3 +218,23 @@ def test_view_ablation_starts_every_arm_alike_and_records_each_in_mlflow(
     assert logged == {(r["arm"], str(r["steps"])): r["probe_accuracy"] for r in untrained + trained}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert json.loads((tmp_path / "view_ablation.json").read_text())["runs"] == trained
+
+
+def test_a_runs_record_is_read_from_its_mlflow_run(tmp_path, monkeypatch, migrated_store):
+    """``benchmarks.run_record`` writes what the MLflow run holds: its final metrics, params, times and command."""
+    from mlflow import MlflowClient
+
+    from benchmarks.run_record import main as run_record
+
+    monkeypatch.setattr("benchmarks.common.RESULTS", tmp_path)
+    uri = copied_store(migrated_store, tmp_path)
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("x"), run_name="mae-evidence")
+    client.log_param(run.info.run_id, "method.name", "mae")
+    for step, value in enumerate((0.7, 0.81)):
+        client.log_metric(run.info.run_id, "probe_accuracy", value, step=step)
+    client.set_terminated(run.info.run_id)
+    run_record(["mae_fashion_mnist", "--run-id", run.info.run_id, "--tracking-uri", uri, "--command", "sslpipe x"])
+    record = json.loads((tmp_path / "mae_fashion_mnist.json").read_text())
+    assert record["metrics"] == {"probe_accuracy": 0.81} and record["params"] == {"method.name": "mae"}
+    assert record["command"] == "sslpipe x" and record["run"]["name"] == "mae-evidence" and record["ended"]
