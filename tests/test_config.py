@@ -90,7 +90,7 @@ def test_shipped_jobs_load(path):
             "method.sparsity does not apply to vae; vae takes bottleneck, beta",
         ),
         ("simclr_fashion_mnist", "method.bottlenek=3", "unknown key 'method.bottlenek'; simclr takes temperature"),
-        ("vae_fashion_mnist", "model.head_dim=64", "model.head_dim does not apply to vae; simclr, byol read it"),
+        ("vae_fashion_mnist", "model.head_dim=64", "model.head_dim does not apply to vae; simclr, byol, dino read it"),
         (
             "simclr_fashion_mnist",
             "method.name=moco",

@@ -8,12 +8,15 @@ from pipeline.data.manifest import Manifest
 from pipeline.methods.autoencoder import AutoEncoder
 from pipeline.methods.base import Method, MethodOptions
 from pipeline.methods.byol import BYOL
+from pipeline.methods.dino import DINO
 from pipeline.methods.mae import MAE
 from pipeline.methods.simclr import SimCLR
 from pipeline.methods.vae import VAE
 from pipeline.models import EncoderSpec, ModelConfig, encoder_spec
 
-METHODS: dict[str, type[Method]] = {method.Options.name: method for method in (SimCLR, BYOL, AutoEncoder, VAE, MAE)}
+METHODS: dict[str, type[Method]] = {
+    method.Options.name: method for method in (SimCLR, BYOL, AutoEncoder, VAE, MAE, DINO)
+}
 
 
 def build_method(method_options: MethodOptions, spec: EncoderSpec, model: ModelConfig) -> Method:

@@ -31,6 +31,7 @@ METHOD_OVERRIDES = {
     ],
     "vae": ["method.name=vae", "augment.preset=none", "method.bottleneck=8"],
     "mae": TINY_MAE,
+    "dino": ["method.name=dino", "method.out_dim=64", "model.head_dim=16"],
 }
 
 
@@ -105,7 +106,8 @@ def test_a_bf16_step_on_the_cpu_follows_the_float32_step(name):
         grads[precision] = torch.cat([p.grad.flatten() for p in method.parameters() if p.grad is not None])
     assert losses["bf16"].dtype == grads["bf16"].dtype == torch.float32
     assert not torch.equal(losses["bf16"], losses["fp32"])  # autocast did run in bf16
-    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-3, atol=0)
+    # (DINO's teacher temperature of 0.04 multiplies bf16's rounding of the features' cosines by 25: measured 0.22 %)
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=1e-2 if name == "dino" else 2e-3, atol=0)
     cosine = torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0)
     assert cosine > 0.98, f"{name}: gradient cosine {cosine:.5f}"
     assert all(p.dtype == torch.float32 for p in methods["bf16"].parameters())

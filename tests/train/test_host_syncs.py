@@ -23,6 +23,7 @@ METHODS = {
     "denoising": ["method.name=autoencoder", "method.bottleneck=8", "method.corruption=mask", "augment.preset=none"],
     "vae": ["method.name=vae", "method.bottleneck=8", "augment.preset=none"],
     "mae": TINY_MAE,
+    "dino": ["method.name=dino", "method.out_dim=64", "model.head_dim=16"],
 }
 
 
