@@ -9,7 +9,6 @@ BYOL, and keeps its own running statistics; only the online encoder is evaluated
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
@@ -20,7 +19,7 @@ from torch import nn
 
 from pipeline.losses import byol_loss
 from pipeline.methods.base import Method, MethodOptions
-from pipeline.methods.ema import follow
+from pipeline.methods.ema import follow, follower_of
 from pipeline.models import EncoderSpec, ModelConfig, build_encoder, mlp_head
 from pipeline.schedules import ema_momentum
 
@@ -41,7 +40,7 @@ class BYOL(Method):
         self.encoder, dim = build_encoder(spec)
         self.projector = mlp_head(dim, model.head_hidden, model.head_dim)
         self.predictor = mlp_head(model.head_dim, model.head_hidden, model.head_dim)
-        self.target = copy.deepcopy(nn.Sequential(self.encoder, self.projector)).requires_grad_(False)
+        self.target = follower_of(self.encoder, self.projector)
         self.ema_base = options.ema_base
         self.tau = options.ema_base
 

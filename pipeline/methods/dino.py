@@ -11,7 +11,6 @@ Two global views per image (``augment.preset``); multi-crop's small local views 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
@@ -22,7 +21,7 @@ from torch import nn
 
 from pipeline.losses.dino import dino_loss, updated_center
 from pipeline.methods.base import Method, MethodOptions
-from pipeline.methods.ema import follow
+from pipeline.methods.ema import follow, follower_of
 from pipeline.models import EncoderSpec, ModelConfig, build_encoder
 from pipeline.models.heads import PrototypeHead
 from pipeline.schedules import ema_momentum
@@ -54,7 +53,7 @@ class DINO(Method):
         super().__init__(spec)
         self.encoder, dim = build_encoder(spec)
         self.head = PrototypeHead(dim, model.head_hidden, model.head_dim, options.out_dim)
-        self.teacher = copy.deepcopy(nn.Sequential(self.encoder, self.head)).requires_grad_(False)
+        self.teacher = follower_of(self.encoder, self.head)
         self.options = options
         self.register_buffer("center", torch.zeros(options.out_dim))
         self.register_buffer("teacher_temp", torch.tensor(options.warmup_teacher_temp))

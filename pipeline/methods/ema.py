@@ -1,13 +1,20 @@
-"""Weights that follow others by an exponential moving average: BYOL's target network (and a teacher of the same
-kind). A method declares its ``(online, follower)`` module pairs, as solo-learn's ``momentum_pairs``; one call
-moves every follower's parameters at once."""
+"""Weights that follow others by an exponential moving average: BYOL's target network and DINO's teacher. A method
+makes its follower with :func:`follower_of` and declares its ``(online, follower)`` module pairs, as solo-learn's
+``momentum_pairs``; one call of :func:`follow` moves every follower's parameters at once."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+
+def follower_of(*modules: nn.Module) -> nn.Sequential:
+    """A copy of ``modules`` in sequence that the optimizer never sees (``requires_grad=False``): it changes only by
+    :func:`follow`."""
+    return copy.deepcopy(nn.Sequential(*modules)).requires_grad_(False)
 
 
 @torch.no_grad()
