@@ -31,6 +31,8 @@ METHODS = {  # overrides; SimCLR with the ResNet-50 of the papers
     "byol-vit": {"method.name": "byol", "augment.preset": "byol", "model.encoder": "timm:vit_small_patch16_224"},
     "autoencoder": {"method.name": "autoencoder", "augment.preset": "none", "method.bottleneck": 64},
     "vae": {"method.name": "vae", "augment.preset": "none", "method.bottleneck": 32},
+    "mae": {"method.name": "mae", "augment.preset": "crop", "model.encoder": "timm:vit_small_patch16_224"},
+    "dino": {"method.name": "dino", "augment.preset": "byol", "model.encoder": "timm:vit_small_patch16_224"},
 }
 
 
@@ -108,7 +110,8 @@ def test_method_on_gpu(ray_local, gpu_photos, tmp_path, workdir, name):
         f"\n{name}: {metrics['images_per_s']:,.0f} images/s, data wait {100 * metrics['data_wait_fraction']:.0f}%,"
         f" loss {' -> '.join(f'{v:.4f}' for v in losses)}, probe {summary.metrics['probe_accuracy']:.4f}"
     )
-    assert losses[-1] < losses[0], f"{name}: the loss did not fall: {losses}"
+    if name != "dino":  # (DINO's loss may rise as its teacher sharpens: tests/train/test_models.py shows it learn)
+        assert losses[-1] < losses[0], f"{name}: the loss did not fall: {losses}"
     # with a JPEG engine (data.decode auto) nvJPEG in the training process read the baseline JPEGs and the loader
     # processes the progressive ones (one in 30 photos: sharding converts PNG and CMYK to baseline JPEGs); without
     # one the loader processes read them all; the damaged ones were left out and counted wherever an epoch met them
