@@ -1,8 +1,8 @@
 """The files evaluation's features travel in, at any size: every rank writes its share of a split as one ``.npy``
 per column (labels, indices, each kind of features), features in half precision; the driver joins the ranks'
 files row-wise into one local ``.npy`` a block at a time and memory-maps it, so that it never holds a whole
-matrix in its own memory (1.28M x 2,048 float16 features are 5.2 GB; the float32 copies it once concatenated were
-four times that)."""
+matrix in its own memory (1.28M x 2,048 float16 features are 5.2 GB; it once held several float32 copies:
+``benchmarks/evaluation_memory.py``)."""
 
 from __future__ import annotations
 
