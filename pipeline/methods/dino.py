@@ -19,7 +19,7 @@ import torch
 from annotated_types import Gt, Interval
 from torch import nn
 
-from pipeline.losses.dino import dino_loss, updated_center
+from pipeline.losses.self_distillation import dino_loss, updated_center
 from pipeline.methods.base import Method, MethodOptions
 from pipeline.methods.ema import follow, follower_of
 from pipeline.models import EncoderSpec, ModelConfig, build_encoder

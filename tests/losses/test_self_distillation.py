@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pipeline.losses.dino import dino_loss, updated_center
+from pipeline.losses.self_distillation import dino_loss, updated_center
 from tests.processes import gloo_ranks
 
 
