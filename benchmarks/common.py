@@ -121,11 +121,17 @@ def rss_summary(samples: Sequence[int], warmup_fraction: float = WARMUP_FRACTION
 
 class RssSampler:
     """``with RssSampler(roots) as sampler: ...`` samples in a thread, every ``interval`` s, the memory
-    (``footprint``) of each process that ``roots()`` names as ``{label: process}`` (asked anew at every sample:
-    processes may come and go). ``sampler.series[label]`` holds the bytes sampled while that process lived."""
+    (``measure``, default :func:`footprint`) of each process that ``roots()`` names as ``{label: process}`` (asked
+    anew at every sample: processes may come and go). ``sampler.series[label]`` holds the bytes sampled while that
+    process lived."""
 
-    def __init__(self, roots: Callable[[], dict[str, psutil.Process]], interval: float = 0.5) -> None:
-        self.roots, self.interval = roots, interval
+    def __init__(
+        self,
+        roots: Callable[[], dict[str, psutil.Process]],
+        interval: float = 0.5,
+        measure: Callable[[psutil.Process], int] = footprint,
+    ) -> None:
+        self.roots, self.interval, self.measure = roots, interval, measure
         self.series: dict[str, list[int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -133,7 +139,7 @@ class RssSampler:
     def _sample(self) -> None:
         while True:
             for label, process in self.roots().items():
-                if used := footprint(process):
+                if used := self.measure(process):
                     self.series.setdefault(label, []).append(used)
             if self._stop.wait(self.interval):
                 return

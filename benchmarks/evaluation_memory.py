@@ -26,14 +26,14 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
-from benchmarks.common import command_line, machine_info, print_table, results_to_extend, write_results
+from benchmarks.common import RssSampler, command_line, machine_info, print_table, results_to_extend, write_results
 
 CPUS = 2
 NOISE = 12.0  # the clusters' spread: the probe near 0.9 at 2,048 dimensions and 10 classes
@@ -48,6 +48,12 @@ def status() -> dict[str, int]:
         if name in STATUS_FIELDS:
             values[name] = int(rest.split()[0]) * 1024
     return values
+
+
+def anonymous(process: psutil.Process) -> int:
+    """Resident bytes of ``process`` that no file backs (``RssAnon``: resident minus shared)."""
+    info = process.memory_info()
+    return info.rss - info.shared
 
 
 def write_ranks(folder: Path, args: argparse.Namespace) -> None:
@@ -78,27 +84,18 @@ def driver(folder: str, classes: int, max_iter: int) -> None:
     from pipeline.evaluate.features import WorkerFeatures
 
     torch.set_num_threads(CPUS)
-    peak_anon, done = [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.01):
-            peak_anon[0] = max(peak_anon[0], status()["RssAnon"])
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = status()
+    started, this = status(), psutil.Process()
     shards = LabeledShards(folder)
     plan = EvaluationPlan(
         shards, tuple(f"class{i}" for i in range(classes)), "simclr", frozenset(), 0, max_iter, 200, 0.1, False,
         None, None, 0, False,
     )  # fmt: skip
-    clock = time.perf_counter()
-    features, _ = WorkerFeatures(shards, folder=folder).gather()
-    gather_s, clock = time.perf_counter() - clock, time.perf_counter()
-    metrics, _ = suite._probes(plan, features["train"], features["test"], torch.device("cpu"))
-    probes_s = time.perf_counter() - clock
-    done.set()
-    sampler.join()
+    with RssSampler(lambda: {"driver": this}, interval=0.01, measure=anonymous) as sampler:
+        clock = time.perf_counter()
+        features, _ = WorkerFeatures(shards, folder=folder).gather()
+        gather_s, clock = time.perf_counter() - clock, time.perf_counter()
+        metrics, _ = suite._probes(plan, features["train"], features["test"], torch.device("cpu"))
+        probes_s = time.perf_counter() - clock
     ended = status()
     train = features["train"].features["encoder"]
     print(
@@ -107,7 +104,7 @@ def driver(folder: str, classes: int, max_iter: int) -> None:
                 "start_rss": started["VmRSS"],
                 "start_anon": started["RssAnon"],
                 "peak_rss": ended["VmHWM"],
-                "peak_anon": max(peak_anon[0], ended["RssAnon"]),
+                "peak_anon": max([*sampler.series.get("driver", []), ended["RssAnon"]]),
                 "gathered_dtype": str(train.dtype),
                 "gathered_memory_mapped": isinstance(train, np.memmap),
                 "gather_s": gather_s,
