@@ -144,3 +144,8 @@ TINY_MAE = [  # MAE on a one-block, 16-wide ViT with patches of 7 px (28 px imag
     "method.decoder_depth=1",
     "augment.preset=crop",
 ]
+
+
+def names_an_encoder(overrides: list[str]) -> bool:
+    """Whether job ``overrides`` choose an encoder (else the tests' small CNN is added)."""
+    return any(override.startswith("model.encoder=") for override in overrides)

@@ -15,7 +15,7 @@ from pipeline.models import EncoderSpec
 from pipeline.optim import build_optimizer
 from pipeline.train import train_step
 from pipeline.train.amp import autocast_wanted, group_autocast, native_bf16
-from tests.helpers import TINY_MAE
+from tests.helpers import TINY_MAE, names_an_encoder
 from tests.processes import gloo_ranks
 
 CPU = torch.device("cpu")
@@ -79,7 +79,7 @@ def test_a_bf16_step_on_the_cpu_follows_the_float32_step(name):
     within 11 degrees of float32's (cosine above 0.98; measured 0.989-0.991 for SimCLR and BYOL, whose loss divides
     by small temperatures, 0.997 or more for the autoencoders and the VAE), BatchNorm's running statistics within
     1 %; the weights, their gradients, the statistics and the loss stay float32."""
-    vit = any(override.startswith("model.encoder=") for override in METHOD_OVERRIDES[name])  # MAE's
+    vit = names_an_encoder(METHOD_OVERRIDES[name])  # MAE's
     config = load_config(None, [*METHOD_OVERRIDES[name], *([] if vit else ["model.width=8", "model.embed_dim=16"])])
     spec = (
         EncoderSpec(

@@ -11,7 +11,7 @@ from pipeline.config import load_config
 from pipeline.train.harness import prepare
 from pipeline.train.pretraining import Pretraining
 from pipeline.train.session import InProcessSession
-from tests.helpers import TINY_MAE
+from tests.helpers import TINY_MAE, names_an_encoder
 from tests.in_process import InProcess
 from tests.sync_guard import HostSyncs
 
@@ -65,7 +65,7 @@ def _second_step_syncs(shards, tmp_path, overrides) -> dict:
 
 def _on_arrays(method: str) -> list[str]:
     """``method``'s overrides for the arrays, a small CNN unless they name an encoder of their own."""
-    own_encoder = any(override.startswith("model.encoder=") for override in METHODS[method])
+    own_encoder = names_an_encoder(METHODS[method])
     return [*([] if own_encoder else SMALL_CNN), *METHODS[method]]
 
 
